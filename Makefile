@@ -1,0 +1,40 @@
+# The single entry point: `make demo`, `make test`, `make lint`, `make bench`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: venv redis demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch from the local CPU wheel; anything newer would pull a multi-GB CUDA build.
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[model,train,onnx,dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+redis:
+	@bash scripts/ensure-redis-server.sh
+
+demo: venv redis
+	$(PY) scripts/demo.py
+
+test: venv redis
+	$(PY) -m pytest -q
+
+test-fast: venv redis
+	$(PY) -m pytest -q -m "not chaos and not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check worker producer training tests scripts
+	$(VENV)/bin/mypy
+
+bench: venv redis
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

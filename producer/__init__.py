@@ -1,0 +1,6 @@
+"""Producer role: publish windows to the input stream and read results back. Never imports torch."""
+
+from producer.client import Producer
+from producer.results import ResultsReader
+
+__all__ = ["Producer", "ResultsReader"]

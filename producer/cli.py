@@ -1,0 +1,126 @@
+"""``bigru-producer``: publish windows (``publish``) and read results (``results``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+
+from pydantic import ValidationError
+
+from producer.client import Producer
+from producer.config import ProducerSettings
+from producer.results import ResultsReader
+from producer.sources import LabeledWindow, from_file, synthetic
+from worker.redisconn import connect
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser for both subcommands."""
+    p = argparse.ArgumentParser(prog="bigru-producer", description=__doc__)
+    p.add_argument("--redis-url")
+    p.add_argument("--prefix")
+    p.add_argument("--shards", type=int)
+    sub = p.add_subparsers(dest="command", required=True)
+    pub = sub.add_parser("publish", help="publish windows and exit")
+    pub.add_argument("--source", default="synthetic", help="'synthetic', or a .npz / .ts file")
+    pub.add_argument("--count", type=int, help="windows to publish (default: 1000, or the whole file)")
+    pub.add_argument("--rate", type=float, help="open-loop rate in windows/s (default: as fast as possible)")
+    pub.add_argument("--length", type=int, default=20, help="synthetic: timesteps per window")
+    pub.add_argument("--seed", type=int, default=0)
+    pub.add_argument("--id-prefix", default="w", help="client ids are <prefix>-<index>")
+    res = sub.add_parser("results", help="read the results stream")
+    res.add_argument("--follow", action="store_true", help="keep reading new results")
+    res.add_argument("--count", type=int, help="stop after this many results")
+    res.add_argument("--json", action="store_true", help="one JSON object per line")
+    res.add_argument("--from", dest="start", default="0-0", help="stream id to start after ('$': only new)")
+    return p
+
+
+def _paced(windows: Iterator[LabeledWindow], rate: float | None) -> Iterator[list[LabeledWindow]]:
+    """Chunks of windows due now: open loop at ``rate``/s, or chunks of 500 as fast as possible."""
+    if not rate:
+        chunk: list[LabeledWindow] = []
+        for w in windows:
+            chunk.append(w)
+            if len(chunk) >= 500:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+        return
+    t0 = time.perf_counter()
+    sent = 0
+    chunk = []
+    for w in windows:
+        due = t0 + sent / rate
+        now = time.perf_counter()
+        if due > now:
+            if chunk:
+                yield chunk
+                chunk = []
+            time.sleep(due - now)
+        chunk.append(w)
+        sent += 1
+        if len(chunk) >= 500:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def cmd_publish(args: argparse.Namespace, s: ProducerSettings) -> int:
+    """Publish the chosen source."""
+    producer = Producer(connect(s.redis_url), s.keys, s.pipeline_size)
+    if args.source == "synthetic":
+        windows = synthetic(args.count or 1000, args.length, args.seed)
+    else:
+        windows = from_file(args.source, args.count)
+    t0 = time.perf_counter()
+    n = 0
+    for chunk in _paced(iter(windows), args.rate):
+        ids = [f"{args.id_prefix}-{n + i}" for i in range(len(chunk))]
+        pipe = producer.r.pipeline(transaction=False)
+        for cid, w in zip(ids, chunk):
+            from worker.wire import encode_window
+
+            sk = s.keys.shard(producer.shard_for(cid))
+            pipe.xadd(sk.windows, encode_window(w.x, cid=cid, meta={"label": w.label} if w.label is not None else None))  # type: ignore[arg-type]
+        pipe.execute()
+        n += len(chunk)
+    dt = time.perf_counter() - t0
+    print(json.dumps({"published": n, "seconds": round(dt, 3), "rate": round(n / dt, 1) if dt > 0 else None}))
+    return 0
+
+
+def cmd_results(args: argparse.Namespace, s: ProducerSettings) -> int:
+    """Print results as text or JSON lines."""
+    reader = ResultsReader(connect(s.redis_url), s.keys, start=args.start)
+    try:
+        for r in reader.iter(count=args.count, follow=args.follow):
+            if args.json:
+                print(json.dumps(r.__dict__), flush=True)
+            else:
+                print(f"{r.input_id} cid={r.cid} {r.status} label={r.class_name} p={max(r.probs, default=0):.3f} "
+                      f"model={r.model} e2e={r.e2e_us / 1000:.2f}ms", flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    flags = {k: getattr(args, k) for k in ("redis_url", "prefix", "shards") if getattr(args, k) is not None}
+    try:
+        s = ProducerSettings(**flags)
+    except ValidationError as e:
+        print(f"bigru-producer: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    return cmd_publish(args, s) if args.command == "publish" else cmd_results(args, s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import redis
+
+from training.checkpoint import load_checkpoint
+from worker.config import WorkerSettings
+from worker.loop import StaticModel, WorkerLoop
+from worker.predictor import TorchPredictor
+
+
+def make_loop(url: str, prefix: str, ckpt: Path, **overrides: object) -> WorkerLoop:
+    """A real WorkerLoop in burst mode on the test's Redis and prefix."""
+    opts: dict[str, object] = {"burst": True, "burst_idle_ms": 200, **overrides}
+    s = WorkerSettings(redis_url=url, prefix=prefix, group=prefix, checkpoint=str(ckpt), **opts)  # type: ignore[arg-type]
+    pred = TorchPredictor(load_checkpoint(ckpt))
+    return WorkerLoop(redis.Redis.from_url(url), s, "test-0", StaticModel(pred), stop=threading.Event())
+
+
+def stream_entries(r: redis.Redis, key: str) -> list[tuple[str, dict[bytes, bytes]]]:
+    """All entries of a stream."""
+    return [(i.decode(), f) for i, f in r.xrange(key)]

@@ -1,0 +1,1 @@
+"""Training role: model definition, checkpoint format, datasets and the training CLI."""

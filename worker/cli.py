@@ -1,0 +1,72 @@
+"""``bigru-worker``: serve the classifier from a Redis stream (and ``--check`` / ``status``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pydantic import ValidationError
+
+from worker.config import WorkerSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags default to None so that unset flags fall back to the environment and ``.env``."""
+    p = argparse.ArgumentParser(prog="bigru-worker", description=__doc__)
+    p.add_argument("command", nargs="?", choices=["serve", "status"], default="serve")
+    p.add_argument("--redis-url")
+    p.add_argument("--prefix")
+    p.add_argument("--group")
+    p.add_argument("--shards", type=int)
+    p.add_argument("--checkpoint", help="checkpoint file, version dir or root with 'latest'")
+    p.add_argument("--replicas", type=int, help="worker processes to run")
+    p.add_argument("--device", help="cpu, cuda or auto")
+    p.add_argument("--max-batch", type=int)
+    p.add_argument("--max-wait-ms", type=float)
+    p.add_argument("--torch-threads", type=int)
+    p.add_argument("--worker-name")
+    p.add_argument("--claim-idle-ms", type=int)
+    p.add_argument("--burst", action="store_true", default=None, help="drain the stream, then exit")
+    p.add_argument("--check", action="store_true", help="exit 0 if this host's replicas are alive")
+    p.add_argument("--json", action="store_true", help="status: print JSON")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    """Settings from the environment/.env, overridden by the flags that were given."""
+    skip = {"command", "check", "json"}
+    flags = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
+    return WorkerSettings(**flags)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as e:
+        fields = ", ".join(".".join(str(p) for p in err["loc"]) or "settings" for err in e.errors())
+        print(f"bigru-worker: invalid configuration ({fields}):\n{e}", file=sys.stderr)
+        return 2
+    if args.check or args.command == "status":
+        from worker.health import check, status
+        from worker.redisconn import connect
+
+        r = connect(settings.redis_url)
+        if args.check:
+            ok, msg = check(r, settings.keys, settings.replicas)
+            print(msg)
+            return 0 if ok else 1
+        doc = status(r, settings.keys)
+        print(json.dumps(doc, indent=None if args.json else 2, default=str))
+        return 0
+    from worker.supervisor import run_replica, supervise
+
+    if settings.replicas > 1:
+        return supervise(settings)
+    return run_replica(settings, 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Every Redis key name the system uses, in one place.
+
+The input, results and dead-letter streams of one shard share a hash tag (``{...}``) so the
+atomic publish script touches a single Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ShardKeys:
+    """The three streams of one shard."""
+
+    shard: int
+    windows: str
+    results: str
+    dead: str
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under ``prefix``; ``shards`` > 1 splits the logical stream into shard streams."""
+
+    prefix: str = "bigru"
+    group: str = "bigru"
+    shards: int = 1
+
+    def tag(self, shard: int) -> str:
+        """The hash tag of a shard's streams."""
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"shard {shard} outside 0..{self.shards - 1}")
+        return f"{{{self.prefix}}}" if self.shards == 1 else f"{{{self.prefix}:{shard}}}"
+
+    def shard(self, shard: int) -> ShardKeys:
+        """Keys of shard ``shard``."""
+        t = self.tag(shard)
+        return ShardKeys(shard, f"{t}:windows", f"{t}:results", f"{t}:dead")
+
+    def all_shards(self) -> list[ShardKeys]:
+        """Keys of every shard, in shard order."""
+        return [self.shard(s) for s in range(self.shards)]
+
+    def heartbeat(self, consumer: str) -> str:
+        """Per-replica heartbeat key (expires when the replica stops refreshing it)."""
+        return f"{self.prefix}:hb:{consumer}"
+
+    @property
+    def workers(self) -> str:
+        """Hash of consumer name -> last heartbeat JSON, for status views."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def models(self) -> str:
+        """Hash of model version -> registry entry JSON."""
+        return f"{self.prefix}:models"
+
+    def model_blob(self, version: str) -> str:
+        """Checkpoint bytes of a registered model version."""
+        return f"{self.prefix}:model:{version}"
+
+    @property
+    def model_latest(self) -> str:
+        """String holding the version workers should serve."""
+        return f"{self.prefix}:model:latest"
+
+    @property
+    def model_events(self) -> str:
+        """Stream announcing published/promoted/refused model versions."""
+        return f"{self.prefix}:model:events"

@@ -1,0 +1,332 @@
+"""Wire format v1: the stream entries producers, workers and result consumers exchange.
+
+Specified for other languages in ``docs/wire-format.md``. Imports only numpy and msgpack so the
+producer (which never imports torch) can use it.
+
+An input entry is a Redis stream entry whose fields are:
+
+========  ========================================================================
+``v``     format version, ASCII ``"1"``
+``x``     msgpack map ``{"dtype": str, "shape": [T, F], "data": bin}``; ``data`` is the
+          array, C order, little-endian
+``ts``    producer timestamp, unix microseconds, ASCII decimal
+``cid``   optional client id (UTF-8) echoed in the result
+``dl``    optional deadline, unix microseconds, ASCII decimal
+``meta``  optional msgpack map of string keys to scalar values, echoed in the result
+========  ========================================================================
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+WIRE_VERSION = 1
+
+#: dtype names on the wire and their little-endian numpy equivalents.
+DTYPES: dict[str, str] = {"float32": "<f4", "float64": "<f8", "float16": "<f2"}
+
+Fields = Mapping[bytes, bytes]
+
+
+class WireError(ValueError):
+    """An entry does not follow the wire format; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds applied while decoding, so hostile input cannot exhaust a worker."""
+
+    max_window_bytes: int = 4 * 1024 * 1024
+    max_length: int = 10_000
+    max_features: int = 1024
+    max_meta_bytes: int = 4096
+    max_cid_bytes: int = 256
+    allow_nonfinite: bool = False
+
+
+@dataclass
+class Window:
+    """A decoded input window."""
+
+    x: np.ndarray  # [T, F] float32
+    ts_us: int
+    cid: str = ""
+    deadline_us: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """One classification result, as published on the results stream."""
+
+    input_id: str
+    cid: str
+    status: str  # "ok" or "expired"
+    label: int
+    class_name: str
+    probs: list[float]
+    model: str
+    worker: str
+    queue_us: int
+    wait_us: int
+    infer_us: int
+    e2e_us: int
+    ts_us: int
+    batch: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def now_us() -> int:
+    """Wall-clock time in unix microseconds (the wire's time unit)."""
+    return time.time_ns() // 1000
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def encode_array(x: np.ndarray) -> bytes:
+    """Encode a [T, F] (or [T], treated as F=1) float array as the ``x`` field."""
+    arr = np.asarray(x)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise WireError("bad_shape", f"expected a [T, F] array, got shape {arr.shape}")
+    if arr.dtype == np.float64:
+        name = "float64"
+    elif arr.dtype == np.float16:
+        name = "float16"
+    else:
+        name = "float32"
+    data = np.ascontiguousarray(arr, dtype=DTYPES[name]).tobytes()
+    return _pack({"dtype": name, "shape": [int(arr.shape[0]), int(arr.shape[1])], "data": data})
+
+
+def encode_window(
+    x: np.ndarray,
+    *,
+    cid: str | None = None,
+    ts_us: int | None = None,
+    deadline_us: int | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> dict[bytes, bytes]:
+    """Build the stream fields of an input entry."""
+    fields: dict[bytes, bytes] = {
+        b"v": str(WIRE_VERSION).encode(),
+        b"x": encode_array(x),
+        b"ts": str(now_us() if ts_us is None else int(ts_us)).encode(),
+    }
+    if cid:
+        fields[b"cid"] = cid.encode()
+    if deadline_us is not None:
+        fields[b"dl"] = str(int(deadline_us)).encode()
+    if meta:
+        fields[b"meta"] = _pack(dict(meta))
+    return fields
+
+
+def _unpack_limited(raw: bytes, max_bytes: int, what: str) -> Any:
+    # Explicit limits: no ext types, bounded bin/str/array/map sizes, and the C unpacker's
+    # fixed nesting depth raises instead of recursing without bound.
+    try:
+        unpacker = msgpack.Unpacker(
+            max_buffer_size=max(max_bytes, 1),
+            max_bin_len=max_bytes,
+            max_str_len=max_bytes,
+            max_array_len=64,
+            max_map_len=64,
+            max_ext_len=0,
+            raw=False,
+            strict_map_key=True,
+        )
+        unpacker.feed(raw)
+        obj = unpacker.unpack()
+    except Exception as e:  # msgpack raises many unrelated types for hostile bytes
+        raise WireError(f"bad_{what}", f"{what} is not valid msgpack within limits ({type(e).__name__}: {e})") from e
+    try:
+        unpacker.unpack()
+    except msgpack.OutOfData:
+        return obj
+    except Exception as e:
+        raise WireError(f"bad_{what}", f"trailing garbage after {what} ({type(e).__name__})") from e
+    raise WireError(f"bad_{what}", f"trailing data after {what}")
+
+
+def _int_field(fields: Fields, key: bytes, required: bool) -> int | None:
+    raw = fields.get(key)
+    if raw is None:
+        if required:
+            raise WireError("missing_field", f"field {key.decode()!r} is required")
+        return None
+    try:
+        if len(raw) > 20:
+            raise ValueError("too long")
+        return int(raw)
+    except ValueError as e:
+        raise WireError("bad_field", f"field {key.decode()!r} must be an ASCII integer") from e
+
+
+def decode_array(raw: bytes, limits: Limits, n_features: int | None = None) -> np.ndarray:
+    """Decode and validate an ``x`` field into a float32 [T, F] array."""
+    if len(raw) > limits.max_window_bytes + 256:
+        raise WireError("too_large", f"x is {len(raw)} bytes, limit {limits.max_window_bytes}")
+    obj = _unpack_limited(raw, limits.max_window_bytes, "x")
+    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
+        raise WireError("bad_x", "x must be a map with exactly the keys dtype, shape, data")
+    dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
+    if dtype not in DTYPES:
+        raise WireError("bad_dtype", f"dtype {dtype!r} not one of {sorted(DTYPES)}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
+    ):
+        raise WireError("bad_shape", f"shape must be [T, F] integers, got {shape!r}")
+    t, f = shape
+    if t < 1 or f < 1:
+        raise WireError("empty", f"shape {shape} has no timesteps or no features")
+    if t > limits.max_length:
+        raise WireError("too_long", f"T={t} exceeds max_length {limits.max_length}")
+    if f > limits.max_features or (n_features is not None and f != n_features):
+        raise WireError("bad_features", f"F={f}, the model expects {n_features}")
+    if not isinstance(data, bytes):
+        raise WireError("bad_x", "data must be msgpack bin")
+    itemsize = np.dtype(DTYPES[dtype]).itemsize
+    if len(data) != t * f * itemsize:
+        raise WireError("bad_size", f"data has {len(data)} bytes, shape {shape} of {dtype} needs {t * f * itemsize}")
+    arr = np.frombuffer(data, dtype=DTYPES[dtype]).reshape(t, f)
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    if not limits.allow_nonfinite and not np.isfinite(arr).all():
+        raise WireError("nonfinite", "window contains NaN or infinity")
+    return arr
+
+
+def decode_window(fields: Fields, limits: Limits, n_features: int | None = None) -> Window:
+    """Decode and validate an input entry; raises :class:`WireError` with a reason."""
+    version = fields.get(b"v")
+    if version != str(WIRE_VERSION).encode():
+        raise WireError("bad_version", f"wire version {version!r} unsupported, expected {WIRE_VERSION}")
+    raw = fields.get(b"x")
+    if raw is None:
+        raise WireError("missing_field", "field 'x' is required")
+    x = decode_array(raw, limits, n_features)
+    ts = _int_field(fields, b"ts", required=True)
+    assert ts is not None
+    cid_raw = fields.get(b"cid", b"")
+    if len(cid_raw) > limits.max_cid_bytes:
+        raise WireError("bad_cid", f"cid longer than {limits.max_cid_bytes} bytes")
+    try:
+        cid = cid_raw.decode()
+    except UnicodeDecodeError as e:
+        raise WireError("bad_cid", "cid is not UTF-8") from e
+    meta: dict[str, Any] = {}
+    if b"meta" in fields:
+        if len(fields[b"meta"]) > limits.max_meta_bytes:
+            raise WireError("bad_meta", f"meta larger than {limits.max_meta_bytes} bytes")
+        m = _unpack_limited(fields[b"meta"], limits.max_meta_bytes, "meta")
+        if not isinstance(m, dict) or not all(
+            isinstance(v, (str, int, float, bool)) or v is None for v in m.values()
+        ):
+            raise WireError("bad_meta", "meta must be a map of string keys to scalars")
+        meta = m
+    return Window(x=x, ts_us=ts, cid=cid, deadline_us=_int_field(fields, b"dl", required=False), meta=meta)
+
+
+def encode_result(r: Result) -> dict[bytes, bytes]:
+    """Build the stream fields of a result entry."""
+    fields = {
+        b"v": str(WIRE_VERSION).encode(),
+        b"in": r.input_id.encode(),
+        b"cid": r.cid.encode(),
+        b"status": r.status.encode(),
+        b"label": str(r.label).encode(),
+        b"class": r.class_name.encode(),
+        b"probs": _pack([float(p) for p in r.probs]),
+        b"model": r.model.encode(),
+        b"worker": r.worker.encode(),
+        b"queue_us": str(r.queue_us).encode(),
+        b"wait_us": str(r.wait_us).encode(),
+        b"infer_us": str(r.infer_us).encode(),
+        b"e2e_us": str(r.e2e_us).encode(),
+        b"ts": str(r.ts_us).encode(),
+        b"batch": str(r.batch).encode(),
+    }
+    if r.meta:
+        fields[b"meta"] = _pack(r.meta)
+    return fields
+
+
+def decode_result(fields: Fields) -> Result:
+    """Parse a result entry's fields."""
+    try:
+        return Result(
+            input_id=fields[b"in"].decode(),
+            cid=fields.get(b"cid", b"").decode(),
+            status=fields[b"status"].decode(),
+            label=int(fields[b"label"]),
+            class_name=fields[b"class"].decode(),
+            probs=list(msgpack.unpackb(fields[b"probs"])),
+            model=fields[b"model"].decode(),
+            worker=fields[b"worker"].decode(),
+            queue_us=int(fields[b"queue_us"]),
+            wait_us=int(fields[b"wait_us"]),
+            infer_us=int(fields[b"infer_us"]),
+            e2e_us=int(fields[b"e2e_us"]),
+            ts_us=int(fields[b"ts"]),
+            batch=int(fields[b"batch"]),
+            meta=msgpack.unpackb(fields[b"meta"]) if b"meta" in fields else {},
+        )
+    except (KeyError, ValueError, TypeError, msgpack.UnpackException) as e:
+        raise WireError("bad_result", f"result entry malformed: {e}") from e
+
+
+#: Prefix of the fields a worker adds to a dead-letter entry (the original fields are kept).
+DEAD_PREFIX = b"dead."
+
+
+def encode_dead(
+    original: Fields,
+    *,
+    input_id: str,
+    reason: str,
+    detail: str,
+    worker: str,
+    deliveries: int,
+    max_field_bytes: int = 64 * 1024,
+) -> dict[bytes, bytes]:
+    """Build a dead-letter entry: the original fields plus ``dead.*`` fields.
+
+    Original fields larger than ``max_field_bytes`` are replaced by a note so that a hostile
+    100 MB field is not copied around; the note gives its size and a hex prefix.
+    """
+    fields: dict[bytes, bytes] = {}
+    for k, v in original.items():
+        if k.startswith(DEAD_PREFIX):
+            continue
+        if len(v) > max_field_bytes:
+            fields[k] = f"<truncated: {len(v)} bytes, starts {v[:16].hex()}>".encode()
+        else:
+            fields[k] = v
+    fields.update(
+        {
+            b"dead.id": input_id.encode(),
+            b"dead.reason": reason.encode(),
+            b"dead.detail": detail[:1000].encode(),
+            b"dead.worker": worker.encode(),
+            b"dead.deliveries": str(deliveries).encode(),
+            b"dead.ts": str(now_us()).encode(),
+        }
+    )
+    return fields

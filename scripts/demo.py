@@ -60,7 +60,7 @@ def main() -> int:
         if not (ckpt_root / "latest").is_file():
             print("no checkpoint yet: training a small BiGRU on the synthetic task ...")
             subprocess.run([sys.executable, "-m", "training.cli", "--data", "synthetic", "--out", str(ckpt_root),
-                            "--n", "6000", "--epochs", "15", "--json"], env=env, check=True)
+                            "--n", "4000", "--epochs", "10"], env=env, check=True)
         workers = subprocess.Popen([sys.executable, "-m", "worker.cli", "--replicas", "2"], env=env,
                                    stderr=subprocess.DEVNULL)
         r = redis.Redis.from_url(url)
@@ -84,6 +84,8 @@ def main() -> int:
             "publish_s": round(t_pub, 2), "elapsed_s": round(elapsed, 2), "throughput_per_s": round(len(results) / elapsed, 1),
             "e2e_ms_p50": round(float(np.percentile(e2e, 50)), 2), "e2e_ms_p95": round(float(np.percentile(e2e, 95)), 2),
             "e2e_ms_p99": round(float(np.percentile(e2e, 99)), 2), "accuracy": round(acc, 4),
+            "p50_breakdown_ms": {k: round(float(np.percentile([getattr(res, f"{k}_us") for res in results], 50)) / 1000, 3)
+                                 for k in ("queue", "wait", "infer")},
             "model_versions": sorted({res.model for res in results}),
             "workers": sorted({res.worker for res in results}),
             "mean_batch": round(float(np.mean([res.batch for res in results])), 1),

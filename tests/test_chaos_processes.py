@@ -38,8 +38,9 @@ CLAIM_IDLE_MS = 1000
 
 
 def _env(worker_env: dict[str, str], **extra: str) -> dict[str, str]:
-    return dict(worker_env, BIGRU_CLAIM_IDLE_MS=str(CLAIM_IDLE_MS), BIGRU_RECLAIM_INTERVAL_MS="200",
-                BIGRU_HEARTBEAT_INTERVAL_S="0.5", BIGRU_MAX_BATCH="64", **extra)
+    base = {"BIGRU_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS), "BIGRU_RECLAIM_INTERVAL_MS": "200",
+            "BIGRU_HEARTBEAT_INTERVAL_S": "0.5", "BIGRU_MAX_BATCH": "64"}
+    return {**worker_env, **base, **extra}
 
 
 def _windows(n: int, t: int = 20, seed: int = 0) -> list[np.ndarray]:

@@ -96,7 +96,7 @@ class Maintenance:
         self.log = structlog.get_logger("worker").bind(consumer=consumer)
         self._trim = r.register_script(TRIM_LUA)
         self._delete = r.register_script(DELETE_IDLE_CONSUMER_LUA)
-        self._next = monotonic() + interval_s
+        self._next = monotonic()  # first pass on the first step: a restarted replica cleans up at once
 
     def maybe_run(self) -> MaintenanceReport | None:
         """Run a pass if one is due (``interval_s`` of 0 disables maintenance)."""

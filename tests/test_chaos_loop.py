@@ -133,18 +133,18 @@ def test_fifty_worker_restarts(
     max_consumers = crashes = 0
     for i in range(50):
         crash = i % 2 == 0
-        loop: WorkerLoop | None = None
+        box: list[WorkerLoop] = []
 
-        def hook(n: int, xs: list[np.ndarray], crash: bool = crash) -> None:
+        def hook(n: int, xs: list[np.ndarray], crash: bool = crash, box: list[WorkerLoop] = box) -> None:
             if n == 1:
                 time.sleep(0.2)  # a replica lives a little while: restarts are paced, not instantaneous
             if n == 3:
-                assert loop is not None
                 if crash:
                     raise Crash
-                loop.stop.set()  # SIGTERM: this batch completes, then the replica exits
+                box[0].stop.set()  # SIGTERM: this batch completes, then the replica exits
 
         loop = make_loop(redis_url, prefix, checkpoint_root, predictor=Wrapped(predictor, hook), consumer=f"pod-{i}", **opts)
+        box.append(loop)
         try:
             loop.run()
         except Crash:

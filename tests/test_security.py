@@ -234,3 +234,11 @@ def test_pickle_checkpoint_is_refused_without_running_it(tmp_path: Path, monkeyp
         with pytest.raises(CheckpointError):
             load_checkpoint(tmp_path / name)
     assert not marker.exists()
+
+
+def test_redacted_hides_passwords_in_userinfo_and_query() -> None:
+    from worker.redisconn import redacted
+
+    assert redacted("rediss://bigru-worker:s3cret@h:6380/0") == "rediss://bigru-worker:***@h:6380/0"
+    assert redacted("unix:///run/redis.sock?db=0&password=s3cret") == "unix:///run/redis.sock?db=0&password=***"
+    assert redacted("redis://h:6379/0") == "redis://h:6379/0"

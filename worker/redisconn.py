@@ -7,6 +7,7 @@ They are held as :class:`pydantic.SecretStr` and never logged; URLs are logged t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -46,7 +47,8 @@ class RedisConnSettings(BaseSettings):
         sources = [
             name
             for name, given in (
-                ("password in redis_url", urlsplit(self.redis_url).password is not None),
+                ("password in redis_url", urlsplit(self.redis_url).password is not None
+                 or "password=" in urlsplit(self.redis_url).query.lower()),
                 ("redis_password", self.redis_password is not None),
                 ("redis_password_file", self.redis_password_file is not None),
             )
@@ -124,12 +126,12 @@ def connect(url: str, *, retries: int = 3, socket_timeout: float | None = None, 
 
 
 def redacted(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs)."""
+    """``url`` with any password (``user:pass@`` or a ``password=`` query parameter) replaced by ``***``."""
+    url = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    user = parts.username or ""
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", parts.path, parts.query, parts.fragment))

@@ -10,11 +10,12 @@ from collections.abc import Iterator
 
 from pydantic import ValidationError
 
+from producer.backpressure import BackpressureError
 from producer.client import Producer
 from producer.config import ProducerSettings
 from producer.results import ResultsReader
 from producer.sources import LabeledWindow, from_file, synthetic
-from worker.redisconn import connect
+from worker.security import settings_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--length", type=int, default=20, help="synthetic: timesteps per window")
     pub.add_argument("--seed", type=int, default=0)
     pub.add_argument("--id-prefix", default="w", help="client ids are <prefix>-<index>")
+    pub.add_argument("--max-lag", type=int, help="refuse while the group's lag exceeds this (0: no limit)")
+    pub.add_argument("--block", dest="backpressure", action="store_const", const="block",
+                     help="over --max-lag, wait instead of refusing")
     res = sub.add_parser("results", help="read the results stream")
     res.add_argument("--follow", action="store_true", help="keep reading new results")
     res.add_argument("--count", type=int, help="stop after this many results")
@@ -73,7 +77,7 @@ def _paced(windows: Iterator[LabeledWindow], rate: float | None) -> Iterator[lis
 
 def cmd_publish(args: argparse.Namespace, s: ProducerSettings) -> int:
     """Publish the chosen source."""
-    producer = Producer(connect(s.redis_url), s.keys, s.pipeline_size)
+    producer = Producer.from_settings(s)
     if args.source == "synthetic":
         windows = synthetic(args.count or 1000, args.length, args.seed)
     else:
@@ -82,6 +86,11 @@ def cmd_publish(args: argparse.Namespace, s: ProducerSettings) -> int:
     n = 0
     for chunk in _paced(iter(windows), args.rate):
         ids = [f"{args.id_prefix}-{n + i}" for i in range(len(chunk))]
+        try:
+            producer.gate()
+        except BackpressureError as e:
+            print(json.dumps({"published": n, "error": str(e), "lag": e.lag, "max_lag": e.limit}))
+            return 3
         pipe = producer.r.pipeline(transaction=False)
         for cid, w in zip(ids, chunk):
             from worker.wire import encode_window
@@ -97,7 +106,7 @@ def cmd_publish(args: argparse.Namespace, s: ProducerSettings) -> int:
 
 def cmd_results(args: argparse.Namespace, s: ProducerSettings) -> int:
     """Print results as text or JSON lines."""
-    reader = ResultsReader(connect(s.redis_url), s.keys, start=args.start)
+    reader = ResultsReader(s.connect(), s.keys, start=args.start)
     try:
         for r in reader.iter(count=args.count, follow=args.follow):
             if args.json:
@@ -113,11 +122,12 @@ def cmd_results(args: argparse.Namespace, s: ProducerSettings) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
-    flags = {k: getattr(args, k) for k in ("redis_url", "prefix", "shards") if getattr(args, k) is not None}
+    names = ("redis_url", "prefix", "shards", "max_lag", "backpressure")
+    flags = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     try:
         s = ProducerSettings(**flags)
     except ValidationError as e:
-        print(f"bigru-producer: invalid configuration: {e}", file=sys.stderr)
+        print(f"bigru-producer: {settings_error(e)}", file=sys.stderr)
         return 2
     return cmd_publish(args, s) if args.command == "publish" else cmd_results(args, s)
 

@@ -23,26 +23,57 @@ def free_port() -> int:
 
 
 class LocalRedis:
-    """A redis-server child process; use as a context manager or call start()/stop()."""
+    """A redis-server child process; use as a context manager or call start()/stop().
 
-    def __init__(self, port: int | None = None, args: list[str] | None = None, dir: str | None = None) -> None:
+    With ``tls`` (a dict with ``cert``, ``key`` and ``ca`` file paths) the server listens on TLS
+    only and accepts clients with or without a certificate signed by ``ca``.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        args: list[str] | None = None,
+        dir: str | None = None,
+        tls: dict[str, str] | None = None,
+        password: str | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.args = list(args or [])
+        self.tls = tls
+        self.password = password
         self._own_dir = dir is None
         self.dir = Path(dir or tempfile.mkdtemp(prefix="bigru-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """``redis://`` URL of this server."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://`` (``rediss://`` with TLS) URL of this server, without the password."""
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        """An admin client (default user, server CA trusted)."""
+        opts: dict[str, object] = {"port": self.port, "password": self.password, "socket_connect_timeout": 0.5}
+        if self.tls:
+            opts.update(ssl=True, ssl_ca_certs=self.tls["ca"])
+        opts.update(kwargs)
+        return redis.Redis(**opts)  # type: ignore[arg-type]
+
+    def _server_args(self) -> list[str]:
+        args = ["--port", str(self.port)]
+        if self.tls:
+            args = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.tls["cert"],
+                    "--tls-key-file", self.tls["key"], "--tls-ca-cert-file", self.tls["ca"],
+                    "--tls-auth-clients", "optional"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        return args
 
     def start(self, timeout: float = 10.0) -> LocalRedis:
         """Start the server and wait until it answers PING."""
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server not found on PATH (apt-get install redis-server)")
-        cmd = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+        cmd = [exe, *self._server_args(), "--bind", "127.0.0.1", "--dir", str(self.dir),
                "--save", "", "--appendonly", "no", "--protected-mode", "no", *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -50,9 +81,9 @@ class LocalRedis:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {' '.join(cmd)}")
             try:
-                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
+                if self.client().ping():
                     return self
-            except redis.RedisError:
+            except (redis.RedisError, OSError):
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout}s")
 

@@ -9,16 +9,20 @@ import redis
 
 from training.checkpoint import load_checkpoint
 from worker.config import WorkerSettings
-from worker.loop import StaticModel, WorkerLoop
+from worker.loop import Predictor, StaticModel, WorkerLoop
 from worker.predictor import TorchPredictor
 
 
-def make_loop(url: str, prefix: str, ckpt: Path, **overrides: object) -> WorkerLoop:
-    """A real WorkerLoop in burst mode on the test's Redis and prefix."""
+def make_loop(
+    url: str, prefix: str, ckpt: Path, *, client: redis.Redis | None = None, consumer: str = "test-0",
+    predictor: Predictor | None = None, **overrides: object,
+) -> WorkerLoop:
+    """A real WorkerLoop in burst mode on the test's Redis and prefix (``client``: e.g. an ACL user's)."""
     opts: dict[str, object] = {"burst": True, "burst_idle_ms": 200, **overrides}
     s = WorkerSettings(redis_url=url, prefix=prefix, group=prefix, checkpoint=str(ckpt), **opts)  # type: ignore[arg-type]
-    pred = TorchPredictor(load_checkpoint(ckpt))
-    return WorkerLoop(redis.Redis.from_url(url), s, "test-0", StaticModel(pred), stop=threading.Event())
+    pred = predictor or TorchPredictor(load_checkpoint(ckpt))
+    r = client if client is not None else redis.Redis.from_url(url)
+    return WorkerLoop(r, s, consumer, StaticModel(pred), stop=threading.Event())
 
 
 def stream_entries(r: redis.Redis, key: str) -> list[tuple[str, dict[bytes, bytes]]]:

@@ -9,6 +9,7 @@ import sys
 from pydantic import ValidationError
 
 from worker.config import WorkerSettings
+from worker.security import settings_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,14 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
     except ValidationError as e:
-        fields = ", ".join(".".join(str(p) for p in err["loc"]) or "settings" for err in e.errors())
-        print(f"bigru-worker: invalid configuration ({fields}):\n{e}", file=sys.stderr)
+        print(f"bigru-worker: {settings_error(e)}", file=sys.stderr)
         return 2
     if args.check or args.command == "status":
         from worker.health import check, status
-        from worker.redisconn import connect
 
-        r = connect(settings.redis_url)
+        r = settings.connect()
         if args.check:
             ok, msg = check(r, settings.keys, settings.replicas)
             print(msg)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from worker.keys import Keys
+from worker.redisconn import RedisConnSettings
 from worker.wire import Limits
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(RedisConnSettings):
     """Every worker setting; environment variables use the ``BIGRU_`` prefix (``BIGRU_MAX_BATCH``)."""
 
     model_config = SettingsConfigDict(env_prefix="BIGRU_", env_file=".env", extra="ignore")
 
-    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL (redis:// or rediss://)")
     prefix: str = Field("bigru", min_length=1, description="key prefix")
     group: str = Field("bigru", min_length=1, description="consumer group name")
     shards: int = Field(1, ge=1, le=1024, description="number of shard streams")
@@ -33,6 +33,9 @@ class WorkerSettings(BaseSettings):
     worker_name: str | None = Field(None, description="consumer name base (default: host name)")
     claim_idle_ms: int = Field(30000, ge=100, description="reclaim entries idle this long from other consumers")
     reclaim_interval_ms: int = Field(5000, ge=100)
+    maintenance_interval_ms: int = Field(10000, ge=0, description="input trimming/consumer reaping period (0: off)")
+    trim_input: bool = Field(True, description="trim input entries every group has acknowledged")
+    reap_idle_ms: int = Field(300_000, ge=1000, description="delete consumers idle this long with nothing pending")
     max_deliveries: int = Field(5, ge=1)
     heartbeat_ttl_s: float = Field(15.0, gt=0)
     heartbeat_interval_s: float = Field(2.0, gt=0)
@@ -43,12 +46,6 @@ class WorkerSettings(BaseSettings):
     allow_nonfinite: bool = False
     log_level: str = "INFO"
     log_json: bool | None = Field(None, description="JSON logs (default: when stderr is not a TTY)")
-
-    @model_validator(mode="after")
-    def _check(self) -> WorkerSettings:
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
-        return self
 
     @property
     def keys(self) -> Keys:

@@ -22,6 +22,7 @@ import structlog
 
 from worker import streams
 from worker.config import WorkerSettings
+from worker.maintenance import Maintenance
 from worker.redisconn import TRANSIENT
 from worker.streams import Entry, Output
 from worker.wire import Result, Window, WireError, decode_window, encode_dead, encode_result, now_us
@@ -121,6 +122,11 @@ class WorkerLoop:
         self.stats = LoopStats()
         self.log = structlog.get_logger("worker").bind(consumer=consumer)
         self.publisher = streams.Publisher(r, self.keys, settings.results_maxlen, settings.dead_maxlen)
+        self.maintenance = Maintenance(
+            r, self.keys, consumer, interval_s=settings.maintenance_interval_ms / 1000, trim=settings.trim_input,
+            reap_idle_ms=settings.reap_idle_ms, monotonic=self.clock.monotonic,
+        )
+        self._claim_cursor: dict[int, str] = {}
         self._pending_phase = True
         self._next_reclaim = 0.0
         self._next_heartbeat = 0.0
@@ -148,8 +154,9 @@ class WorkerLoop:
         if mono() >= self._next_reclaim:
             self._next_reclaim = mono() + s.reclaim_interval_ms / 1000
             for sk in shards:
-                got, deleted = streams.autoclaim(
-                    self.r, self.keys, sk, self.consumer, s.claim_idle_ms, s.max_batch, self.clock.now_us()
+                got, deleted, self._claim_cursor[sk.shard] = streams.autoclaim(
+                    self.r, self.keys, sk, self.consumer, s.claim_idle_ms, s.max_batch, self.clock.now_us(),
+                    self._claim_cursor.get(sk.shard, "0-0"),
                 )
                 if deleted:
                     self.log.warning("reclaim_deleted_entries", shard=sk.shard, ids=deleted[:10], count=len(deleted))
@@ -266,6 +273,7 @@ class WorkerLoop:
         """Run one batch cycle; returns False when burst mode found the stream drained."""
         self.models.poll()
         self.heartbeat()
+        self.maintenance.maybe_run()
         entries = self.collect()
         if entries is None:
             return False
@@ -328,9 +336,7 @@ class WorkerLoop:
             self.r.delete(self.keys.heartbeat(self.consumer))
             self.r.hdel(self.keys.workers, self.consumer)
             for sk in self.keys.all_shards():
-                info = self.r.xpending_range(sk.windows, self.keys.group, "-", "+", 1, consumername=self.consumer)
-                if not info:
-                    self.r.xgroup_delconsumer(sk.windows, self.keys.group, self.consumer)
+                self.maintenance.delete_if_idle(sk.windows, self.consumer)
         except (*TRANSIENT, redis.ResponseError) as err:
             self.log.warning("shutdown_cleanup_failed", error=str(err))
         self.log.info("worker_stopped", batches=self.stats.batches, results=self.stats.results, dead=self.stats.dead)

@@ -86,12 +86,20 @@ def read(
 
 
 def autoclaim(
-    r: redis.Redis, keys: Keys, sk: ShardKeys, consumer: str, min_idle_ms: int, count: int, read_us: int
-) -> tuple[list[Entry], list[str]]:
-    """Claim entries idle longer than ``min_idle_ms`` from any consumer; returns (entries, deleted ids)."""
-    resp = r.xautoclaim(sk.windows, keys.group, consumer, min_idle_ms, "0-0", count=count)
+    r: redis.Redis, keys: Keys, sk: ShardKeys, consumer: str, min_idle_ms: int, count: int, read_us: int,
+    cursor: str = "0-0",
+) -> tuple[list[Entry], list[str], str]:
+    """Claim entries idle longer than ``min_idle_ms`` from any consumer, scanning the group's pending
+    list from ``cursor``; returns (entries, deleted ids, next cursor).
+
+    XAUTOCLAIM inspects at most ``10 * count`` pending entries per call, so callers must carry the
+    cursor forward: restarting at ``0-0`` every time would never reach idle entries behind a long
+    run of fresh ones.
+    """
+    resp = r.xautoclaim(sk.windows, keys.group, consumer, min_idle_ms, cursor, count=count)
+    nxt = resp[0].decode() if isinstance(resp[0], bytes) else str(resp[0])
     deleted = [d.decode() if isinstance(d, bytes) else d for d in (resp[2] if len(resp) > 2 else [])]
-    return _entries(sk.shard, resp[1], read_us), deleted
+    return _entries(sk.shard, resp[1], read_us), deleted, nxt
 
 
 def delivery_counts(r: redis.Redis, keys: Keys, entries: list[Entry]) -> None:

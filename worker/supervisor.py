@@ -40,7 +40,6 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     from training.checkpoint import load_checkpoint
     from worker.loop import StaticModel, WorkerLoop
     from worker.predictor import TorchPredictor
-    from worker.redisconn import connect, redacted
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -49,8 +48,8 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     ckpt = load_checkpoint(settings.checkpoint)
     predictor = TorchPredictor(ckpt, settings.device)
     predictor.warmup()
-    r = connect(settings.redis_url)
-    log.info("replica_ready", redis=redacted(settings.redis_url), model=ckpt.version, device=str(predictor.device))
+    r = settings.connect()
+    log.info("replica_ready", redis=settings.redis_url_redacted, model=ckpt.version, device=str(predictor.device))
     loop = WorkerLoop(r, settings, consumer, StaticModel(predictor), stop=stop)
     loop.run()
     return 0

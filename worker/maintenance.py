@@ -1,0 +1,143 @@
+"""Periodic housekeeping a replica does between batches: trim the input stream without losing
+anything, and remove consumers that crashed and hold nothing.
+
+Both run as server-side Lua scripts so that what they check and what they change happen atomically
+(a consumer cannot read new entries between "has no pending entries" and its deletion; no group can
+advance between computing the trim point and trimming). Each script touches one key, so it is
+valid on a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+import structlog
+
+from worker.keys import Keys
+
+# Redis 7.0 has no ACKED trimming (that is 8.2's XTRIM ... ACKED), so compute the oldest entry any
+# group still needs: the group's oldest pending id, or the first id after its last-delivered id.
+# Everything below the minimum over all groups has been delivered and acknowledged by every group.
+# Returns {minid, trimmed} or false when there is no stream or no group.
+TRIM_LUA = """
+local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+if groups['err'] then
+  if string.find(groups['err'], 'no such key') then return false end
+  return redis.error_reply(groups['err'])
+end
+if #groups == 0 then return false end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function less(a, b)
+  local ams, aseq = parse(a)
+  local bms, bseq = parse(b)
+  return ams < bms or (ams == bms and aseq < bseq)
+end
+local minid = nil
+for _, g in ipairs(groups) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  local ms, seq = parse(info['last-delivered-id'])
+  local keep = info['last-delivered-id']
+  if seq < 9007199254740991 then keep = string.format('%d-%d', ms, seq + 1) end
+  if info['pending'] > 0 then
+    local oldest = redis.call('XPENDING', KEYS[1], info['name'])[2]
+    if less(oldest, keep) then keep = oldest end
+  end
+  if minid == nil or less(keep, minid) then minid = keep end
+end
+return {minid, redis.call('XTRIM', KEYS[1], 'MINID', minid)}
+"""
+
+# Delete a consumer only if it has no pending entries (otherwise they would become unclaimable).
+# KEYS = input stream; ARGV = group, consumer. Returns 1 if deleted, 0 if kept.
+DELETE_IDLE_CONSUMER_LUA = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+@dataclass
+class MaintenanceReport:
+    """What one maintenance pass did."""
+
+    trimmed: int = 0
+    trimmed_to: dict[int, str] = field(default_factory=dict)
+    reaped: list[str] = field(default_factory=list)
+
+
+class Maintenance:
+    """Input trimming and consumer reaping for one replica, run at most every ``interval_s``."""
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        consumer: str,
+        *,
+        interval_s: float,
+        trim: bool,
+        reap_idle_ms: int,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.r = r
+        self.keys = keys
+        self.consumer = consumer
+        self.interval_s = interval_s
+        self.trim_enabled = trim
+        self.reap_idle_ms = reap_idle_ms
+        self.monotonic = monotonic
+        self.log = structlog.get_logger("worker").bind(consumer=consumer)
+        self._trim = r.register_script(TRIM_LUA)
+        self._delete = r.register_script(DELETE_IDLE_CONSUMER_LUA)
+        self._next = monotonic()  # first pass on the first step: a restarted replica cleans up at once
+
+    def maybe_run(self) -> MaintenanceReport | None:
+        """Run a pass if one is due (``interval_s`` of 0 disables maintenance)."""
+        if self.interval_s <= 0 or self.monotonic() < self._next:
+            return None
+        self._next = self.monotonic() + self.interval_s
+        return self.run_once()
+
+    def run_once(self) -> MaintenanceReport:
+        """Trim every shard's input stream (if enabled) and reap dead consumers now."""
+        rep = MaintenanceReport()
+        for sk in self.keys.all_shards():
+            if self.trim_enabled:
+                out = self._trim(keys=[sk.windows])
+                if out:
+                    minid, n = out
+                    rep.trimmed += int(n)
+                    rep.trimmed_to[sk.shard] = minid.decode() if isinstance(minid, bytes) else str(minid)
+            rep.reaped += self.reap(sk.windows)
+        if rep.trimmed or rep.reaped:
+            self.log.info("maintenance", trimmed=rep.trimmed, trimmed_to=rep.trimmed_to, reaped=rep.reaped)
+        return rep
+
+    def reap(self, stream: str) -> list[str]:
+        """Delete consumers idle longer than ``reap_idle_ms`` with no pending entries and no heartbeat."""
+        try:
+            consumers = self.r.xinfo_consumers(stream, self.keys.group)
+        except redis.ResponseError:  # no stream or group yet
+            return []
+        reaped = []
+        for c in consumers:
+            name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
+            if name == self.consumer or int(c["pending"]) > 0 or int(c["idle"]) < self.reap_idle_ms:
+                continue
+            if self.r.exists(self.keys.heartbeat(name)):
+                continue
+            if self.delete_if_idle(stream, name):
+                self.r.hdel(self.keys.workers, name)
+                reaped.append(name)
+        return reaped
+
+    def delete_if_idle(self, stream: str, consumer: str) -> bool:
+        """Atomically delete ``consumer`` from ``stream``'s group if it has no pending entries."""
+        return bool(self._delete(keys=[stream], args=[self.keys.group, consumer]))

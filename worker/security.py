@@ -1,0 +1,74 @@
+"""Least-privilege Redis ACL rules for each role, and secret-safe reporting of settings errors.
+
+``acl_rules(role, prefix)`` is the single source of the ``ACL SETUSER`` lines documented in
+``docs/security.md`` (``bigru-worker acl --role worker`` prints them); the tests apply them to a
+real redis-server and check that the pipeline works and everything else is denied.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ValidationError
+
+Role = Literal["worker", "producer", "reader"]
+
+#: Connection housekeeping every role needs (redis-py ignores a refused CLIENT SETINFO).
+_CONNECTION = ["+ping", "+select"]
+
+
+def _streams(prefix: str, *names: str) -> list[str]:
+    # One shard: {prefix}:name; several: {prefix:N}:name.
+    return [p for n in names for p in (f"~{{{prefix}}}:{n}", f"~{{{prefix}:*}}:{n}")]
+
+
+def _selector(*rules: str) -> str:
+    return "(" + " ".join(rules) + ")"
+
+
+def acl_rules(role: Role, prefix: str = "bigru") -> list[str]:
+    """The ``ACL SETUSER <user>`` rules for ``role`` (without the user name and password).
+
+    Redis 7 selectors (the parenthesised rules) tie commands to keys: e.g. the worker may XADD
+    only to the results and dead-letter streams, and DEL/SET only its heartbeat keys.
+    """
+    base = ["reset", "on", "-@all", *_CONNECTION, "resetchannels"]
+    if role == "worker":
+        return [
+            *base,
+            # Consume the input stream through the group; trim what every group acknowledged.
+            "+xreadgroup", "+xack", "+xclaim", "+xautoclaim", "+xpending", "+xtrim", "+xlen",
+            "+xgroup|create", "+xgroup|delconsumer", "+xinfo|groups", "+xinfo|consumers", "+script|load",
+            *_streams(prefix, "windows"),
+            # The publish/trim/reap scripts name the input, results and dead-letter streams.
+            _selector("+evalsha", *_streams(prefix, "windows", "results", "dead")),
+            # Results and dead letters are appended by the publish script.
+            _selector("+xadd", *_streams(prefix, "results", "dead")),
+            # Heartbeat keys and the workers hash (also read by `bigru-worker --check`).
+            _selector("+get", "+set", "+del", "+exists", "+hset", "+hdel", "+hkeys", "+hget", "+hgetall",
+                      f"~{prefix}:hb:*", f"~{prefix}:workers"),
+            # The model registry (version hash, checkpoint blobs, latest pointer, events stream): read only.
+            _selector("+get", "+hget", "+hgetall", "+hkeys", "+exists", "+xread", "+xrange", "+xrevrange",
+                      f"%R~{prefix}:model*"),
+        ]
+    if role == "producer":
+        # XADD to the input stream; read the group's lag (XRANGE counts it when XINFO cannot).
+        return [*base, "+xadd", "+xinfo|groups", "+xlen", "+xrange", *_streams(prefix, "windows")]
+    if role == "reader":
+        return [*base, "+xread", "+xrange", "+xrevrange", "+xlen", *_streams(prefix, "results", "dead")]
+    raise ValueError(f"unknown role {role!r}; expected worker, producer or reader")
+
+
+def acl_setuser(role: Role, user: str, password_placeholder: str = "<password>", prefix: str = "bigru") -> str:
+    """One ``ACL SETUSER`` command line, as documented (``>password`` placeholder)."""
+    return " ".join(["ACL SETUSER", user, *acl_rules(role, prefix), f">{password_placeholder}"])
+
+
+def settings_error(e: ValidationError) -> str:
+    """A settings validation error naming each bad field, without echoing input values (which may
+    hold passwords, e.g. in ``redis_url``)."""
+    lines = []
+    for err in e.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "settings"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "invalid configuration:\n" + "\n".join(lines)

@@ -27,7 +27,8 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
-from tests.zoo import Zoo, build
+from tests.helpers import wait_for
+from tests.zoo import Zoo, zoo_fixture  # noqa: F401  (the session's tiny checkpoints)
 from training import registry
 from training.checkpoint import FILENAME, load_checkpoint, set_latest_version, to_bytes
 from worker.health import live_replicas
@@ -36,20 +37,8 @@ from worker.keys import Keys
 GATE = {"BIGRU_RELOAD_MIN_ACCURACY": "0.7", "BIGRU_RELOAD_MAX_DROP": "0.1", "BIGRU_LOG_LEVEL": "INFO"}
 
 
-@pytest.fixture(scope="session")
-def zoo(checkpoint_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Zoo:
-    """Tiny successors of the session checkpoint (trained after it, so they sort after it)."""
-    return build(checkpoint_root, tmp_path_factory.mktemp("zoo"))
 
 
-def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``cond()`` until true or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def serving(r: redis.Redis, keys: Keys) -> dict[str, str]:

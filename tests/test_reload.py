@@ -14,7 +14,8 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
-from tests.zoo import Zoo, build
+from tests.helpers import wait_for
+from tests.zoo import Zoo, zoo_fixture  # noqa: F401  (the session's tiny checkpoints)
 from training import registry, registry_cli
 from training.checkpoint import FILENAME, CheckpointError, set_latest_version
 from worker.config import WorkerSettings
@@ -27,10 +28,6 @@ from worker.reload import ReloadingSource, initial_predictor
 MakeSource = Callable[..., ReloadingSource]
 
 
-@pytest.fixture(scope="session")
-def zoo(checkpoint_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Zoo:
-    """Tiny successors of the session checkpoint (trained after it, so they sort after it)."""
-    return build(checkpoint_root, tmp_path_factory.mktemp("zoo"))
 
 
 def settings(url: str, prefix: str, ckpt: Path, **kw: object) -> WorkerSettings:
@@ -56,14 +53,6 @@ def make_source(redis_url: str, prefix: str) -> Iterator[MakeSource]:
         src.close()
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``cond()`` until true or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_published_version_is_served_from_the_next_batch(r: redis.Redis, redis_url: str, prefix: str, zoo: Zoo,
@@ -213,3 +202,14 @@ def test_registry_rejects_bad_publishes_and_unknown_promotes(r: redis.Redis, red
     assert entry.version in capsys.readouterr().out
     assert registry_cli.main(["models", "--json", *flags]) == 0
     assert f'"version": "{entry.version}"' in capsys.readouterr().out
+
+
+def test_worker_without_a_local_checkpoint_starts_from_the_registry(r: redis.Redis, redis_url: str, prefix: str,
+                                                                   zoo: Zoo, tmp_path: Path) -> None:
+    s = settings(redis_url, prefix, tmp_path / "missing")
+    with pytest.raises(CheckpointError):
+        initial_predictor(s, r)  # nothing local, nothing registered
+    registry.publish(r, Keys(prefix, prefix), Zoo.data(zoo.good[1]))
+    assert initial_predictor(s, r).version == Zoo.version(zoo.good[1])
+    with pytest.raises(CheckpointError):
+        initial_predictor(settings(redis_url, prefix, tmp_path / "missing", reload=False), r)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from training.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from training.data import Dataset, stratified_split, synthetic
@@ -66,3 +67,9 @@ def build(base: Path, tmp: Path) -> Zoo:
     zoo = Zoo(base, good, wrong, shuffled)
     _CACHE[base] = zoo
     return zoo
+
+
+@pytest.fixture(scope="session", name="zoo")
+def zoo_fixture(checkpoint_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Zoo:
+    """Tiny successors of the session checkpoint (trained after it, so they sort after it)."""
+    return build(checkpoint_root, tmp_path_factory.mktemp("zoo"))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from training import registry
@@ -33,6 +33,13 @@ class RegistrySettings(BaseSettings):
 
     redis_url: str = Field("redis://localhost:6379/0", description="Redis URL of the registry")
     prefix: str = Field("bigru", min_length=1, description="key prefix (the workers' BIGRU_PREFIX)")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return v
 
     @property
     def keys(self) -> Keys:

@@ -161,11 +161,12 @@ def test_publishes_under_load_lose_nothing_refuse_bad_and_roll_back(
         assert r.xlen(keys.shard(0).results) > before  # still serving
         # Rollback with the command line.
         t0 = time.monotonic()
-        out = subprocess.run([sys.executable, "-m", "training.cli", "promote", good[0]], env=env,
-                             capture_output=True, timeout=60)
-        assert out.returncode == 0, out.stderr.decode()
-        command_s = converge(r, keys, good[0], 2, t0)
+        cli = subprocess.Popen([sys.executable, "-m", "training.cli", "promote", good[0]], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        command_s = converge(r, keys, good[0], 2, t0, timeout=90)  # watched while the command runs and exits
         done = time.time()
+        _, err = cli.communicate(timeout=60)
+        assert cli.returncode == 0, err.decode()
         ptr = registry.read_pointer(r, keys)
         assert ptr is not None and ptr.action == "promoted"
         rollback_s = round(done - ptr.ts, 3)  # from the pointer move, without the command's start-up

@@ -187,7 +187,7 @@ def test_registry_rejects_bad_publishes_and_unknown_promotes(r: redis.Redis, red
     entry = registry.entry_for(data)
     assert registry.register(r, keys, data, entry) is True
     assert registry.register(r, keys, data, entry) is False  # idempotent
-    with pytest.raises(CheckpointError):
+    with pytest.raises(registry.RegistryError, match="not a valid checkpoint"):
         registry.publish(r, keys, data[:-500])
     with pytest.raises(registry.RegistryError, match="not registered"):
         registry.promote(r, keys, "v19700101T000000000-deadbeef")

@@ -92,9 +92,12 @@ def _s(v: bytes | str) -> str:
 
 def entry_for(data: bytes, source: str = "") -> Entry:
     """Parse checkpoint bytes (fully: weights must fit the config) into a registry entry."""
-    from training.checkpoint import from_bytes
+    from training.checkpoint import CheckpointError, from_bytes
 
-    ckpt = from_bytes(data)
+    try:
+        ckpt = from_bytes(data)
+    except CheckpointError as e:
+        raise RegistryError(f"not a valid checkpoint: {e}") from e
     if not ckpt.version:
         raise RegistryError("checkpoint has no version")
     params = sum(int(v.numel()) for v in ckpt.state_dict.values())
@@ -138,7 +141,7 @@ def publish(r: redis.Redis, keys: Keys, data: bytes, *, source: str = "", set_la
             notify: bool = True) -> tuple[Entry, Pointer | None]:
     """Register checkpoint bytes, move ``latest`` to them and announce it.
 
-    The bytes are parsed first, so a corrupt file is rejected here with :class:`CheckpointError`.
+    The bytes are parsed first, so a corrupt file is rejected here with :class:`RegistryError`.
     ``notify=False`` skips the announcement (workers then find the version by their periodic check).
     """
     entry = entry_for(data, source)

@@ -19,7 +19,6 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from training import registry
-from training.checkpoint import CheckpointError, resolve_path
 from worker.keys import Keys
 from worker.redisconn import connect, redacted
 
@@ -65,11 +64,13 @@ def _settings(args: argparse.Namespace) -> RegistrySettings:
 
 def publish_path(s: RegistrySettings, path: str | Path, *, set_latest: bool = True) -> dict[str, Any]:
     """Publish the checkpoint at ``path`` (file, version dir or root); returns a JSON-able summary."""
-    file = resolve_path(path)
+    from training.checkpoint import CheckpointError, resolve_path  # torch: only publishing needs it
+
     try:
+        file = resolve_path(path)
         data = file.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"cannot read {file}: {e}") from e
+    except (CheckpointError, OSError) as e:
+        raise registry.RegistryError(f"cannot read a checkpoint at {path}: {e}") from e
     entry, ptr = registry.publish(s.client(), s.keys, data, source=str(file), set_latest=set_latest)
     return {
         "version": entry.version, "sha256": entry.sha256, "bytes": entry.size, "params": entry.params,
@@ -129,7 +130,7 @@ def _run(s: RegistrySettings, command: str, op: Callable[[], dict[str, Any]]) ->
     """Run ``op``, turning the expected failures into a message on stderr and exit code 1."""
     try:
         return 0, op()
-    except (CheckpointError, registry.RegistryError) as e:
+    except registry.RegistryError as e:
         print(f"bigru-train {command}: {e}", file=sys.stderr)
     except redis.ConnectionError as e:
         print(f"bigru-train {command}: cannot reach Redis at {redacted(s.redis_url)}: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from training import registry_cli
 from training.checkpoint import save_checkpoint
 from training.data import stratified_split, synthetic
 from training.model import ModelConfig
@@ -45,11 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device")
     p.add_argument("--json", action="store_true", help="print one JSON summary line")
+    registry_cli.add_publish_flags(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in registry_cli.COMMANDS:
+        return registry_cli.main(argv)
     args = build_parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if v is not None and k != "json"}
     try:
@@ -73,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         "params": params,
         "seconds_per_epoch": res.seconds_per_epoch,
     }
+    if args.publish:  # the checkpoint file stays written even when publishing fails
+        summary["published"] = registry_cli.publish_trained(args, path)
     print(json.dumps(summary) if args.json else f"wrote {path} (val_accuracy={summary['val_accuracy']:.4f})")
-    return 0
+    return 1 if args.publish and not summary["published"] else 0
 
 
 if __name__ == "__main__":

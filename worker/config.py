@@ -44,6 +44,13 @@ class WorkerSettings(RedisConnSettings):
     max_window_bytes: int = Field(4 * 1024 * 1024, ge=64)
     max_length: int = Field(10_000, ge=1)
     allow_nonfinite: bool = False
+    reload: bool = Field(True, description="hot-reload models announced in the registry / checkpoint root")
+    reload_interval_s: float = Field(5.0, gt=0, description="periodic check of the latest pointer")
+    reload_follow_dir: bool = Field(True, description="also follow the checkpoint root's 'latest' file")
+    reload_min_accuracy: float = Field(0.5, ge=0, le=1, description="golden-batch accuracy floor")
+    reload_max_drop: float = Field(0.02, ge=0, le=1, description="allowed golden accuracy drop vs the serving model")
+    reload_allow_schema_change: bool = Field(False, description="accept a different feature count / class list")
+    reload_require_golden: bool = Field(True, description="refuse checkpoints without a golden batch")
     log_level: str = "INFO"
     log_json: bool | None = Field(None, description="JSON logs (default: when stderr is not a TTY)")
 

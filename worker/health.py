@@ -53,4 +53,16 @@ def status(r: redis.Redis, keys: Keys) -> dict[str, Any]:
         info["results"] = r.xlen(sk.results)
         info["dead"] = r.xlen(sk.dead)
         shards.append(info)
-    return {"shards": shards, "replicas": live_replicas(r, keys)}
+    replicas = live_replicas(r, keys)
+    return {"shards": shards, "replicas": replicas, "models": models(r, keys, replicas)}
+
+
+def models(r: redis.Redis, keys: Keys, replicas: list[dict[str, Any]]) -> dict[str, Any]:
+    """The registry's ``latest`` pointer and the version each live replica serves."""
+    from training.registry import read_pointer
+
+    ptr = read_pointer(r, keys)
+    serving = {str(rep.get("consumer")): rep.get("model") for rep in replicas}
+    latest = None if ptr is None else ptr.version
+    return {"latest": latest, "latest_seq": None if ptr is None else ptr.seq, "serving": serving,
+            "behind": sorted(c for c, v in serving.items() if latest is not None and v != latest)}

@@ -62,10 +62,14 @@ class Keys:
 
     @property
     def model_latest(self) -> str:
-        """String holding the version workers should serve."""
+        """Hash naming the version workers should serve: ``version``, ``seq`` (bumped on every move), ``action``."""
         return f"{self.prefix}:model:latest"
 
     @property
     def model_events(self) -> str:
         """Stream announcing published/promoted/refused model versions."""
         return f"{self.prefix}:model:events"
+
+    def model_refusals(self, version: str) -> str:
+        """Hash of consumer name -> JSON note of why that worker refused ``version``."""
+        return f"{self.prefix}:model-refusals:{version}"

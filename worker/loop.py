@@ -271,8 +271,9 @@ class WorkerLoop:
 
     def step(self) -> bool:
         """Run one batch cycle; returns False when burst mode found the stream drained."""
+        served = self.models.current.version
         self.models.poll()
-        self.heartbeat()
+        self.heartbeat(force=self.models.current.version != served)  # a swap shows in status at once
         self.maintenance.maybe_run()
         entries = self.collect()
         if entries is None:

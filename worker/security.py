@@ -50,6 +50,8 @@ def acl_rules(role: Role, prefix: str = "bigru") -> list[str]:
             # The model registry (version hash, checkpoint blobs, latest pointer, events stream): read only.
             _selector("+get", "+hget", "+hgetall", "+hkeys", "+exists", "+xread", "+xrange", "+xrevrange",
                       f"%R~{prefix}:model*"),
+            # ...except the note a worker leaves when it refuses a version.
+            _selector("+hset", f"~{prefix}:model-refusals:*"),
         ]
     if role == "producer":
         # XADD to the input stream; read the group's lag (XRANGE counts it when XINFO cannot).

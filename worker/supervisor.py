@@ -28,6 +28,7 @@ def _install_stop_handlers(stop: threading.Event, supervised: bool) -> None:
     signal.signal(signal.SIGTERM, handler)
     # A supervised child leaves Ctrl-C to its parent, which forwards one SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN if supervised else handler)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the model source takes it over (reload.install_sighup)
 
 
 def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) -> int:
@@ -37,21 +38,24 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     _install_stop_handlers(stop, supervised)
     import torch
 
-    from training.checkpoint import load_checkpoint
-    from worker.loop import StaticModel, WorkerLoop
-    from worker.predictor import TorchPredictor
+    from worker.loop import WorkerLoop
+    from worker.reload import install_sighup, open_source
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     consumer = settings.consumer_name(index)
     log = structlog.get_logger("worker").bind(consumer=consumer)
-    ckpt = load_checkpoint(settings.checkpoint)
-    predictor = TorchPredictor(ckpt, settings.device)
-    predictor.warmup()
     r = settings.connect()
-    log.info("replica_ready", redis=settings.redis_url_redacted, model=ckpt.version, device=str(predictor.device))
-    loop = WorkerLoop(r, settings, consumer, StaticModel(predictor), stop=stop)
-    loop.run()
+    source = open_source(settings, r, consumer)
+    install_sighup(source)
+    model = source.current
+    log.info("replica_ready", redis=settings.redis_url_redacted, model=model.version,
+             device=str(getattr(model, "device", settings.device)))
+    loop = WorkerLoop(r, settings, consumer, source, stop=stop)
+    try:
+        loop.run()
+    finally:
+        getattr(source, "close", lambda: None)()
     return 0
 
 
@@ -88,8 +92,17 @@ def supervise(settings: WorkerSettings) -> int:
         procs[i] = p
         log.info("replica_started", replica=i, pid=p.pid)
 
+    def hangup(signum: int, frame: FrameType | None) -> None:
+        for p in procs.values():  # each replica checks for a new model version
+            if p.is_alive() and p.pid:
+                try:
+                    os.kill(p.pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
+
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGHUP, hangup)
     for i in range(settings.replicas):
         start(i)
     exit_code = 0

@@ -1,0 +1,108 @@
+"""The quality gate a candidate checkpoint passes before a worker serves it.
+
+Checks, in order: the bytes parse (and match the registry's sha256, checked by the caller); the wire
+version, feature count and class list match what is served (unless the settings allow a change); the
+checkpoint carries a golden batch; its accuracy there reaches the floor and is not below the serving
+model's accuracy on the same batch by more than the allowed drop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.checkpoint import Checkpoint, CheckpointError, from_bytes
+from worker.predictor import TorchPredictor
+
+
+class Refused(Exception):
+    """A candidate failed the gate; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class GateRules:
+    """Thresholds of the gate (from ``WorkerSettings.reload_*``)."""
+
+    min_accuracy: float = 0.5
+    max_drop: float = 0.02
+    allow_schema_change: bool = False
+    require_golden: bool = True
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the gate measured for an accepted candidate."""
+
+    accuracy: float | None
+    serving_accuracy: float | None
+    golden_size: int
+
+
+def parse(data: bytes) -> Checkpoint:
+    """Checkpoint from bytes; a corrupt or truncated file is refused as ``corrupt``."""
+    try:
+        return from_bytes(data)
+    except CheckpointError as e:
+        raise Refused("corrupt", str(e)) from e
+
+
+def check_schema(ckpt: Checkpoint, serving: TorchPredictor, rules: GateRules) -> None:
+    """Refuse a candidate whose input or output contract differs from the served one."""
+    if ckpt.wire_version != serving.checkpoint.wire_version:
+        raise Refused("incompatible_wire", f"wire version {ckpt.wire_version}, serving {serving.checkpoint.wire_version}")
+    if rules.allow_schema_change:
+        return
+    if ckpt.input_dim != serving.n_features:
+        raise Refused("incompatible_features", f"{ckpt.input_dim} features, serving {serving.n_features}")
+    if list(ckpt.classes) != list(serving.classes):
+        raise Refused("incompatible_classes", f"classes {ckpt.classes}, serving {serving.classes}")
+
+
+def golden_windows(ckpt: Checkpoint) -> tuple[list[np.ndarray], list[str]] | None:
+    """The golden batch as unpadded windows and their class names, or None when absent."""
+    if ckpt.golden_x is None or ckpt.golden_lengths is None or ckpt.golden_y is None or len(ckpt.golden_y) == 0:
+        return None
+    xs = [ckpt.golden_x[i, : int(n)] for i, n in enumerate(ckpt.golden_lengths)]
+    return xs, [ckpt.classes[int(y)] for y in ckpt.golden_y]
+
+
+def accuracy(pred: TorchPredictor, xs: list[np.ndarray], names: list[str], batch: int = 256) -> float:
+    """Share of windows whose predicted class name equals the label's."""
+    hits = 0
+    for i in range(0, len(xs), batch):
+        labels = pred.predict(xs[i : i + batch]).argmax(axis=1)
+        hits += sum(pred.classes[int(k)] == n for k, n in zip(labels, names[i : i + batch]))
+    return hits / len(xs)
+
+
+def judge(acc: float, serving_acc: float | None, rules: GateRules) -> None:
+    """Refuse when ``acc`` is under the floor or more than ``max_drop`` below the serving accuracy."""
+    if acc < rules.min_accuracy:
+        raise Refused("below_floor", f"golden accuracy {acc:.4f} < floor {rules.min_accuracy:.4f}")
+    if serving_acc is not None and acc < serving_acc - rules.max_drop:
+        raise Refused("worse_than_serving",
+                      f"golden accuracy {acc:.4f} < serving model's {serving_acc:.4f} - {rules.max_drop:.4f}")
+
+
+def evaluate(ckpt: Checkpoint, candidate: TorchPredictor, serving: TorchPredictor, rules: GateRules) -> Verdict:
+    """Run both models on the candidate's golden batch and judge; raises :class:`Refused`."""
+    golden = golden_windows(ckpt)
+    if golden is None:
+        if rules.require_golden:
+            raise Refused("no_golden_batch", "checkpoint carries no golden batch")
+        return Verdict(None, None, 0)
+    xs, names = golden
+    try:
+        acc = accuracy(candidate, xs, names)
+    except Exception as e:  # a model that cannot run its own golden batch is broken
+        raise Refused("golden_failed", f"{type(e).__name__}: {e}") from e
+    comparable = serving.n_features == ckpt.input_dim
+    serving_acc = accuracy(serving, xs, names) if comparable else None
+    judge(acc, serving_acc, rules)
+    return Verdict(acc, serving_acc, len(xs))

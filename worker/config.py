@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.cluster import parse_shards
 from worker.keys import Keys
 from worker.wire import Limits
 
@@ -17,10 +18,13 @@ class WorkerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BIGRU_", env_file=".env", extra="ignore")
 
-    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL (redis:// or rediss://)")
+    redis_url: str = Field(
+        "redis://localhost:6379/0", description="Redis URL (redis://, rediss://, unix://; redis+cluster:// for a cluster)"
+    )
     prefix: str = Field("bigru", min_length=1, description="key prefix")
     group: str = Field("bigru", min_length=1, description="consumer group name")
     shards: int = Field(1, ge=1, le=1024, description="number of shard streams")
+    consume_shards: str | None = Field(None, description="shards this worker consumes, e.g. '0,2-3' (default: all)")
     checkpoint: str = Field("checkpoints", description="checkpoint file, version dir or root with 'latest'")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     replicas: int = Field(1, ge=1, le=256)
@@ -41,13 +45,25 @@ class WorkerSettings(BaseSettings):
     max_window_bytes: int = Field(4 * 1024 * 1024, ge=64)
     max_length: int = Field(10_000, ge=1)
     allow_nonfinite: bool = False
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus port of replica 0 (replica i: port + i); 0 or unset: off"
+    )
+    metrics_addr: str = Field("0.0.0.0", description="address the metrics endpoint binds")
     log_level: str = "INFO"
     log_json: bool | None = Field(None, description="JSON logs (default: when stderr is not a TTY)")
 
+    @field_validator("consume_shards")
+    @classmethod
+    def _check_shards(cls, v: str | None, info: ValidationInfo) -> str | None:
+        parse_shards(v, info.data.get("shards", 1))
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")):
+            raise ValueError("redis_url must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://")
+        if self.metrics_port and self.metrics_port + self.replicas - 1 > 65535:
+            raise ValueError("metrics_port + replicas - 1 exceeds 65535 (one metrics port per replica)")
         return self
 
     @property
@@ -61,6 +77,11 @@ class WorkerSettings(BaseSettings):
         return Limits(
             max_window_bytes=self.max_window_bytes, max_length=self.max_length, allow_nonfinite=self.allow_nonfinite
         )
+
+    @property
+    def assigned_shards(self) -> list[int]:
+        """The shards this worker consumes (``consume_shards``, or all of them)."""
+        return parse_shards(self.consume_shards, self.shards)
 
     def consumer_name(self, replica: int) -> str:
         """Stable consumer name: host (or ``worker_name``) plus replica index."""

@@ -39,19 +39,29 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
 
     from training.checkpoint import load_checkpoint
     from worker.loop import StaticModel, WorkerLoop
+    from worker.metrics import start_metrics
     from worker.predictor import TorchPredictor
-    from worker.redisconn import connect, redacted
+    from worker.redisconn import TRANSIENT, connect, redacted
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     consumer = settings.consumer_name(index)
     log = structlog.get_logger("worker").bind(consumer=consumer)
+    r = connect(settings.redis_url)
+    # Metrics first, so a slow model load is visible as bigru_ready 0.
+    metrics = start_metrics(settings.metrics_port, settings.metrics_addr, index, consumer, r, settings.keys)
     ckpt = load_checkpoint(settings.checkpoint)
     predictor = TorchPredictor(ckpt, settings.device)
     predictor.warmup()
-    r = connect(settings.redis_url)
+    loop = WorkerLoop(r, settings, consumer, StaticModel(predictor), stop=stop, observer=metrics)
+    # Ready only now that the model is loaded and warmed up: the first heartbeat (what
+    # `bigru-worker --check` looks for) and bigru_ready=1 are written after the warm-up pass.
+    try:
+        loop.heartbeat(force=True)
+    except TRANSIENT as err:  # the loop keeps trying once it runs
+        log.warning("first_heartbeat_failed", error=str(err))
+    metrics.model_version(predictor.version)
     log.info("replica_ready", redis=redacted(settings.redis_url), model=ckpt.version, device=str(predictor.device))
-    loop = WorkerLoop(r, settings, consumer, StaticModel(predictor), stop=stop)
     loop.run()
     return 0
 

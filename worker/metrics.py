@@ -147,7 +147,7 @@ class StreamCollector(Collector):
             label = [str(sk.shard)]
             try:
                 n = self.r.xlen(sk.windows)
-                groups = self.r.xinfo_groups(sk.windows)
+                groups = self.r.xinfo_groups(sk.windows) if n or self.r.exists(sk.windows) else []
             except redis.RedisError as err:
                 ok = 0
                 self.log.warning("metrics_stream_query_failed", shard=sk.shard, error=str(err))

@@ -164,16 +164,19 @@ class StreamCollector(Collector):
         yield from (length, lag, pending, up)
 
 
-def start_metrics(port: int | None, addr: str, replica: int, worker: str, r: redis.Redis | None, keys: Keys) -> Observer:
+def start_metrics(port: int | None, addr: str, replica: int, worker: str, redis_url: str | None, keys: Keys) -> Observer:
     """A :class:`WorkerMetrics` served on ``port + replica``; a no-op :class:`Observer` when ``port`` is off.
 
-    ``r`` (a client for the scrape-time stream gauges) may be None to leave those out.
+    The scrape-time stream gauges use their own client for ``redis_url`` (None leaves them out),
+    so scrapes never share a connection with the serving loop.
     """
     if not port:
         return Observer()
     metrics = WorkerMetrics(worker)
-    if r is not None:
-        metrics.registry.register(StreamCollector(r, keys))
+    if redis_url is not None:
+        from worker.redisconn import connect
+
+        metrics.registry.register(StreamCollector(connect(redis_url, socket_timeout=5.0), keys))
     try:
         start_http_server(port + replica, addr=addr, registry=metrics.registry)
     except OSError as e:

@@ -47,12 +47,13 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
         torch.set_num_threads(settings.torch_threads)
     consumer = settings.consumer_name(index)
     log = structlog.get_logger("worker").bind(consumer=consumer)
-    r = connect(settings.redis_url)
     # Metrics first, so a slow model load is visible as bigru_ready 0.
-    metrics = start_metrics(settings.metrics_port, settings.metrics_addr, index, consumer, r, settings.keys)
+    metrics = start_metrics(settings.metrics_port, settings.metrics_addr, index, consumer, settings.redis_url,
+                            settings.keys)
     ckpt = load_checkpoint(settings.checkpoint)
     predictor = TorchPredictor(ckpt, settings.device)
     predictor.warmup()
+    r = connect(settings.redis_url)
     loop = WorkerLoop(r, settings, consumer, StaticModel(predictor), stop=stop, observer=metrics)
     # Ready only now that the model is loaded and warmed up: the first heartbeat (what
     # `bigru-worker --check` looks for) and bigru_ready=1 are written after the warm-up pass.

@@ -115,13 +115,26 @@ def _traffic(url: str, keys: Keys, n: int, seed: int) -> list[float]:
     return [res.e2e_us / 1e6 for res in results]
 
 
+def _settled(fleet: dict[str, Any], served: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Scrapes of every replica once their served counters add up to ``served``.
+
+    A result is readable a moment before the replica's counters are updated, hence the wait.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        scraped = [scrape(p) for p in fleet["ports"]]
+        got = sum(value(s, "bigru_windows_served_total") for s in scraped)
+        if got == served or time.monotonic() > deadline:
+            assert got == served
+            return scraped
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_endpoints_of_two_replicas_after_traffic(fleet: dict[str, Any]) -> None:
     before = [value(scrape(p), "bigru_windows_served_total") for p in fleet["ports"]]
     _traffic(fleet["url"], fleet["keys"], 600, seed=11)
-    scraped = [scrape(p) for p in fleet["ports"]]
-    served = [value(s, "bigru_windows_served_total") - b for s, b in zip(scraped, before)]
-    assert sum(served) == 600
+    scraped = _settled(fleet, sum(before) + 600)
     workers = set()
     for s in scraped:
         assert value(s, "bigru_ready") == 1
@@ -173,14 +186,15 @@ def test_real_prometheus_sums_replicas_and_computes_quantiles(fleet: dict[str, A
         else:
             pytest.fail("Prometheus did not scrape both replicas within 60 s")
         _traffic(fleet["url"], fleet["keys"], 800, seed=12)
-        total = sum(value(scrape(p), "bigru_windows_served_total") for p in fleet["ports"])
+        total = redis.Redis.from_url(fleet["url"]).xlen(fleet["keys"].shard(0).results)
+        _settled(fleet, total)
         while time.monotonic() < deadline + 60:
             got = _prom_query(port, "sum(bigru_windows_served_total)")
             if got and float(got[0]["value"][1]) == total:
                 break
             time.sleep(0.5)
         else:
-            pytest.fail("Prometheus never saw the served total")
+            pytest.fail(f"Prometheus saw {got} served, not {total}; up: {_prom_query(port, 'up')}")
         # Buckets count all traffic since the workers started: compare with every result's exact e2e.
         everything = ResultsReader(redis.Redis.from_url(fleet["url"]), fleet["keys"]).collect(int(total), timeout_s=10)
         e2e = [res.e2e_us / 1e6 for res in everything]

@@ -17,11 +17,10 @@ from worker.keys import Keys
 from worker.redisconn import connect
 
 
-def start_worker(env: dict[str, str], *args: str, log: str | None = None) -> subprocess.Popen[bytes]:
-    """``bigru-worker *args`` in its own process group (stderr to ``log`` or discarded)."""
-    err = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
+def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """``bigru-worker *args`` in its own process group (output discarded)."""
     return subprocess.Popen([sys.executable, "-m", "worker.cli", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=err, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def wait_ready(url: str, keys: Keys, consumers: Iterable[str], procs: Iterable[subprocess.Popen[bytes]] = (),
@@ -59,7 +58,11 @@ def stop(*procs: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
 
 def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
     """``/metrics`` of a replica, as sample name -> [(labels, value)]."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return parse(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+
+
+def parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text exposition as sample name -> [(labels, value)]."""
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:

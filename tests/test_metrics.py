@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import redis
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from producer.client import Producer
 from producer.results import ResultsReader
@@ -29,18 +28,10 @@ from producer.sources import synthetic
 from scripts.localredis import LocalRedis, free_port
 from tests.conftest import ROOT
 from tests.helpers import make_loop
-from tests.ops_helpers import scrape, start_worker, stop, value, wait_ready
+from tests.ops_helpers import parse, scrape, start_worker, stop, value, wait_ready
 from worker.keys import Keys
 from worker.metrics import LATENCY_BUCKETS, StreamCollector, WorkerMetrics
 from worker.wire import encode_window
-
-
-def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.setdefault(s.name, []).append((s.labels, s.value))
-    return out
 
 
 def test_observer_counts_served_dead_expired_and_latency(
@@ -58,7 +49,7 @@ def test_observer_counts_served_dead_expired_and_latency(
     prod.publish(np.zeros((20, 1), np.float32), id="late", deadline_us=1)
     metrics.model_version(loop.models.current.version)
     loop.run()
-    s = _samples(generate_latest(metrics.registry).decode())
+    s = parse(generate_latest(metrics.registry).decode())
     assert value(s, "bigru_windows_served_total", worker="test-0") == 40
     assert value(s, "bigru_windows_expired_total") == 1
     assert value(s, "bigru_dead_letters_total", reason="bad_x") == 1
@@ -81,7 +72,7 @@ def test_reload_api_switches_version_and_counts_outcomes() -> None:
     m.model_version("v1")
     m.reload(False, "v2")
     m.reload(True, "v3")
-    s = _samples(generate_latest(m.registry).decode())
+    s = parse(generate_latest(m.registry).decode())
     assert value(s, "bigru_model_reloads_total", outcome="accepted") == 1
     assert value(s, "bigru_model_reloads_total", outcome="refused") == 1
     assert [lab["version"] for lab, v in s["bigru_model_info"]] == ["v3"]
@@ -216,6 +207,20 @@ def test_real_prometheus_sums_replicas_and_computes_quantiles(fleet: dict[str, A
 def test_stream_gauges_report_redis_down_without_failing_the_scrape(prefix: str) -> None:
     m = WorkerMetrics("w-0")
     m.registry.register(StreamCollector(redis.Redis(port=free_port(), socket_connect_timeout=0.5), Keys(prefix, prefix)))
-    s = _samples(generate_latest(m.registry).decode())
+    s = parse(generate_latest(m.registry).decode())
     assert value(s, "bigru_redis_up") == 0 and "bigru_group_lag" not in s
     assert "bigru_windows_served_total" in s
+
+
+def test_metrics_port_in_use_fails_naming_the_setting(prefix: str) -> None:
+    import socket
+
+    from worker.metrics import MetricsPortError, start_metrics
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(MetricsPortError, match="metrics_port"):
+            start_metrics(port, "127.0.0.1", 0, "w-0", None, Keys(prefix, prefix))
+    assert type(start_metrics(None, "127.0.0.1", 0, "w-0", None, Keys(prefix, prefix))).__name__ == "Observer"

@@ -131,8 +131,8 @@ def run(r: redis.Redis, keys: Keys, *, as_json: bool = False, watch: bool = Fals
             if as_json:
                 out.write(json.dumps(doc, default=str) + "\n")
             else:
-                if watch and out.isatty():
-                    out.write("\x1b[H\x1b[2J")
+                if watch:  # clear the screen on a terminal, separate the views otherwise
+                    out.write("\x1b[H\x1b[2J" if out.isatty() else "\n")
                 out.write(render(doc) + "\n")
             out.flush()
             if not watch:

@@ -51,10 +51,10 @@ def plot_results(results: Sequence[Result], path: str | Path, bin_s: float | Non
     ts = np.array([r.ts_us for r in results], dtype=np.int64)
     t = (ts - ts.min()) / 1e6
     span = float(t.max())
-    width = bin_s or max(span / 60, 0.01)
-    edges = np.arange(0.0, span + width, width)
-    if len(edges) < 2:
-        edges = np.array([0.0, width])
+    # Equal bins that end exactly at the last result, so the last one is not a partial bin.
+    n_bins = max(1, round(span / (bin_s or max(span / 60, 0.01))))
+    width = span / n_bins if span > 0 else (bin_s or 1.0)
+    edges = np.linspace(0.0, n_bins * width, n_bins + 1)
     counts, _ = np.histogram(t, bins=edges)
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -71,11 +71,12 @@ def plot_results(results: Sequence[Result], path: str | Path, bin_s: float | Non
     ax1.set_xlabel("end-to-end latency (ms)")
     ax1.set_ylabel("windows")
     ax1.set_title(f"latency of {summary['ok']} results")
-    ax2.plot(edges[:-1] + width / 2, counts / width, color="tab:green")
+    rate = counts / width
+    ax2.plot(edges[:-1] + width / 2, rate, color="tab:green", marker="." if len(rate) < 20 else None)
     ax2.set_xlabel("time since first result (s)")
     ax2.set_ylabel("results / s")
-    ax2.set_title(f"throughput (mean {summary['throughput_per_s']}/s)")
-    ax2.set_ylim(bottom=0)
+    ax2.set_title(f"throughput (mean {summary['throughput_per_s'] or '-'}/s)")
+    ax2.set_ylim(0, max(float(rate.max()) * 1.1, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis demo test test-fast lint bench clean
+.PHONY: venv redis demo test test-fast lint bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: venv
 
 bench: venv redis
 	$(PY) -m bench.run
+
+# 1/2/4 replicas on one Redis and on a local 3-master cluster -> bench-out/scaleout.json
+bench-scale: venv redis
+	$(PY) scripts/scaleout.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--count", type=int, help="stop after this many results")
     res.add_argument("--json", action="store_true", help="one JSON object per line")
     res.add_argument("--from", dest="start", default="0-0", help="stream id to start after ('$': only new)")
+    res.add_argument("--plot", metavar="FILE", help="draw latency histogram and throughput into FILE (.png); "
+                     "prints a JSON summary instead of the results")
     return p
 
 
@@ -107,6 +109,8 @@ def cmd_publish(args: argparse.Namespace, s: ProducerSettings) -> int:
 def cmd_results(args: argparse.Namespace, s: ProducerSettings) -> int:
     """Print results as text or JSON lines."""
     reader = ResultsReader(s.connect(), s.keys, start=args.start)
+    if args.plot:
+        return _plot(reader, args)
     try:
         for r in reader.iter(count=args.count, follow=args.follow):
             if args.json:
@@ -116,6 +120,24 @@ def cmd_results(args: argparse.Namespace, s: ProducerSettings) -> int:
                       f"model={r.model} e2e={r.e2e_us / 1000:.2f}ms", flush=True)
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _plot(reader: ResultsReader, args: argparse.Namespace) -> int:
+    from producer.plot import PlotError, plot_results
+
+    results = []
+    try:
+        for r in reader.iter(count=args.count, follow=args.follow):
+            results.append(r)
+    except KeyboardInterrupt:
+        pass
+    try:
+        summary = plot_results(results, args.plot)
+    except PlotError as e:
+        print(f"bigru-producer: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"plot": args.plot, **summary}))
     return 0
 
 

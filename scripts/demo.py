@@ -27,6 +27,7 @@ from producer.results import ResultsReader  # noqa: E402
 from producer.sources import synthetic  # noqa: E402
 from scripts.localredis import LocalRedis  # noqa: E402
 from worker.keys import Keys  # noqa: E402
+from worker.redisconn import connect  # noqa: E402
 
 N = int(os.environ.get("DEMO_WINDOWS", "10000"))
 
@@ -35,10 +36,10 @@ def _redis() -> tuple[str, LocalRedis | None]:
     url = os.environ.get("BIGRU_REDIS_URL")
     if url:
         try:
-            redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+            connect(url).ping()
             print(f"using Redis at BIGRU_REDIS_URL ({url.split('@')[-1]})")
             return url, None
-        except redis.RedisError as e:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
             print(f"BIGRU_REDIS_URL does not answer ({e}); starting a local redis-server")
     try:
         srv = LocalRedis().start()
@@ -63,7 +64,7 @@ def main() -> int:
                             "--n", "4000", "--epochs", "10"], env=env, check=True)
         workers = subprocess.Popen([sys.executable, "-m", "worker.cli", "--replicas", "2"], env=env,
                                    stderr=subprocess.DEVNULL)
-        r = redis.Redis.from_url(url)
+        r = connect(url)
         keys = Keys(prefix, prefix)
         _wait_ready(r, keys, 2, workers)
         windows = list(synthetic(N, 20, seed=2026))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from pydantic import ValidationError
@@ -20,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix")
     p.add_argument("--group")
     p.add_argument("--shards", type=int)
+    p.add_argument("--consume-shards", help="shards this worker consumes, e.g. '0,2-3' (default: all)")
     p.add_argument("--checkpoint", help="checkpoint file, version dir or root with 'latest'")
     p.add_argument("--replicas", type=int, help="worker processes to run")
     p.add_argument("--device", help="cpu, cuda or auto")
@@ -28,15 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-threads", type=int)
     p.add_argument("--worker-name")
     p.add_argument("--claim-idle-ms", type=int)
+    p.add_argument("--metrics-port", type=int, help="Prometheus endpoint of replica 0 (replica i: port + i)")
     p.add_argument("--burst", action="store_true", default=None, help="drain the stream, then exit")
     p.add_argument("--check", action="store_true", help="exit 0 if this host's replicas are alive")
     p.add_argument("--json", action="store_true", help="status: print JSON")
+    p.add_argument("--watch", action="store_true", help="status: refresh until interrupted")
+    p.add_argument("--interval", type=float, default=2.0, help="status --watch: seconds between refreshes")
     return p
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     """Settings from the environment/.env, overridden by the flags that were given."""
-    skip = {"command", "check", "json"}
+    skip = {"command", "check", "json", "watch", "interval"}
     flags = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
     return WorkerSettings(**flags)
 
@@ -50,16 +53,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bigru-worker: {settings_error(e)}", file=sys.stderr)
         return 2
     if args.check or args.command == "status":
-        from worker.health import check, status
+        from redis.exceptions import RedisClusterException, RedisError
 
-        r = settings.connect()
+        from worker.health import check
+        from worker.status import run
+
         if args.check:
-            ok, msg = check(r, settings.keys, settings.replicas)
+            try:
+                ok, msg = check(settings.connect(), settings.keys,
+                                [settings.consumer_name(i) for i in range(settings.replicas)])
+            except (RedisError, RedisClusterException) as e:
+                ok, msg = False, f"redis unreachable: {e}"
             print(msg)
             return 0 if ok else 1
-        doc = status(r, settings.keys)
-        print(json.dumps(doc, indent=None if args.json else 2, default=str))
-        return 0
+        r = settings.connect()
+        return run(r, settings.keys, as_json=args.json, watch=args.watch, interval=args.interval)
     from worker.supervisor import run_replica, supervise
 
     if settings.replicas > 1:

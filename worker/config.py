@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from worker.cluster import parse_shards
 from worker.keys import Keys
 from worker.redisconn import RedisConnSettings
 from worker.wire import Limits
@@ -21,6 +22,7 @@ class WorkerSettings(RedisConnSettings):
     prefix: str = Field("bigru", min_length=1, description="key prefix")
     group: str = Field("bigru", min_length=1, description="consumer group name")
     shards: int = Field(1, ge=1, le=1024, description="number of shard streams")
+    consume_shards: str | None = Field(None, description="shards this worker consumes, e.g. '0,2-3' (default: all)")
     checkpoint: str = Field("checkpoints", description="checkpoint file, version dir or root with 'latest'")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     replicas: int = Field(1, ge=1, le=256)
@@ -51,8 +53,24 @@ class WorkerSettings(RedisConnSettings):
     reload_max_drop: float = Field(0.02, ge=0, le=1, description="allowed golden accuracy drop vs the serving model")
     reload_allow_schema_change: bool = Field(False, description="accept a different feature count / class list")
     reload_require_golden: bool = Field(True, description="refuse checkpoints without a golden batch")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus port of replica 0 (replica i: port + i); 0 or unset: off"
+    )
+    metrics_addr: str = Field("0.0.0.0", description="address the metrics endpoint binds")
     log_level: str = "INFO"
     log_json: bool | None = Field(None, description="JSON logs (default: when stderr is not a TTY)")
+
+    @field_validator("consume_shards")
+    @classmethod
+    def _check_shards(cls, v: str | None, info: ValidationInfo) -> str | None:
+        parse_shards(v, info.data.get("shards", 1))
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkerSettings:
+        if self.metrics_port and self.metrics_port + self.replicas - 1 > 65535:
+            raise ValueError("metrics_port + replicas - 1 exceeds 65535 (one metrics port per replica)")
+        return self
 
     @property
     def keys(self) -> Keys:
@@ -65,6 +83,11 @@ class WorkerSettings(RedisConnSettings):
         return Limits(
             max_window_bytes=self.max_window_bytes, max_length=self.max_length, allow_nonfinite=self.allow_nonfinite
         )
+
+    @property
+    def assigned_shards(self) -> list[int]:
+        """The shards this worker consumes (``consume_shards``, or all of them)."""
+        return parse_shards(self.consume_shards, self.shards)
 
     def consumer_name(self, replica: int) -> str:
         """Stable consumer name: host (or ``worker_name``) plus replica index."""

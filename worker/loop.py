@@ -71,6 +71,12 @@ class Observer:
     def duplicates(self, n: int) -> None:
         """Called when the publish script refused ``n`` outputs already acknowledged elsewhere."""
 
+    def model_version(self, version: str) -> None:
+        """Called when the replica serves ``version``: once loaded and warmed up, and after each reload."""
+
+    def reload(self, accepted: bool, version: str) -> None:
+        """Called when a new model version was accepted (swapped in) or refused (old one keeps serving)."""
+
 
 @dataclass
 class Clock:
@@ -131,6 +137,7 @@ class WorkerLoop:
         self._next_reclaim = 0.0
         self._next_heartbeat = 0.0
         self._rr = 0
+        self.shards = [self.keys.shard(i) for i in settings.assigned_shards]
         self._started = time.time()
         self._inflight: list[Entry] = []
         self._inflight_since = 0.0
@@ -143,7 +150,7 @@ class WorkerLoop:
         Returns ``None`` in burst mode once the stream is drained.
         """
         s, mono = self.s, self.clock.monotonic
-        shards = self.keys.all_shards()
+        shards = self.shards
         if self._pending_phase:
             for sk in shards:
                 got = streams.read(self.r, self.keys, sk, self.consumer, s.max_batch, None, True, self.clock.now_us())

@@ -16,14 +16,18 @@ import redis
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-#: Errors that mean "Redis is unreachable right now", worth retrying after a backoff.
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionResetError, BrokenPipeError)
+#: Errors that mean "Redis is unreachable right now", worth retrying after a backoff
+#: (the cluster ones happen while a cluster fails over or migrates a slot).
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionResetError, BrokenPipeError, ClusterDownError,
+             TryAgainError)
 
-SCHEMES = ("redis://", "rediss://", "unix://")
+SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+TLS_SCHEMES = ("rediss://", "rediss+cluster://")
 
 
 class RedisConnSettings(BaseSettings):
@@ -43,7 +47,7 @@ class RedisConnSettings(BaseSettings):
     @model_validator(mode="after")
     def _check_connection(self) -> RedisConnSettings:
         if not self.redis_url.startswith(SCHEMES):
-            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+            raise ValueError("redis_url must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://")
         sources = [
             name
             for name, given in (
@@ -64,7 +68,7 @@ class RedisConnSettings(BaseSettings):
         if (self.redis_cert_file is None) != (self.redis_key_file is None):
             raise ValueError("redis_cert_file and redis_key_file go together")
         uses_tls = any(p is not None for p in (self.redis_ca_file, self.redis_cert_file))
-        if uses_tls and not self.redis_url.startswith("rediss://"):
+        if uses_tls and not self.redis_url.startswith(TLS_SCHEMES):
             raise ValueError("redis_ca_file/redis_cert_file need a rediss:// redis_url")
         return self
 
@@ -87,7 +91,7 @@ class RedisConnSettings(BaseSettings):
         pw = self.password()
         if pw is not None:
             kw["password"] = pw
-        if self.redis_url.startswith("rediss://"):
+        if self.redis_url.startswith(TLS_SCHEMES):
             kw["ssl_check_hostname"] = self.redis_tls_check_hostname
             kw["ssl_cert_reqs"] = "required"
             if self.redis_ca_file:
@@ -110,10 +114,16 @@ class RedisConnSettings(BaseSettings):
 def connect(url: str, *, retries: int = 3, socket_timeout: float | None = None, **kwargs: Any) -> redis.Redis:
     """A client for ``url`` (``redis://``, ``rediss://``, ``unix://``) that retries transient errors.
 
+    ``redis+cluster://`` / ``rediss+cluster://`` URLs give a Redis Cluster client (see
+    ``worker.cluster``); it offers the same commands for the single-slot keys this system uses.
     TLS options (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``), ``username`` and ``password``
     may be passed through ``kwargs`` (see :meth:`RedisConnSettings.connection_kwargs`).
     """
+    from worker.cluster import connect_cluster, is_cluster_url
+
     retry = Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries)
+    if is_cluster_url(url):
+        return connect_cluster(url, retry=retry, socket_timeout=socket_timeout, **kwargs)  # type: ignore[no-any-return]
     return redis.Redis.from_url(
         url,
         retry=retry,

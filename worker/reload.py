@@ -28,7 +28,7 @@ from training import registry
 from training.checkpoint import FILENAME, LATEST, CheckpointError, from_bytes, load_checkpoint
 from worker.config import WorkerSettings
 from worker.gate import GateRules, Refused, check_schema, evaluate, parse
-from worker.loop import ModelSource, Predictor, StaticModel
+from worker.loop import ModelSource, Observer, Predictor, StaticModel
 from worker.predictor import TorchPredictor
 from worker.redisconn import TRANSIENT
 
@@ -63,8 +63,12 @@ def checkpoint_root(settings: WorkerSettings) -> Path | None:
 class ReloadingSource:
     """A :class:`~worker.loop.ModelSource` that hot-swaps verified checkpoints between batches."""
 
-    def __init__(self, r: redis.Redis, settings: WorkerSettings, consumer: str, initial: TorchPredictor) -> None:
+    def __init__(
+        self, r: redis.Redis, settings: WorkerSettings, consumer: str, initial: TorchPredictor,
+        observer: Observer | None = None,
+    ) -> None:
         self.r = r
+        self.observer = observer or Observer()
         self.s = settings
         self.keys = settings.keys
         self.consumer = consumer
@@ -97,6 +101,8 @@ class ReloadingSource:
         self.current = self._served = new
         self.swaps += 1
         self.log.info("model_swapped", version=new.version, previous=old.version)
+        self.observer.reload(True, new.version)
+        self.observer.model_version(new.version)
 
     def request_check(self) -> None:
         """Wake the checker now (announcements, SIGHUP)."""
@@ -199,6 +205,7 @@ class ReloadingSource:
             self._seq = cand.seq
         self.log.warning("model_refused", version=cand.version, origin=cand.origin, reason=err.reason,
                          detail=err.detail[:300], serving=serving.version)
+        self.observer.reload(False, cand.version)
         try:
             registry.note_refusal(self.r, self.keys, cand.version, self.consumer, err.reason, err.detail)
         except TRANSIENT as e:
@@ -255,12 +262,12 @@ def initial_predictor(settings: WorkerSettings, r: redis.Redis) -> TorchPredicto
     return pred
 
 
-def open_source(settings: WorkerSettings, r: redis.Redis, consumer: str) -> ModelSource:
+def open_source(settings: WorkerSettings, r: redis.Redis, consumer: str, observer: Observer | None = None) -> ModelSource:
     """The replica's model source: reloading (started) unless ``settings.reload`` is off."""
     pred = initial_predictor(settings, r)
     if not settings.reload:
         return StaticModel(pred)
-    return ReloadingSource(r, settings, consumer, pred).start()
+    return ReloadingSource(r, settings, consumer, pred, observer).start()
 
 
 def install_sighup(source: ModelSource) -> None:

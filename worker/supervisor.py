@@ -39,19 +39,31 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     import torch
 
     from worker.loop import WorkerLoop
+    from worker.metrics import start_metrics
+    from worker.redisconn import TRANSIENT
     from worker.reload import install_sighup, open_source
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     consumer = settings.consumer_name(index)
     log = structlog.get_logger("worker").bind(consumer=consumer)
+    # Metrics first, so a slow model load is visible as bigru_ready 0.
+    metrics = start_metrics(settings.metrics_port, settings.metrics_addr, index, consumer,
+                            settings.connect(socket_timeout=5.0) if settings.metrics_port else None, settings.keys)
     r = settings.connect()
-    source = open_source(settings, r, consumer)
+    source = open_source(settings, r, consumer, observer=metrics)  # loads and warms up the model
     install_sighup(source)
     model = source.current
+    loop = WorkerLoop(r, settings, consumer, source, stop=stop, observer=metrics)
+    # Ready only now that the model is loaded and warmed up: the first heartbeat (what
+    # `bigru-worker --check` looks for) and bigru_ready=1 are written after the warm-up pass.
+    try:
+        loop.heartbeat(force=True)
+    except TRANSIENT as err:  # the loop keeps trying once it runs
+        log.warning("first_heartbeat_failed", error=str(err))
+    metrics.model_version(model.version)
     log.info("replica_ready", redis=settings.redis_url_redacted, model=model.version,
              device=str(getattr(model, "device", settings.device)))
-    loop = WorkerLoop(r, settings, consumer, source, stop=stop)
     try:
         loop.run()
     finally:

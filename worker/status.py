@@ -1,0 +1,148 @@
+"""``bigru-worker status``: streams, lag, consumers and recent throughput/latency, once or watched.
+
+Everything comes from Redis (stream/group info, heartbeats and the results streams), so the view
+is the same from any host and works on a single Redis and on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+import numpy as np
+import redis
+
+from worker.cluster import shard_nodes
+from worker.health import models
+from worker.keys import Keys
+
+
+def _s(v: Any) -> Any:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _shard_info(r: redis.Redis, keys: Keys, shard: int, node: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    sk = keys.shard(shard)
+    info: dict[str, Any] = {"shard": shard, "stream": sk.windows, "length": r.xlen(sk.windows),
+                            "lag": None, "pending": None, "results": r.xlen(sk.results), "dead": r.xlen(sk.dead)}
+    if node:
+        info["node"] = node
+    consumers: list[dict[str, Any]] = []
+    try:
+        groups = {_s(g["name"]): g for g in r.xinfo_groups(sk.windows)}
+    except redis.ResponseError:  # stream does not exist yet
+        groups = {}
+    g = groups.get(keys.group)
+    if g:
+        info.update(lag=g.get("lag"), pending=g.get("pending"), last_delivered=_s(g.get("last-delivered-id")))
+        consumers = [{"name": _s(c["name"]), "pending": int(c["pending"]), "idle_ms": int(c["idle"])}
+                     for c in r.xinfo_consumers(sk.windows, keys.group)]
+    return info, consumers
+
+
+def recent_results(r: redis.Redis, keys: Keys, window_s: float = 60.0, sample: int = 20000,
+                   now: float | None = None) -> dict[str, Any]:
+    """Throughput and e2e p50/p99 of the results published in the last ``window_s`` seconds.
+
+    Reads at most ``sample`` newest entries per shard; when a shard has more, its rate is taken
+    over the span the sample covers.
+    """
+    now_ms = int((time.time() if now is None else now) * 1000)
+    since = now_ms - int(window_s * 1000)
+    rate, count, e2e = 0.0, 0, []
+    for sk in keys.all_shards():
+        rows = r.xrevrange(sk.results, max="+", min=str(since), count=sample)
+        if not rows:
+            continue
+        count += len(rows)
+        span_ms = now_ms - int(_s(rows[-1][0]).split("-")[0]) if len(rows) >= sample else window_s * 1000
+        rate += len(rows) / max(span_ms / 1000, 1e-3)
+        e2e += [int(f[b"e2e_us"]) for _, f in rows if f.get(b"status") == b"ok" and b"e2e_us" in f]
+    doc: dict[str, Any] = {"window_s": window_s, "results": count, "throughput_per_s": round(rate, 1),
+                           "e2e_ms_p50": None, "e2e_ms_p99": None}
+    if e2e:
+        p50, p99 = np.percentile(np.array(e2e) / 1000, [50, 99])
+        doc.update(e2e_ms_p50=round(float(p50), 2), e2e_ms_p99=round(float(p99), 2))
+    return doc
+
+
+def snapshot(r: redis.Redis, keys: Keys, window_s: float = 60.0) -> dict[str, Any]:
+    """The status document (what ``status --json`` prints)."""
+    now = time.time()
+    nodes = shard_nodes(r, keys)
+    shards: list[dict[str, Any]] = []
+    per_consumer: dict[str, dict[str, Any]] = {}
+    for s in range(keys.shards):
+        info, consumers = _shard_info(r, keys, s, nodes.get(s))
+        shards.append(info)
+        for c in consumers:
+            agg = per_consumer.setdefault(c["name"], {"name": c["name"], "pending": 0, "idle_ms": c["idle_ms"]})
+            agg["pending"] += c["pending"]
+            agg["idle_ms"] = min(agg["idle_ms"], c["idle_ms"])
+    beats = {_s(k): json.loads(v) for k, v in r.hgetall(keys.workers).items()}
+    for name, hb in beats.items():
+        c = per_consumer.setdefault(name, {"name": name, "pending": 0, "idle_ms": None})
+        c.update(host=hb.get("host"), pid=hb.get("pid"), model=hb.get("model"), served=hb.get("results"),
+                 dead=hb.get("dead"), heartbeat_age_s=round(now - float(hb.get("ts", 0)), 1))
+    for name, c in per_consumer.items():
+        c["alive"] = bool(r.exists(keys.heartbeat(name)))
+        c.setdefault("model", None)
+        c.setdefault("heartbeat_age_s", None)
+    return {
+        "ts": round(now, 3), "prefix": keys.prefix, "group": keys.group, "shards": shards,
+        "consumers": sorted(per_consumer.values(), key=lambda c: c["name"]),
+        "recent": recent_results(r, keys, window_s, now=now),
+        "models": models(r, keys, [{"consumer": c["name"], "model": c["model"]} for c in per_consumer.values() if c["alive"]]),
+    }
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    return "-" if v is None else f"{v}{unit}"
+
+
+def render(doc: dict[str, Any]) -> str:
+    """A human-readable table of a status document."""
+    lines = [f"bigru status  prefix={doc['prefix']} group={doc['group']} shards={len(doc['shards'])}  "
+             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(doc['ts']))}", ""]
+    with_node = any("node" in s for s in doc["shards"])
+    lines.append(f"{'shard':>5} {'length':>9} {'lag':>9} {'pending':>8} {'results':>9} {'dead':>6}"
+                 + ("  node" if with_node else ""))
+    for s in doc["shards"]:
+        lines.append(f"{s['shard']:>5} {s['length']:>9} {_fmt(s['lag']):>9} {_fmt(s['pending']):>8} {s['results']:>9} "
+                     f"{s['dead']:>6}" + (f"  {s.get('node', '')}" if with_node else ""))
+    lines += ["", f"{'consumer':<24} {'state':<6} {'pending':>8} {'idle':>9} {'heartbeat':>10}  model"]
+    for c in doc["consumers"]:
+        idle = "-" if c["idle_ms"] is None else f"{c['idle_ms'] / 1000:.1f}s"
+        state = "ready" if c["alive"] else "stale"
+        lines.append(f"{c['name']:<24} {state:<6} {c['pending']:>8} {idle:>9} {_fmt(c['heartbeat_age_s'], 's'):>10}  "
+                     f"{_fmt(c['model'])}")
+    rec = doc["recent"]
+    lines += ["", f"last {rec['window_s']:.0f}s: {rec['results']} results, {rec['throughput_per_s']}/s, "
+                  f"e2e p50 {_fmt(rec['e2e_ms_p50'], ' ms')}, p99 {_fmt(rec['e2e_ms_p99'], ' ms')}"]
+    m = doc.get("models") or {}
+    if m.get("latest"):
+        behind = ", ".join(m["behind"]) or "none"
+        lines.append(f"registry latest: {m['latest']} (seq {m['latest_seq']}); replicas behind: {behind}")
+    return "\n".join(lines)
+
+
+def run(r: redis.Redis, keys: Keys, *, as_json: bool = False, watch: bool = False, interval: float = 2.0,
+        out: TextIO = sys.stdout) -> int:
+    """Print the status once, or every ``interval`` seconds until interrupted (``watch``)."""
+    try:
+        while True:
+            doc = snapshot(r, keys)
+            if as_json:
+                out.write(json.dumps(doc, default=str) + "\n")
+            else:
+                if watch:  # clear the screen on a terminal, separate the views otherwise
+                    out.write("\x1b[H\x1b[2J" if out.isatty() else "\n")
+                out.write(render(doc) + "\n")
+            out.flush()
+            if not watch:
+                return 0
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0

@@ -86,3 +86,38 @@ def test_producer_reads_ts_file(r: redis.Redis, prefix: str, worker_env: dict[st
                          capture_output=True, timeout=60)
     assert pub.returncode == 0, pub.stderr.decode()
     assert r.xlen(keys.shard(0).windows) == 67
+
+
+@pytest.mark.slow
+def test_process_group_sigterm_shuts_replicas_down_cleanly(r: redis.Redis, prefix: str, worker_env: dict[str, str]) -> None:
+    """systemd-style stop: SIGTERM to the whole process group reaches each replica twice (directly and
+    forwarded by the supervisor); that must still be a graceful stop, not an immediate exit."""
+    keys = Keys(prefix, prefix)
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "--replicas", "2"], env=worker_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len([c for c in r.hkeys(keys.workers) if r.exists(keys.heartbeat(c.decode()))]) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "replicas did not become ready"
+            time.sleep(0.2)
+        Producer(r, keys).publish_many([w.x for w in synthetic(3000, 20, seed=9)])
+        assert len(ResultsReader(r, keys).collect(3000, timeout_s=120)) == 3000
+        import json
+
+        pids = [json.loads(r.get(keys.heartbeat(c.decode())))["pid"] for c in r.hkeys(keys.workers)]
+        # The group's signal reaches the idle replicas (blocked in XREADGROUP) first; the supervisor's
+        # forward follows shortly after (spaced out so CPython does not coalesce the two).
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.15)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    # Graceful: the batches in hand were acknowledged, consumers left nothing pending and removed
+    # their heartbeats (an immediate exit would leave both behind).
+    assert r.xpending(keys.shard(0).windows, prefix)["pending"] == 0
+    assert not any(r.exists(keys.heartbeat(c.decode())) for c in r.hkeys(keys.workers))
+    assert err.count(b"worker_stopped") == 2, err.decode()[-2000:]

@@ -19,10 +19,20 @@ from worker.config import WorkerSettings
 from worker.logs import configure
 
 
+#: A supervised child can get one SIGTERM twice: from a process-group kill (systemd, `kill -- -PGID`)
+#: and forwarded by its supervisor. A repeat this soon after the first is that echo, not a second signal.
+DUPLICATE_SIGNAL_S = 1.0
+
+
 def _install_stop_handlers(stop: threading.Event, supervised: bool) -> None:
+    first: list[float] = []
+
     def handler(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
+            if supervised and first and time.monotonic() - first[0] < DUPLICATE_SIGNAL_S:
+                return
             os._exit(128 + signum)
+        first.append(time.monotonic())
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)

@@ -38,8 +38,8 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     import torch
 
     from training.checkpoint import load_checkpoint
+    from worker.backends import make_predictor
     from worker.loop import StaticModel, WorkerLoop
-    from worker.predictor import TorchPredictor
     from worker.redisconn import connect, redacted
 
     if settings.torch_threads:
@@ -47,10 +47,10 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     consumer = settings.consumer_name(index)
     log = structlog.get_logger("worker").bind(consumer=consumer)
     ckpt = load_checkpoint(settings.checkpoint)
-    predictor = TorchPredictor(ckpt, settings.device)
-    predictor.warmup()
+    predictor = make_predictor(ckpt, settings.device, settings.backend, settings.torch_threads)
     r = connect(settings.redis_url)
-    log.info("replica_ready", redis=redacted(settings.redis_url), model=ckpt.version, device=str(predictor.device))
+    log.info("replica_ready", redis=redacted(settings.redis_url), model=ckpt.version,
+             device=str(predictor.device), backend=predictor.backend)
     loop = WorkerLoop(r, settings, consumer, StaticModel(predictor), stop=stop)
     loop.run()
     return 0

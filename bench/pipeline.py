@@ -179,10 +179,10 @@ def open_loop_point(r: redis.Redis, w: Workers, rate: float, seconds: float) -> 
     try:
         while len(got) < count and time.monotonic() < deadline:
             resp = r.xread({sk.results: pos}, count=2000, block=100)
-            arrived = now_us()
+            stamp = now_us()
             for _, entries in resp or []:
                 for eid, fields in entries:
-                    got.append((arrived, fields))
+                    got.append((stamp, fields))
                     pos = eid.decode()
     finally:
         try:

@@ -74,7 +74,7 @@ def _child(args: list[str]) -> subprocess.Popen[str]:
 def _json_lines(proc: subprocess.Popen[str], timeout: float) -> list[dict[str, Any]]:
     out, err = proc.communicate(timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"{proc.args} failed: {err[-2000:]}")
+        raise RuntimeError(f"{proc.args!r} failed: {err[-2000:]}")
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
@@ -87,7 +87,7 @@ def model_only(ckpt: Path, backend: str, threads: int, batches: list[int], min_s
         assert p.stdout is not None
         line = p.stdout.readline()
         if line.strip() != "ready":
-            raise RuntimeError(f"bench.model did not start: {line!r} {p.stderr.read() if p.stderr else ''}")
+            raise RuntimeError(f"bench.model did not start: {line!r} {(p.stderr.read() if p.stderr else '')!r}")
     for p in procs:
         assert p.stdin is not None
         p.stdin.write("go\n")

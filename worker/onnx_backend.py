@@ -35,6 +35,9 @@ def export_onnx(ckpt: Checkpoint, opset: int = 17) -> bytes:
     import torch
 
     class _Serving(torch.nn.Module):
+        mean: torch.Tensor
+        inv_std: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             self.model = ckpt.build_model("cpu")
@@ -51,8 +54,10 @@ def export_onnx(ckpt: Checkpoint, opset: int = 17) -> bytes:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             # The TorchScript-based exporter maps nn.GRU to the ONNX GRU operator.
+            # The annotation says path, but the exporter with dynamo=False writes to file objects too.
             torch.onnx.export(
-                module, (example,), buf, input_names=["x"], output_names=["probs"],
+                module, (example,), buf,  # type: ignore[arg-type]
+                input_names=["x"], output_names=["probs"],
                 dynamic_axes={"x": {0: "batch", 1: "time"}, "probs": {0: "batch"}},
                 opset_version=opset, dynamo=False,
             )

@@ -14,7 +14,11 @@ def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
 
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's four targets, each with the measured value and pass/miss (None: not measured)."""
+    """The issue's four targets, each with the measured value and pass/miss (None: not measured).
+
+    One extra row (target ``info``) compares 2 replicas with 2 model-only processes: on 2 cores the
+    replicas share them with redis-server, so it shows what Redis and the Python work cost.
+    """
     sat, mo, naive, ol = doc["saturated"], doc["model_only"], doc["naive"], doc["open_loop"]
     head = doc["config"]["headline"]
     b, mb = head["backend"], head["max_batch"]
@@ -33,8 +37,7 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     add("saturated pipeline ÷ model-only (1 replica, 1 thread, same batch)", "≥ 0.9", r, None if r is None else r >= 0.9,
         f"{b}, batch {mb}: pipeline {one and one['windows_per_s']}/s vs model {model1 and model1['windows_per_s']}/s")
     r2 = two["windows_per_s"] / model2["windows_per_s"] if two and model2 else None
-    add("saturated pipeline ÷ model-only (2 replicas vs 2 model processes)", "≥ 0.9 (same rule, 2 processes)", r2,
-        None if r2 is None else r2 >= 0.9,
+    add("saturated pipeline ÷ model-only (2 replicas vs 2 model processes)", "info", r2, None,
         f"pipeline {two and two['windows_per_s']}/s vs 2 model processes {model2 and model2['windows_per_s']}/s")
     best = max(sat, key=lambda s: s["windows_per_s"]) if sat else None
     r3 = best["windows_per_s"] / tutorial["windows_per_s"] if best and tutorial else None
@@ -52,8 +55,10 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _verdict(ok: bool | None) -> str:
-    return "not measured" if ok is None else ("pass" if ok else "**miss**")
+def _verdict(t: dict[str, Any]) -> str:
+    if t["target"] == "info":
+        return "info"
+    return "not measured" if t["pass"] is None else ("pass" if t["pass"] else "**miss**")
 
 
 def markdown(doc: dict[str, Any], plots: list[str]) -> str:
@@ -69,7 +74,7 @@ def markdown(doc: dict[str, Any], plots: list[str]) -> str:
         "## Targets", "", "| measure | target | measured | verdict | detail |", "|---|---|---|---|---|",
     ]
     for t in doc["targets"]:
-        lines.append(f"| {t['measure']} | {t['target']} | {t['value']} | {_verdict(t['pass'])} | {t['detail']} |")
+        lines.append(f"| {t['measure']} | {t['target']} | {t['value']} | {_verdict(t)} | {t['detail']} |")
     lines += ["", "## Pipeline, saturated", "", "| config | windows/s | mean batch | replicas serving |", "|---|---|---|---|"]
     for s in doc["saturated"]:
         lines.append(f"| {s['label']} | {s['windows_per_s']:.0f} | {s['mean_batch']} | {s['replicas_serving']} |")

@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = run(Path(a.out), a.quick)
     print(f"\nwrote {a.out}/bench.json, bench.md ({doc['seconds']:.0f} s)")
     for t in doc["targets"]:
-        verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
+        verdict = "info" if t["target"] == "info" else "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
         print(f"  [{verdict}] {t['measure']}: {t['value']} (target {t['target']})")
     return 0
 

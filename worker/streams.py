@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import msgpack
@@ -225,7 +226,7 @@ class Publisher:
         calls = []
         packer = msgpack.Packer(use_bin_type=False)  # Redis' cmsgpack predates the bin types
         for shard, outs in by_shard.items():
-            records = [[o.kind, o.entry.id, [x for kv in o.fields.items() for x in kv]] for o in outs]
+            records = [[o.kind, o.entry.id, list(chain.from_iterable(o.fields.items()))] for o in outs]
             args = [self.keys.group, self.results_maxlen, self.dead_maxlen, packer.pack(records)]
             calls.append((self.keys.shard(shard), args, len(outs)))
         return calls

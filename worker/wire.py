@@ -336,7 +336,7 @@ def encode_results(results: Sequence[Result]) -> list[dict[bytes, bytes]]:
             b"status": enc(r.status),
             b"label": enc(r.label),
             b"class": enc(r.class_name),
-            b"probs": packer.pack([float(p) for p in r.probs]),
+            b"probs": packer.pack(list(map(float, r.probs))),
             b"model": enc(r.model),
             b"worker": enc(r.worker),
             b"queue_us": str(r.queue_us).encode(),

@@ -124,11 +124,7 @@ def plot(doc: dict[str, Any], out_dir: Path) -> list[str]:
     ax.set_ylabel("end-to-end latency (ms)")
     ax.set_yscale("log")
     ax.set_title("Open loop: latency against load")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "latency_vs_load.png", dpi=110)
-    plt.close(fig)
-    files.append(str(out_dir / "latency_vs_load.png"))
+    files.append(_save(fig, ax, out_dir / "latency_vs_load.png"))
     fig, ax = plt.subplots(figsize=(7, 4))
     for backend in sorted({r["backend"] for r in doc["model_only"]}):
         rows = [r for r in doc["model_only"] if r["backend"] == backend and r["threads"] == 1 and r["processes"] == 1]
@@ -140,9 +136,15 @@ def plot(doc: dict[str, Any], out_dir: Path) -> list[str]:
     ax.set_xlabel("batch size")
     ax.set_ylabel("windows/s")
     ax.set_title("Model only vs saturated pipeline (1 process)")
+    files.append(_save(fig, ax, out_dir / "model_only.png"))
+    return files
+
+
+def _save(fig: Any, ax: Any, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "model_only.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    files.append(str(out_dir / "model_only.png"))
-    return files
+    return str(path)

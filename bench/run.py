@@ -136,8 +136,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     batches = [1, 8, 64] if quick else BATCHES
     min_s = 0.05 if quick else 0.3
-    sat_s = 1.0 if quick else 5.0
-    ol_s = 1.0 if quick else 4.0
+    sat_s = 1.0 if quick else 4.0
+    ol_s = 1.0 if quick else 3.0
     backends = ["torch", "onnx"] if onnx_available() else ["torch"]
     head = "onnx" if "onnx" in backends else "torch"
     mb = 64
@@ -184,9 +184,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
 
         base = sat[0]["windows_per_s"]
         rates = [f * base for f in LOADS]
-        policies = [WorkerConfig(backend=head, max_batch=mb, max_wait_ms=5.0),
-                    WorkerConfig(backend=head, max_batch=mb, max_wait_ms=1.0),
-                    WorkerConfig(backend=head, max_batch=mb, batch_wait="slo", slo_p99_ms=10.0)]
+        policies = [WorkerConfig(backend=head, max_batch=mb, max_wait_ms=w) for w in (5.0, 1.0, 0.0)]
+        policies.append(WorkerConfig(backend=head, max_batch=mb, batch_wait="slo", slo_p99_ms=10.0))
         if quick:
             policies = policies[:1]
             rates = rates[:2]

@@ -1,7 +1,5 @@
 """Batch-fill policies: the fixed wait, the learned cost curve and the SLO-aware wait."""
 
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +8,7 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
-from tests.helpers import make_loop
+from tests.helpers import make_loop, run_with_trickle
 from worker.batching import CostModel, FixedWait, SloWait, enqueued_us, make_batch_wait
 from worker.config import WorkerSettings
 from worker.keys import Keys
@@ -81,17 +79,7 @@ def test_fill_wait_is_not_stretched_by_redis_block_granularity(
     """Redis checks BLOCK timeouts at hz (every 100 ms): a 5 ms batch wait must still close in ~5 ms."""
     loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64, max_wait_ms=5, burst_idle_ms=400)
     keys = Keys(prefix, prefix)
-    prod = Producer(redis.Redis.from_url(redis_url), keys)
-
-    def trickle() -> None:
-        for _ in range(5):
-            prod.publish(np.zeros((20, 1), np.float32))
-            time.sleep(0.15)
-
-    t = threading.Thread(target=trickle)
-    t.start()
-    stats = loop.run()
-    t.join()
+    stats = run_with_trickle(loop, Producer(redis.Redis.from_url(redis_url), keys), 5, 0.15)
     assert stats.results == 5 and max(stats.batch_sizes) == 1
     waits = [res.wait_us for res in ResultsReader(r, keys).collect(5, timeout_s=5)]
     assert max(waits) < 60_000, waits  # 5 ms plus scheduling noise, far below Redis' 100 ms tick

@@ -316,35 +316,40 @@ def encode_result(r: Result) -> dict[bytes, bytes]:
 
 
 def encode_results(results: Sequence[Result]) -> list[dict[bytes, bytes]]:
-    """:func:`encode_result` for many results (byte-identical), encoding repeated values once."""
-    memo: dict[Any, bytes] = {}
+    """:func:`encode_result` for many results (byte-identical), encoding repeated values once.
+
+    The fields a batch shares (status, model, worker, timings of the batch) and each label's
+    fields are encoded once per distinct value, not once per result.
+    """
+    shared: dict[tuple[Any, ...], tuple[bytes, ...]] = {}
+    labels: dict[tuple[int, str], tuple[bytes, bytes]] = {}
     packer = msgpack.Packer(use_bin_type=True)
     version = str(WIRE_VERSION).encode()
-
-    def enc(v: Any) -> bytes:  # for values shared by most results of a batch
-        b = memo.get(v)
-        if b is None:
-            b = memo[v] = str(v).encode()
-        return b
-
     out = []
     for r in results:
+        key = (r.status, r.model, r.worker, r.infer_us, r.ts_us, r.batch)
+        sh = shared.get(key)
+        if sh is None:
+            sh = shared[key] = tuple(str(v).encode() for v in key)
+        lab = labels.get((r.label, r.class_name))
+        if lab is None:
+            lab = labels[(r.label, r.class_name)] = (str(r.label).encode(), r.class_name.encode())
         fields = {
             b"v": version,
             b"in": r.input_id.encode(),
             b"cid": r.cid.encode(),
-            b"status": enc(r.status),
-            b"label": enc(r.label),
-            b"class": enc(r.class_name),
+            b"status": sh[0],
+            b"label": lab[0],
+            b"class": lab[1],
             b"probs": packer.pack(list(map(float, r.probs))),
-            b"model": enc(r.model),
-            b"worker": enc(r.worker),
+            b"model": sh[1],
+            b"worker": sh[2],
             b"queue_us": str(r.queue_us).encode(),
             b"wait_us": str(r.wait_us).encode(),
-            b"infer_us": enc(r.infer_us),
+            b"infer_us": sh[3],
             b"e2e_us": str(r.e2e_us).encode(),
-            b"ts": enc(r.ts_us),
-            b"batch": enc(r.batch),
+            b"ts": sh[4],
+            b"batch": sh[5],
         }
         if r.meta:
             fields[b"meta"] = packer.pack(r.meta)

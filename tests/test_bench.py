@@ -38,6 +38,12 @@ def test_targets_compute_ratios_and_verdicts() -> None:
     assert two["value"] == 1.7 and two["pass"] is True
 
 
+def test_targets_prefer_the_adjacent_model_only_runs() -> None:
+    doc = _doc()
+    doc["saturated"][0]["model_only_adjacent_windows_per_s"] = 1800.0
+    assert report.targets(doc)[0]["value"] == 0.5
+
+
 def test_targets_not_measured_are_reported_as_such() -> None:
     doc = _doc()
     doc["saturated"] = doc["saturated"][:1]

@@ -69,6 +69,11 @@ def _verdict(t: dict[str, Any]) -> str:
     return "not measured" if t["pass"] is None else ("pass" if t["pass"] else "**miss**")
 
 
+def _table(title: str, header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(str(c) for c in row) + " |" for row in rows]]
+
+
 def markdown(doc: dict[str, Any], plots: list[str]) -> str:
     """The run as a markdown report."""
     m = doc["machine"]
@@ -78,32 +83,27 @@ def markdown(doc: dict[str, Any], plots: list[str]) -> str:
         f"onnxruntime {m['onnxruntime'] or 'not installed'}, redis-server {m['redis']}. "
         f"Load average before/after: {m['loadavg_before']} / {m['loadavg_after']}. Run took {doc['seconds']:.0f} s.",
         "",
-        f"Model: {doc['config']['model']}. GPU: {doc['config']['gpu']}.", "",
-        "## Targets", "", "| measure | target | measured | verdict | detail |", "|---|---|---|---|---|",
+        f"Model: {doc['config']['model']}. GPU: {doc['config']['gpu']}.",
     ]
-    for t in doc["targets"]:
-        lines.append(f"| {t['measure']} | {t['target']} | {t['value']} | {_verdict(t)} | {t['detail']} |")
-    lines += ["", "## Pipeline, saturated", "",
-              "| config | windows/s | mean batch | replicas serving | model-only right before/after |", "|---|---|---|---|---|"]
-    for s in doc["saturated"]:
-        lines.append(f"| {s['label']} | {s['windows_per_s']:.0f} | {s['mean_batch']} | {s['replicas_serving']} | "
-                     f"{s.get('model_only_adjacent_windows_per_s', '')} |")
-    lines += ["", "## Naive worker (COUNT 1, one forward, XADD, XACK)", "", "| backend | windows/s |", "|---|---|"]
-    for n in doc["naive"]:
-        lines.append(f"| {n['backend']} | {n['windows_per_s']:.0f} |")
-    lines += ["", "## Model only (in-process forward, serving predictor)", "",
-              "| backend | threads | processes | batch | windows/s | call p50 ms | CPU µs/window |", "|---|---|---|---|---|---|---|"]
-    for r in doc["model_only"]:
-        lines.append(f"| {r['backend']} | {r['threads']} | {r['processes']} | {r['batch']} | {r['windows_per_s']:.0f} | "
-                     f"{r['latency_ms_p50']} | {r['cpu_us_per_window']} |")
-    lines += ["", "## Pipeline, open loop", "",
-              "| batch wait | load | sent/s | e2e p50 | p95 | p99 | max | queued | batch wait | inference | decode+encode | publish | mean batch |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for p in doc["open_loop"]:
-        e, b = p["e2e_ms"], p["breakdown_ms_mean"]
-        lines.append(f"| {p['config']} | {p['load']:.0%} | {p['rate_achieved']:.0f} | {e['p50']} | {e['p95']} | {e['p99']} | "
-                     f"{e['max']} | {b['queued']} | {b['batch_wait']} | {b['inference']} | {b['decode_encode']} | "
-                     f"{b['publish']} | {p['batch']['mean']} |")
+    lines += _table("Targets", ["measure", "target", "measured", "verdict", "detail"],
+                    [[t["measure"], t["target"], t["value"], _verdict(t), t["detail"]] for t in doc["targets"]])
+    lines += _table("Pipeline, saturated",
+                    ["config", "windows/s", "mean batch", "replicas serving", "model-only right before/after"],
+                    [[s["label"], f"{s['windows_per_s']:.0f}", s["mean_batch"], s["replicas_serving"],
+                      s.get("model_only_adjacent_windows_per_s", "")] for s in doc["saturated"]])
+    lines += _table("Naive worker (COUNT 1, one forward, XADD, XACK)", ["backend", "windows/s"],
+                    [[n["backend"], f"{n['windows_per_s']:.0f}"] for n in doc["naive"]])
+    lines += _table("Model only (in-process forward, serving predictor)",
+                    ["backend", "threads", "processes", "batch", "windows/s", "call p50 ms", "CPU µs/window"],
+                    [[r["backend"], r["threads"], r["processes"], r["batch"], f"{r['windows_per_s']:.0f}",
+                      r["latency_ms_p50"], r["cpu_us_per_window"]] for r in doc["model_only"]])
+    lines += _table("Pipeline, open loop",
+                    ["batch wait", "load", "sent/s", "e2e p50", "p95", "p99", "max", "queued", "batch wait",
+                     "inference", "decode+encode", "publish", "mean batch"],
+                    [[p["config"], f"{p['load']:.0%}", f"{p['rate_achieved']:.0f}", *(p["e2e_ms"][k] for k in
+                      ("p50", "p95", "p99", "max")), *(p["breakdown_ms_mean"][k] for k in
+                      ("queued", "batch_wait", "inference", "decode_encode", "publish")), p["batch"]["mean"]]
+                     for p in doc["open_loop"]])
     lines += ["", "Latencies in ms; breakdown columns are means; e2e is stamped by a results reader on arrival.", ""]
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     lines += ["", *[f"- {n}" for n in doc.get("notes", [])], ""]

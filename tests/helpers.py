@@ -7,11 +7,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import redis
 
+from producer.client import Producer
 from training.checkpoint import load_checkpoint
 from worker.config import WorkerSettings
-from worker.loop import Predictor, StaticModel, WorkerLoop
+from worker.loop import LoopStats, Predictor, StaticModel, WorkerLoop
 from worker.predictor import TorchPredictor
 
 
@@ -40,3 +42,18 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10.0, interval: float = 
             return True
         time.sleep(interval)
     return False
+
+
+def run_with_trickle(loop: WorkerLoop, prod: Producer, n: int, gap_s: float) -> LoopStats:
+    """Run ``loop`` (burst mode) while another thread publishes ``n`` zero windows ``gap_s`` apart."""
+
+    def trickle() -> None:
+        for _ in range(n):
+            prod.publish(np.zeros((20, 1), np.float32))
+            time.sleep(gap_s)
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    stats = loop.run()
+    t.join()
+    return stats

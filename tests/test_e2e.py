@@ -14,6 +14,7 @@ import redis
 from producer.client import Producer
 from producer.results import ResultsReader
 from producer.sources import synthetic
+from worker.health import live_replicas
 from worker.keys import Keys
 
 
@@ -27,6 +28,10 @@ def test_2000_windows_two_replicas_exactly_one_result_each(r: redis.Redis, prefi
     keys = Keys(prefix, prefix)
     proc = _start_workers(worker_env, "--max-batch", "32", "--max-wait-ms", "5")
     try:
+        # A replica drains 2000 windows in well under a second: publish only once both are serving.
+        deadline = time.monotonic() + 120
+        while len(live_replicas(r, keys)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
         windows = list(synthetic(2000, 20, seed=5))
         ids = Producer(r, keys).publish_many([w.x for w in windows], ids=[f"w{i}" for i in range(2000)])
         results = ResultsReader(r, keys).collect(2000, timeout_s=120)

@@ -102,7 +102,8 @@ def test_ready_only_after_warmup_and_stale_after_kill(
 ) -> None:
     keys = Keys(prefix, prefix)
     marker = tmp_path / "warm"
-    env = dict(worker_env, BIGRU_HEARTBEAT_TTL_S="2", BIGRU_HEARTBEAT_INTERVAL_S="0.5")
+    # The slowed-down warm-up is the torch backend's.
+    env = dict(worker_env, BIGRU_HEARTBEAT_TTL_S="2", BIGRU_HEARTBEAT_INTERVAL_S="0.5", BIGRU_BACKEND="torch")
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_WARMUP, str(marker), "--worker-name", "hc"], env=env,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     seen_cold = 0

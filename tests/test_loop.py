@@ -8,7 +8,7 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
-from tests.helpers import make_loop, stream_entries
+from tests.helpers import make_loop, run_with_trickle, stream_entries
 from worker.keys import Keys
 from worker.wire import encode_window
 
@@ -24,22 +24,9 @@ def test_batches_fill_up_to_max_batch(r: redis.Redis, redis_url: str, prefix: st
 
 def test_batch_closes_after_max_wait(r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path) -> None:
     """With windows trickling in slower than max_wait, batches close on time, not on size."""
-    import threading
-    import time
-
     loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64, max_wait_ms=20, burst_idle_ms=600)
     keys = Keys(prefix, prefix)
-    prod = Producer(redis.Redis.from_url(redis_url), keys)
-
-    def trickle() -> None:
-        for _ in range(6):
-            prod.publish(np.zeros((20, 1), np.float32))
-            time.sleep(0.1)
-
-    t = threading.Thread(target=trickle)
-    t.start()
-    stats = loop.run()
-    t.join()
+    stats = run_with_trickle(loop, Producer(redis.Redis.from_url(redis_url), keys), 6, 0.1)
     assert stats.results == 6
     assert max(stats.batch_sizes) <= 2  # 100 ms apart, 20 ms wait: never six in one batch
     waits = [res.wait_us for res in ResultsReader(r, keys).collect(6, timeout_s=5)]

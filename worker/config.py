@@ -25,10 +25,17 @@ class WorkerSettings(RedisConnSettings):
     consume_shards: str | None = Field(None, description="shards this worker consumes, e.g. '0,2-3' (default: all)")
     checkpoint: str = Field("checkpoints", description="checkpoint file, version dir or root with 'latest'")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    backend: Literal["torch", "onnx", "auto"] = Field(
+        "auto", description="model runtime: torch, onnx (ONNX Runtime, CPU) or auto (onnx on CPU when installed)"
+    )
     replicas: int = Field(1, ge=1, le=256)
-    torch_threads: int = Field(1, ge=0, description="intra-op threads per replica (0: torch default)")
+    torch_threads: int = Field(1, ge=0, description="intra-op threads per replica, torch or onnx (0: the runtime's default)")
     max_batch: int = Field(64, ge=1, le=65536)
     max_wait_ms: float = Field(5.0, ge=0)
+    batch_wait: Literal["fixed", "slo"] = Field(
+        "fixed", description="fixed: fill for up to max_wait_ms; slo: fill while the oldest window still meets slo_p99_ms"
+    )
+    slo_p99_ms: float = Field(10.0, gt=0, description="end-to-end latency target of batch_wait=slo")
     block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK while idle")
     burst: bool = Field(False, description="drain the stream, then exit")
     burst_idle_ms: int = Field(500, ge=1, description="burst: exit after this long without input")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.checkpoint import Checkpoint, CheckpointError, from_bytes
-from worker.predictor import TorchPredictor
+from worker.backends import ServingPredictor
 
 
 class Refused(Exception):
@@ -52,7 +52,7 @@ def parse(data: bytes) -> Checkpoint:
         raise Refused("corrupt", str(e)) from e
 
 
-def check_schema(ckpt: Checkpoint, serving: TorchPredictor, rules: GateRules) -> None:
+def check_schema(ckpt: Checkpoint, serving: ServingPredictor, rules: GateRules) -> None:
     """Refuse a candidate whose input or output contract differs from the served one."""
     if ckpt.wire_version != serving.checkpoint.wire_version:
         raise Refused("incompatible_wire", f"wire version {ckpt.wire_version}, serving {serving.checkpoint.wire_version}")
@@ -72,7 +72,7 @@ def golden_windows(ckpt: Checkpoint) -> tuple[list[np.ndarray], list[str]] | Non
     return xs, [ckpt.classes[int(y)] for y in ckpt.golden_y]
 
 
-def accuracy(pred: TorchPredictor, xs: list[np.ndarray], names: list[str], batch: int = 256) -> float:
+def accuracy(pred: ServingPredictor, xs: list[np.ndarray], names: list[str], batch: int = 256) -> float:
     """Share of windows whose predicted class name equals the label's."""
     hits = 0
     for i in range(0, len(xs), batch):
@@ -90,7 +90,7 @@ def judge(acc: float, serving_acc: float | None, rules: GateRules) -> None:
                       f"golden accuracy {acc:.4f} < serving model's {serving_acc:.4f} - {rules.max_drop:.4f}")
 
 
-def evaluate(ckpt: Checkpoint, candidate: TorchPredictor, serving: TorchPredictor, rules: GateRules) -> Verdict:
+def evaluate(ckpt: Checkpoint, candidate: ServingPredictor, serving: ServingPredictor, rules: GateRules) -> Verdict:
     """Run both models on the candidate's golden batch and judge; raises :class:`Refused`."""
     golden = golden_windows(ckpt)
     if golden is None:

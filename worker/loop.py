@@ -21,11 +21,16 @@ import redis
 import structlog
 
 from worker import streams
+from worker.batching import enqueued_us, make_batch_wait
 from worker.config import WorkerSettings
+from worker.keys import ShardKeys
 from worker.maintenance import Maintenance
 from worker.redisconn import TRANSIENT
 from worker.streams import Entry, Output
-from worker.wire import Result, Window, WireError, decode_window, encode_dead, encode_result, now_us
+from worker.wire import Result, Window, WireError, decode_windows, encode_dead, encode_result, encode_results, now_us
+
+#: Poll interval while a batch fills.
+FILL_POLL_S = 0.0005
 
 
 class Predictor(Protocol):
@@ -133,6 +138,8 @@ class WorkerLoop:
             reap_idle_ms=settings.reap_idle_ms, monotonic=self.clock.monotonic,
         )
         self._claim_cursor: dict[int, str] = {}
+        self.batch_wait = make_batch_wait(settings)
+        self.read_ahead = streams.ReadAhead(r, self.keys, consumer)
         self._pending_phase = True
         self._next_reclaim = 0.0
         self._next_heartbeat = 0.0
@@ -150,6 +157,10 @@ class WorkerLoop:
         Returns ``None`` in burst mode once the stream is drained.
         """
         s, mono = self.s, self.clock.monotonic
+        if self.read_ahead.pending:
+            got = self.read_ahead.take(self.clock.now_us())
+            if got:
+                return got
         shards = self.shards
         if self._pending_phase:
             for sk in shards:
@@ -159,20 +170,9 @@ class WorkerLoop:
                     return got
             self._pending_phase = False
         if mono() >= self._next_reclaim:
-            self._next_reclaim = mono() + s.reclaim_interval_ms / 1000
-            for sk in shards:
-                got, deleted, self._claim_cursor[sk.shard] = streams.autoclaim(
-                    self.r, self.keys, sk, self.consumer, s.claim_idle_ms, s.max_batch, self.clock.now_us(),
-                    self._claim_cursor.get(sk.shard, "0-0"),
-                )
-                if deleted:
-                    self.log.warning("reclaim_deleted_entries", shard=sk.shard, ids=deleted[:10], count=len(deleted))
-                if got:
-                    streams.delivery_counts(self.r, self.keys, got)
-                    self.stats.reclaimed += len(got)
-                    self.observer.reclaimed(len(got))
-                    self.log.info("reclaimed", shard=sk.shard, count=len(got))
-                    return got
+            got = self._reclaim(shards)
+            if got:
+                return got
         block = s.burst_idle_ms if s.burst else s.block_ms
         batch: list[Entry] = []
         # Non-blocking pass over every shard, then block on one shard at a time.
@@ -182,40 +182,69 @@ class WorkerLoop:
                 return batch
         if not batch:
             if len(shards) == 1:
-                batch = streams.read(self.r, self.keys, shards[0], self.consumer, s.max_batch, block, False, self.clock.now_us())
+                batch = streams.read(self.r, self.keys, shards[0], self.consumer, s.max_batch, block, False, self.clock.now_us)
             else:
                 deadline = mono() + block / 1000
                 while not batch and mono() < deadline and not self.stop.is_set():
                     sk = shards[self._rr % len(shards)]
                     self._rr += 1
-                    batch = streams.read(self.r, self.keys, sk, self.consumer, s.max_batch, 10, False, self.clock.now_us())
+                    batch = streams.read(self.r, self.keys, sk, self.consumer, s.max_batch, 10, False, self.clock.now_us)
             if not batch:
-                return None if s.burst else []
-        fill_deadline = mono() + s.max_wait_ms / 1000
+                if not s.burst:
+                    return []
+                # Drained: before exiting, take over whatever crashed consumers left idle (a second
+                # pass in case the first one started mid-stream at the saved cursor).
+                return self._reclaim(shards) or self._reclaim(shards) or None
+        start = mono()
+        oldest_age_s = max(0.0, (self.clock.now_us() - enqueued_us(batch[0])) / 1e6)
+        # Fill by polling: Redis checks BLOCK timeouts only every 1/hz s (100 ms at the default
+        # hz 10), so a short blocking read can overshoot the batch wait by ~100 ms.
         while len(batch) < s.max_batch:
-            remaining_ms = int((fill_deadline - mono()) * 1000)
-            if remaining_ms < 1:
+            remaining = self.batch_wait.fill_deadline(start, oldest_age_s, len(batch)) - mono()
+            if remaining <= 0:
                 break
             sk = shards[self._rr % len(shards)]
             self._rr += 1
-            batch += streams.read(
-                self.r, self.keys, sk, self.consumer, s.max_batch - len(batch), remaining_ms, False, self.clock.now_us()
-            )
+            got = streams.read(self.r, self.keys, sk, self.consumer, s.max_batch - len(batch), None, False, self.clock.now_us())
+            if got:
+                batch += got
+            elif self.stop.wait(min(remaining, FILL_POLL_S)):
+                break
         return batch
+
+    def _reclaim(self, shards: list[ShardKeys]) -> list[Entry]:
+        """Claim entries idle longer than ``claim_idle_ms`` from other consumers (XAUTOCLAIM)."""
+        s = self.s
+        self._next_reclaim = self.clock.monotonic() + s.reclaim_interval_ms / 1000
+        for sk in shards:
+            got, deleted, self._claim_cursor[sk.shard] = streams.autoclaim(
+                self.r, self.keys, sk, self.consumer, s.claim_idle_ms, s.max_batch, self.clock.now_us(),
+                self._claim_cursor.get(sk.shard, "0-0"),
+            )
+            if deleted:
+                self.log.warning("reclaim_deleted_entries", shard=sk.shard, ids=deleted[:10], count=len(deleted))
+            if got:
+                streams.delivery_counts(self.r, self.keys, got)
+                self.stats.reclaimed += len(got)
+                self.observer.reclaimed(len(got))
+                self.log.info("reclaimed", shard=sk.shard, count=len(got))
+                return got
+        return []
 
     def decode(self, entries: list[Entry], now: int) -> tuple[list[tuple[Entry, Window]], list[Output]]:
         """Validate entries; invalid, over-delivered or expired ones become outputs right away."""
         good: list[tuple[Entry, Window]] = []
         early: list[Output] = []
-        n_features = self.models.current.n_features
+        todo = []
         for e in entries:
             if e.deliveries > self.s.max_deliveries:
                 early.append(self._dead(e, "max_deliveries", f"delivered {e.deliveries} times"))
-                continue
-            try:
-                w = decode_window(e.fields, self.s.limits, n_features)
-            except WireError as err:
-                early.append(self._dead(e, err.reason, err.detail))
+            else:
+                todo.append(e)
+        decoded = decode_windows([e.fields for e in todo], self.s.limits, self.models.current.n_features)
+        for e, w in zip(todo, decoded):
+            if isinstance(w, WireError):
+                early.append(self._dead(e, w.reason, w.detail))
                 continue
             if w.deadline_us is not None and now > w.deadline_us:
                 early.append(Output(e, "r", encode_result(self._expired(e, w, now))))
@@ -247,32 +276,36 @@ class WorkerLoop:
         if len(outs) != len(items):
             raise BatchMismatch(f"{len(outs)} outputs for {len(items)} inputs")
         model = self.models.current
-        outputs, results = [], []
+        outputs: list[Output] = []
+        results: list[Result] = []
+        entries: list[Entry] = []
         for (e, w), p in zip(items, outs):
             if isinstance(p, BaseException):
                 outputs.append(self._dead(e, "predict_failed", f"{type(p).__name__}: {p}"))
                 continue
-            label = int(np.argmax(p))
-            res = Result(
+            probs = p.tolist()
+            label = int(np.argmax(p)) if len(probs) > 16 else probs.index(max(probs))
+            results.append(Result(
                 input_id=e.id, cid=w.cid, status="ok", label=label, class_name=model.classes[label],
-                probs=[float(v) for v in p], model=model.version, worker=self.consumer,
+                probs=probs, model=model.version, worker=self.consumer,
                 queue_us=max(0, e.read_us - w.ts_us), wait_us=max(0, batch_us - e.read_us), infer_us=infer_us,
                 e2e_us=max(0, pub_us - w.ts_us), ts_us=pub_us, batch=len(items), meta=w.meta,
-            )
-            results.append(res)
-            outputs.append(Output(e, "r", encode_result(res)))
+            ))
+            entries.append(e)
+        outputs += [Output(e, "r", f) for e, f in zip(entries, encode_results(results))]
         return outputs, results
 
     def publish(self, outputs: list[Output]) -> None:
         """Publish outputs and acknowledge inputs atomically (see ``streams.PUBLISH_LUA``)."""
-        if not outputs:
-            return
-        published = self.publisher.publish(outputs)
-        if published < len(outputs):
-            dup = len(outputs) - published
-            self.stats.duplicates += dup
-            self.observer.duplicates(dup)
-            self.log.warning("already_acknowledged", count=dup)
+        self._count_published(self.publisher.send(outputs))
+
+    def _count_published(self, done: list[tuple[int, int]]) -> None:
+        for sent, published in done:
+            if published < sent:
+                dup = sent - published
+                self.stats.duplicates += dup
+                self.observer.duplicates(dup)
+                self.log.warning("already_acknowledged", count=dup)
 
     # -- driver -------------------------------------------------------------------------------
 
@@ -287,7 +320,16 @@ class WorkerLoop:
             return False
         if not entries:
             return True
+        if len(entries) >= self.s.max_batch and not self.stop.is_set():
+            # Saturated: have Redis deliver the next batch while this one computes.
+            self.read_ahead.request(entries[-1].shard, self.s.max_batch)
+        self.process(entries)
+        return True
+
+    def process(self, entries: list[Entry]) -> None:
+        """Decode, predict, unbatch and publish one batch of entries."""
         self._inflight, self._inflight_since = entries, self.clock.monotonic()
+        t_read = time.perf_counter()
         try:
             batch_us = self.clock.now_us()
             good, outputs = self.decode(entries, batch_us)
@@ -297,6 +339,7 @@ class WorkerLoop:
             more, results = self.unbatch(good, outs, batch_us, int(infer_s * 1e6), self.clock.now_us())
             outputs += more
             self.publish(outputs)
+            self.batch_wait.observe(len(entries), time.perf_counter() - t_read)
         finally:
             self._inflight = []
         n_dead = sum(o.kind == "d" for o in outputs)
@@ -305,7 +348,6 @@ class WorkerLoop:
         self.stats.dead += n_dead
         self.stats.batch_sizes.append(len(good))
         self.observer.batch(outputs, results, infer_s)
-        return True
 
     def run(self) -> LoopStats:
         """Serve until ``stop`` is set (or, in burst mode, the stream is drained)."""
@@ -323,6 +365,8 @@ class WorkerLoop:
                     self.log.info("redis_recovered", outage_s=round(time.monotonic() - outage_since, 2))
                     outage_since, delay = None, 0.05
             except TRANSIENT as err:
+                self.publisher.reset()
+                self.read_ahead.reset()
                 if outage_since is None:
                     outage_since = time.monotonic()
                     self.log.error("redis_unavailable", error=str(err))
@@ -335,6 +379,13 @@ class WorkerLoop:
                 self.log.error("group_missing_recreated", error=str(err))
                 streams.ensure_groups(self.r, self.keys)
                 self._pending_phase = True
+        try:
+            held = self.read_ahead.take(self.clock.now_us())
+            if held:  # entries already delivered to us: serve them before leaving
+                self.process(held)
+            self._count_published(self.publisher.collect())
+        except (*TRANSIENT, redis.ResponseError) as err:  # the inputs stay pending for a restart
+            self.log.warning("final_publish_failed", error=str(err))
         self.shutdown()
         return self.stats
 

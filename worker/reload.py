@@ -26,10 +26,10 @@ import structlog
 
 from training import registry
 from training.checkpoint import FILENAME, LATEST, CheckpointError, from_bytes, load_checkpoint
+from worker.backends import ServingPredictor, make_predictor
 from worker.config import WorkerSettings
 from worker.gate import GateRules, Refused, check_schema, evaluate, parse
 from worker.loop import ModelSource, Observer, Predictor, StaticModel
-from worker.predictor import TorchPredictor
 from worker.redisconn import TRANSIENT
 
 
@@ -64,7 +64,7 @@ class ReloadingSource:
     """A :class:`~worker.loop.ModelSource` that hot-swaps verified checkpoints between batches."""
 
     def __init__(
-        self, r: redis.Redis, settings: WorkerSettings, consumer: str, initial: TorchPredictor,
+        self, r: redis.Redis, settings: WorkerSettings, consumer: str, initial: ServingPredictor,
         observer: Observer | None = None,
     ) -> None:
         self.r = r
@@ -79,7 +79,7 @@ class ReloadingSource:
         self.swaps = 0
         self.refused: dict[str, str] = {}  # version -> reason, for this worker's lifetime
         self.log = structlog.get_logger("reload").bind(consumer=consumer)
-        self._pending: TorchPredictor | None = None
+        self._pending: ServingPredictor | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -131,7 +131,7 @@ class ReloadingSource:
         cand = self._next_candidate()
         return None if cand is None else self._try(cand)
 
-    def _effective(self) -> TorchPredictor:
+    def _effective(self) -> ServingPredictor:
         pending = self._pending
         return pending if pending is not None else self._served
 
@@ -182,8 +182,7 @@ class ReloadingSource:
                 raise Refused("version_mismatch", f"pointer names {cand.version}, file holds {ckpt.version}")
             check_schema(ckpt, serving, self.rules)
             try:
-                pred = TorchPredictor(ckpt, self.s.device)
-                pred.warmup()
+                pred = make_predictor(ckpt, self.s.device, self.s.backend, self.s.torch_threads)
             except Exception as e:  # e.g. weights that cannot run on this device
                 raise Refused("load_failed", f"{type(e).__name__}: {e}") from e
             verdict = evaluate(ckpt, pred, serving, self.rules)
@@ -199,7 +198,7 @@ class ReloadingSource:
                       golden=verdict.golden_size, verify_ms=round((time.perf_counter() - t0) * 1000, 1))
         return cand.version
 
-    def _refuse(self, cand: Candidate, serving: TorchPredictor, err: Refused) -> None:
+    def _refuse(self, cand: Candidate, serving: ServingPredictor, err: Refused) -> None:
         self.refused[cand.version] = err.reason
         if cand.origin == "registry":
             self._seq = cand.seq
@@ -243,7 +242,7 @@ class ReloadingSource:
                         self._wake.set()
 
 
-def initial_predictor(settings: WorkerSettings, r: redis.Redis) -> TorchPredictor:
+def initial_predictor(settings: WorkerSettings, r: redis.Redis) -> ServingPredictor:
     """The model to start with: the configured checkpoint, else (when reloading) the registry's latest."""
     log = structlog.get_logger("reload")
     try:
@@ -257,9 +256,7 @@ def initial_predictor(settings: WorkerSettings, r: redis.Redis) -> TorchPredicto
             ckpt = from_bytes(registry.fetch(r, settings.keys, ptr.version)[1])
         except registry.RegistryError as e2:
             raise CheckpointError(f"no usable checkpoint: {e}; registry: {e2}") from e2
-    pred = TorchPredictor(ckpt, settings.device)
-    pred.warmup()
-    return pred
+    return make_predictor(ckpt, settings.device, settings.backend, settings.torch_threads)
 
 
 def open_source(settings: WorkerSettings, r: redis.Redis, consumer: str, observer: Observer | None = None) -> ModelSource:

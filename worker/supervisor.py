@@ -18,7 +18,6 @@ import structlog
 from worker.config import WorkerSettings
 from worker.logs import configure
 
-
 #: A supervised child can get one SIGTERM twice: from a process-group kill (systemd, `kill -- -PGID`)
 #: and forwarded by its supervisor. A repeat this soon after the first is that echo, not a second signal.
 DUPLICATE_SIGNAL_S = 1.0
@@ -73,7 +72,7 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
         log.warning("first_heartbeat_failed", error=str(err))
     metrics.model_version(model.version)
     log.info("replica_ready", redis=settings.redis_url_redacted, model=model.version,
-             device=str(getattr(model, "device", settings.device)))
+             device=str(getattr(model, "device", settings.device)), backend=getattr(model, "backend", "torch"))
     try:
         loop.run()
     finally:

@@ -19,7 +19,7 @@ An input entry is a Redis stream entry whose fields are:
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,10 +138,10 @@ def encode_window(
 
 def _unpack_limited(raw: bytes, max_bytes: int, what: str) -> Any:
     # Explicit limits: no ext types, bounded bin/str/array/map sizes, and the C unpacker's
-    # fixed nesting depth raises instead of recursing without bound.
+    # fixed nesting depth raises instead of recursing without bound. One C call per field.
     try:
-        unpacker = msgpack.Unpacker(
-            max_buffer_size=max(max_bytes, 1),
+        return msgpack.unpackb(
+            raw,
             max_bin_len=max_bytes,
             max_str_len=max_bytes,
             max_array_len=64,
@@ -150,17 +150,10 @@ def _unpack_limited(raw: bytes, max_bytes: int, what: str) -> Any:
             raw=False,
             strict_map_key=True,
         )
-        unpacker.feed(raw)
-        obj = unpacker.unpack()
+    except msgpack.ExtraData as e:
+        raise WireError(f"bad_{what}", f"trailing data after {what}") from e
     except Exception as e:  # msgpack raises many unrelated types for hostile bytes
         raise WireError(f"bad_{what}", f"{what} is not valid msgpack within limits ({type(e).__name__}: {e})") from e
-    try:
-        unpacker.unpack()
-    except msgpack.OutOfData:
-        return obj
-    except Exception as e:
-        raise WireError(f"bad_{what}", f"trailing garbage after {what} ({type(e).__name__})") from e
-    raise WireError(f"bad_{what}", f"trailing data after {what}")
 
 
 def _int_field(fields: Fields, key: bytes, required: bool) -> int | None:
@@ -179,19 +172,30 @@ def _int_field(fields: Fields, key: bytes, required: bool) -> int | None:
 
 def decode_array(raw: bytes, limits: Limits, n_features: int | None = None) -> np.ndarray:
     """Decode and validate an ``x`` field into a float32 [T, F] array."""
+    dtype, t, f, data = _parse_x(raw, limits, n_features)
+    arr = np.frombuffer(data, dtype=DTYPES[dtype]).reshape(t, f)
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    if not limits.allow_nonfinite and not np.isfinite(arr).all():
+        raise WireError("nonfinite", "window contains NaN or infinity")
+    return arr
+
+
+_X_KEYS = frozenset(("dtype", "shape", "data"))
+_ITEMSIZE = {name: np.dtype(code).itemsize for name, code in DTYPES.items()}
+
+
+def _parse_x(raw: bytes, limits: Limits, n_features: int | None) -> tuple[str, int, int, bytes]:
+    """Validate an ``x`` field without building the array: (dtype, T, F, data)."""
     if len(raw) > limits.max_window_bytes + 256:
         raise WireError("too_large", f"x is {len(raw)} bytes, limit {limits.max_window_bytes}")
     obj = _unpack_limited(raw, limits.max_window_bytes, "x")
-    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
+    if not isinstance(obj, dict) or obj.keys() != _X_KEYS:
         raise WireError("bad_x", "x must be a map with exactly the keys dtype, shape, data")
     dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
     if dtype not in DTYPES:
         raise WireError("bad_dtype", f"dtype {dtype!r} not one of {sorted(DTYPES)}")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
-    ):
+    if not isinstance(shape, list) or len(shape) != 2 or type(shape[0]) is not int or type(shape[1]) is not int:
         raise WireError("bad_shape", f"shape must be [T, F] integers, got {shape!r}")
     t, f = shape
     if t < 1 or f < 1:
@@ -202,26 +206,69 @@ def decode_array(raw: bytes, limits: Limits, n_features: int | None = None) -> n
         raise WireError("bad_features", f"F={f}, the model expects {n_features}")
     if not isinstance(data, bytes):
         raise WireError("bad_x", "data must be msgpack bin")
-    itemsize = np.dtype(DTYPES[dtype]).itemsize
-    if len(data) != t * f * itemsize:
-        raise WireError("bad_size", f"data has {len(data)} bytes, shape {shape} of {dtype} needs {t * f * itemsize}")
-    arr = np.frombuffer(data, dtype=DTYPES[dtype]).reshape(t, f)
-    if arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
-    if not limits.allow_nonfinite and not np.isfinite(arr).all():
-        raise WireError("nonfinite", "window contains NaN or infinity")
-    return arr
+    if len(data) != t * f * _ITEMSIZE[dtype]:
+        raise WireError("bad_size", f"data has {len(data)} bytes, shape {shape} of {dtype} needs {t * f * _ITEMSIZE[dtype]}")
+    return dtype, t, f, data
 
 
 def decode_window(fields: Fields, limits: Limits, n_features: int | None = None) -> Window:
     """Decode and validate an input entry; raises :class:`WireError` with a reason."""
-    version = fields.get(b"v")
-    if version != str(WIRE_VERSION).encode():
-        raise WireError("bad_version", f"wire version {version!r} unsupported, expected {WIRE_VERSION}")
-    raw = fields.get(b"x")
-    if raw is None:
-        raise WireError("missing_field", "field 'x' is required")
-    x = decode_array(raw, limits, n_features)
+    w = decode_windows([fields], limits, n_features)[0]
+    if isinstance(w, WireError):
+        raise w
+    return w
+
+
+_NONFINITE = "window contains NaN or infinity"
+
+
+def decode_windows(entries: Sequence[Fields], limits: Limits, n_features: int | None = None) -> list[Window | WireError]:
+    """:func:`decode_window` for many entries: each item is the window or the error it raised.
+
+    Windows of the same dtype and shape are converted and checked for NaN/inf with one numpy call
+    per group; each window's ``x`` is a read-only view into its group's array.
+    """
+    out: list[Window | WireError] = []
+    groups: dict[tuple[str, int, int], list[int]] = {}
+    datas: list[bytes] = []
+    for fields in entries:
+        try:
+            if fields.get(b"v") != _VERSION:
+                raise WireError("bad_version", f"wire version {fields.get(b'v')!r} unsupported, expected {WIRE_VERSION}")
+            raw = fields.get(b"x")
+            if raw is None:
+                raise WireError("missing_field", "field 'x' is required")
+            dtype, t, f, data = _parse_x(raw, limits, n_features)
+            out.append(_decode_fields(fields, limits))
+        except WireError as e:
+            out.append(e)
+            datas.append(b"")
+            continue
+        groups.setdefault((dtype, t, f), []).append(len(out) - 1)
+        datas.append(data)
+    for (dtype, t, f), idx in groups.items():
+        arr = np.frombuffer(b"".join([datas[i] for i in idx]), dtype=DTYPES[dtype]).reshape(len(idx), t, f)
+        if arr.dtype != np.float32:
+            arr = arr.astype(np.float32)
+        ok = None
+        if not limits.allow_nonfinite and not np.isfinite(arr).all():
+            ok = np.isfinite(arr).all(axis=(1, 2)).tolist()
+        for j, i in enumerate(idx):
+            w = out[i]
+            assert isinstance(w, Window)
+            if ok is None or ok[j]:
+                w.x = arr[j]
+            else:
+                out[i] = WireError("nonfinite", _NONFINITE)
+    return out
+
+
+_VERSION = str(WIRE_VERSION).encode()
+_EMPTY = np.zeros((0, 0), dtype=np.float32)
+
+
+def _decode_fields(fields: Fields, limits: Limits) -> Window:
+    """Every field but ``x`` (which ``decode_windows`` fills in)."""
     ts = _int_field(fields, b"ts", required=True)
     assert ts is not None
     cid_raw = fields.get(b"cid", b"")
@@ -241,7 +288,7 @@ def decode_window(fields: Fields, limits: Limits, n_features: int | None = None)
         ):
             raise WireError("bad_meta", "meta must be a map of string keys to scalars")
         meta = m
-    return Window(x=x, ts_us=ts, cid=cid, deadline_us=_int_field(fields, b"dl", required=False), meta=meta)
+    return Window(x=_EMPTY, ts_us=ts, cid=cid, deadline_us=_int_field(fields, b"dl", required=False), meta=meta)
 
 
 def encode_result(r: Result) -> dict[bytes, bytes]:
@@ -266,6 +313,48 @@ def encode_result(r: Result) -> dict[bytes, bytes]:
     if r.meta:
         fields[b"meta"] = _pack(r.meta)
     return fields
+
+
+def encode_results(results: Sequence[Result]) -> list[dict[bytes, bytes]]:
+    """:func:`encode_result` for many results (byte-identical), encoding repeated values once.
+
+    The fields a batch shares (status, model, worker, timings of the batch) and each label's
+    fields are encoded once per distinct value, not once per result.
+    """
+    shared: dict[tuple[Any, ...], tuple[bytes, ...]] = {}
+    labels: dict[tuple[int, str], tuple[bytes, bytes]] = {}
+    packer = msgpack.Packer(use_bin_type=True)
+    version = str(WIRE_VERSION).encode()
+    out = []
+    for r in results:
+        key = (r.status, r.model, r.worker, r.infer_us, r.ts_us, r.batch)
+        sh = shared.get(key)
+        if sh is None:
+            sh = shared[key] = tuple(str(v).encode() for v in key)
+        lab = labels.get((r.label, r.class_name))
+        if lab is None:
+            lab = labels[(r.label, r.class_name)] = (str(r.label).encode(), r.class_name.encode())
+        fields = {
+            b"v": version,
+            b"in": r.input_id.encode(),
+            b"cid": r.cid.encode(),
+            b"status": sh[0],
+            b"label": lab[0],
+            b"class": lab[1],
+            b"probs": packer.pack(list(map(float, r.probs))),
+            b"model": sh[1],
+            b"worker": sh[2],
+            b"queue_us": str(r.queue_us).encode(),
+            b"wait_us": str(r.wait_us).encode(),
+            b"infer_us": sh[3],
+            b"e2e_us": str(r.e2e_us).encode(),
+            b"ts": sh[4],
+            b"batch": sh[5],
+        }
+        if r.meta:
+            fields[b"meta"] = packer.pack(r.meta)
+        out.append(fields)
+    return out
 
 
 def decode_result(fields: Fields) -> Result:

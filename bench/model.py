@@ -1,0 +1,96 @@
+"""The benchmark's model: the default BiGRU with random weights, and model-only timing.
+
+``python -m bench.model --checkpoint C --backend onnx --threads 1 --batches 1,2,4`` prints one JSON
+line per batch size; it runs in its own process so thread settings match a worker replica's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: The benchmark's window length T and feature count F.
+T, F = 20, 1
+
+
+def build_checkpoint(root: Path, seed: int = 0) -> Path:
+    """Save the default model (2 layers x 64 hidden BiGRU, 2 classes) with random weights."""
+    import torch
+
+    from training.checkpoint import Checkpoint, save_checkpoint
+    from training.model import ModelConfig, SequenceClassifier
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(input_dim=F, num_classes=2)
+    model = SequenceClassifier(cfg)
+    ckpt = Checkpoint(cfg, ["0", "1"], np.zeros(F, np.float32), np.ones(F, np.float32),
+                      {k: v.detach().clone() for k, v in model.state_dict().items()},
+                      metrics={"note": "random weights (speed benchmark)"})
+    save_checkpoint(ckpt, root)
+    return root
+
+
+def windows(n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` random [T, F] float32 windows."""
+    rng = np.random.default_rng(seed)
+    return list(rng.standard_normal((n, T, F)).astype(np.float32))
+
+
+def time_batches(pred: Any, threads: int, batches: list[int], min_s: float) -> list[dict[str, object]]:
+    """Forward throughput and per-call latency of a serving predictor at each batch size."""
+    out: list[dict[str, object]] = []
+    for b in batches:
+        xs = windows(b, seed=b)
+        pred.predict(xs)
+        calls: list[float] = []
+        cpu0, t_end = time.process_time(), time.perf_counter() + min_s
+        while time.perf_counter() < t_end or len(calls) < 3:
+            t0 = time.perf_counter()
+            pred.predict(xs)
+            calls.append(time.perf_counter() - t0)
+        cpu = time.process_time() - cpu0
+        total = sum(calls)
+        out.append({
+            "backend": pred.backend, "threads": threads, "batch": b, "calls": len(calls),
+            "windows_per_s": round(b * len(calls) / total, 1),
+            "latency_ms_p50": round(float(np.percentile(calls, 50)) * 1e3, 3),
+            "latency_ms_p99": round(float(np.percentile(calls, 99)) * 1e3, 3),
+            "cpu_us_per_window": round(cpu / (b * len(calls)) * 1e6, 2),
+        })
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the model-only child process."""
+    p = argparse.ArgumentParser(prog="bench.model")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batches", default="1,64")
+    p.add_argument("--min-s", type=float, default=0.3)
+    p.add_argument("--wait-go", action="store_true", help="print 'ready', then wait for a line on stdin")
+    a = p.parse_args(argv)
+    import torch
+
+    from training.checkpoint import load_checkpoint
+    from worker.backends import make_predictor
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    pred = make_predictor(load_checkpoint(a.checkpoint), "cpu", a.backend, a.threads)
+    if a.wait_go:  # parallel copies start timing together
+        print("ready", flush=True)
+        sys.stdin.readline()
+    for row in time_batches(pred, a.threads, [int(b) for b in a.batches.split(",")], a.min_s):
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Pipeline measurements with real worker processes (``python -m worker.cli``) on a local Redis.
+
+Saturated: the stream is pre-filled while the group points past its end, the replicas start and
+report ready, then the group is rewound so every replica starts draining at once. Open loop: a
+``bigru-producer publish --rate`` process feeds the replicas while this process reads the results
+stream and stamps each result on arrival.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from bench.model import windows
+from producer.client import Producer
+from worker.health import live_replicas
+from worker.keys import Keys
+from worker.wire import now_us
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class BenchError(RuntimeError):
+    """A benchmark step could not run (workers died, results missing)."""
+
+
+@dataclass
+class WorkerConfig:
+    """How the replicas of one measurement run."""
+
+    backend: str = "onnx"
+    replicas: int = 1
+    threads: int = 1
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    batch_wait: str = "fixed"
+    slo_p99_ms: float = 10.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Short human-readable name."""
+        wait = f"slo {self.slo_p99_ms:g} ms" if self.batch_wait == "slo" else f"fixed {self.max_wait_ms:g} ms"
+        return f"{self.backend} {self.replicas}x{self.threads}t b{self.max_batch} {wait}"
+
+
+class Workers:
+    """``python -m worker.cli`` with a config, as a context manager that waits until all are live."""
+
+    def __init__(self, url: str, prefix: str, checkpoint: Path, cfg: WorkerConfig, log_dir: Path) -> None:
+        self.url, self.prefix, self.cfg = url, prefix, cfg
+        self.keys = Keys(prefix, prefix)
+        self.env = dict(os.environ)
+        self.env.update({
+            "BIGRU_REDIS_URL": url, "BIGRU_PREFIX": prefix, "BIGRU_GROUP": prefix,
+            "BIGRU_CHECKPOINT": str(checkpoint), "BIGRU_BACKEND": cfg.backend, "BIGRU_DEVICE": "cpu",
+            "BIGRU_REPLICAS": str(cfg.replicas), "BIGRU_TORCH_THREADS": str(cfg.threads),
+            "BIGRU_MAX_BATCH": str(cfg.max_batch), "BIGRU_MAX_WAIT_MS": str(cfg.max_wait_ms),
+            "BIGRU_BATCH_WAIT": cfg.batch_wait, "BIGRU_SLO_P99_MS": str(cfg.slo_p99_ms),
+            "BIGRU_BLOCK_MS": "50", "BIGRU_WORKER_NAME": f"bench-{prefix}", "BIGRU_LOG_LEVEL": "WARNING",
+            "BIGRU_LOG_JSON": "true", "PYTHONPATH": str(ROOT),
+            # The saturated run parks the group at "$" while workers start, then rewinds it to the
+            # pre-filled backlog; input trimming would treat that backlog as acknowledged.
+            "BIGRU_TRIM_INPUT": "false", **cfg.extra_env,
+        })
+        self.log_path = log_dir / f"workers-{prefix}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Workers:
+        log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen([sys.executable, "-m", "worker.cli"], env=self.env, stdout=log, stderr=log, cwd=ROOT)
+        r = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 120
+        while len(live_replicas(r, self.keys)) < self.cfg.replicas:
+            if self.proc.poll() is not None:
+                raise BenchError(f"workers exited with {self.proc.returncode}: {self.tail()}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"workers not ready after 120 s: {self.tail()}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self) -> str:
+        """The end of the workers' log."""
+        try:
+            return self.log_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+
+def _results_since(r: redis.Redis, stream: str, start: str = "-") -> list[dict[bytes, bytes]]:
+    out: list[dict[bytes, bytes]] = []
+    while True:
+        chunk = r.xrange(stream, start, "+", count=5000)
+        out += [f for _, f in chunk]
+        if len(chunk) < 5000:
+            return out
+        start = "(" + chunk[-1][0].decode()
+
+
+def saturated(url: str, checkpoint: Path, cfg: WorkerConfig, n: int, log_dir: Path) -> dict[str, Any]:
+    """Drain ``n`` pre-filled windows with ``cfg``'s replicas; windows/s over the middle 90 %."""
+    r = redis.Redis.from_url(url)
+    prefix = f"sat{uuid.uuid4().hex[:8]}"
+    keys = Keys(prefix, prefix)
+    sk = keys.shard(0)
+    Producer(r, keys, pipeline_size=2000).publish_many(windows(n, seed=7))
+    r.xgroup_create(sk.windows, prefix, id="$")
+    try:
+        with Workers(url, prefix, checkpoint, cfg, log_dir) as w:
+            r.xgroup_setid(sk.windows, prefix, id="0")
+            t0 = time.monotonic()
+            while r.xlen(sk.results) < n:
+                if w.proc is not None and w.proc.poll() is not None:
+                    raise BenchError(f"workers exited during the run: {w.tail()}")
+                if time.monotonic() - t0 > 600:
+                    raise BenchError(f"only {r.xlen(sk.results)}/{n} results after 600 s")
+                time.sleep(0.02)
+        res = _results_since(r, sk.results)
+    finally:
+        r.delete(sk.windows, sk.results, sk.dead, keys.workers)
+    ts = np.sort(np.array([int(f[b"ts"]) for f in res], dtype=np.int64))
+    lo, hi = int(0.05 * len(ts)), int(0.95 * len(ts)) - 1
+    span_s = max(1e-6, (ts[hi] - ts[lo]) / 1e6)
+    batches = np.array([int(f[b"batch"]) for f in res])
+    workers = {f[b"worker"] for f in res}
+    return {
+        **asdict(cfg), "label": cfg.label, "windows": len(res), "windows_per_s": round(float((hi - lo) / span_s), 1),
+        "mean_batch": round(float(batches.mean()), 1), "replicas_serving": len(workers),
+        "drain_s": round(float(ts[-1] - ts[0]) / 1e6, 2),
+    }
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    return {
+        "mean": round(float(values.mean()), 3), "p50": round(float(np.percentile(values, 50)), 3),
+        "p95": round(float(np.percentile(values, 95)), 3), "p99": round(float(np.percentile(values, 99)), 3),
+        "max": round(float(values.max()), 3),
+    }
+
+
+BATCH_BUCKETS = [(1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 63), (64, 127), (128, 1 << 30)]
+
+
+def _batch_histogram(batches: np.ndarray) -> dict[str, int]:
+    """Windows per batch-size bucket (each window counted once, in its batch's bucket)."""
+    return {(f"{a}" if a == b else f"{a}-{b}" if b < 1 << 30 else f"{a}+"): int(((batches >= a) & (batches <= b)).sum())
+            for a, b in BATCH_BUCKETS}
+
+
+def open_loop_point(r: redis.Redis, w: Workers, rate: float, seconds: float) -> dict[str, Any]:
+    """Publish at ``rate`` windows/s for ``seconds``; latency of every result, stamped on arrival."""
+    sk = w.keys.shard(0)
+    last = r.xrevrange(sk.results, "+", "-", count=1)
+    pos = last[0][0].decode() if last else "0-0"
+    count = max(1, int(rate * seconds))
+    prod = subprocess.Popen(
+        [sys.executable, "-m", "producer.cli", "--redis-url", w.url, "--prefix", w.prefix, "publish",
+         "--count", str(count), "--rate", str(rate), "--id-prefix", f"r{int(rate)}"],
+        env=w.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+    )
+    got: list[tuple[int, dict[bytes, bytes]]] = []
+    deadline = time.monotonic() + seconds + 30
+    try:
+        while len(got) < count and time.monotonic() < deadline:
+            resp = r.xread({sk.results: pos}, count=2000, block=100)
+            stamp = now_us()
+            for _, entries in resp or []:
+                for eid, fields in entries:
+                    got.append((stamp, fields))
+                    pos = eid.decode()
+    finally:
+        try:
+            _, err = prod.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            prod.kill()
+            _, err = prod.communicate()
+    if prod.returncode != 0:
+        raise BenchError(f"producer failed: {err.decode(errors='replace')[-1000:]}")
+    if not got:
+        raise BenchError(f"no results at {rate:.0f} windows/s: {w.tail()}")
+    arrived = np.array([a for a, _ in got], dtype=np.int64)
+    f = {k: np.array([int(x[k]) for _, x in got], dtype=np.int64)
+         for k in (b"ts", b"e2e_us", b"queue_us", b"wait_us", b"infer_us", b"batch")}
+    produced = f[b"ts"] - f[b"e2e_us"]
+    e2e = (arrived - produced) / 1000
+    return {
+        "rate_target": round(rate, 1), "windows": len(got), "sent": count,
+        "rate_achieved": round(len(got) / max(1e-6, (arrived.max() - produced.min()) / 1e6), 1),
+        "e2e_ms": _summary(e2e),
+        "breakdown_ms_mean": {
+            "queued": round(float(f[b"queue_us"].mean()) / 1000, 3),
+            "batch_wait": round(float(f[b"wait_us"].mean()) / 1000, 3),
+            "inference": round(float(f[b"infer_us"].mean()) / 1000, 3),
+            "decode_encode": round(float((f[b"e2e_us"] - f[b"queue_us"] - f[b"wait_us"] - f[b"infer_us"]).mean()) / 1000, 3),
+            "publish": round(float((arrived - f[b"ts"]).mean()) / 1000, 3),
+        },
+        "batch": {"mean": round(float(f[b"batch"].mean()), 2), "p50": float(np.percentile(f[b"batch"], 50)),
+                  "max": int(f[b"batch"].max()), "windows_by_size": _batch_histogram(f[b"batch"])},
+    }
+
+
+def open_loop(url: str, checkpoint: Path, cfg: WorkerConfig, rates: list[float], seconds: float,
+              log_dir: Path) -> list[dict[str, Any]]:
+    """One worker start, then one open-loop point per rate."""
+    r = redis.Redis.from_url(url)
+    prefix = f"ol{uuid.uuid4().hex[:8]}"
+    keys = Keys(prefix, prefix)
+    out = []
+    try:
+        with Workers(url, prefix, checkpoint, cfg, log_dir) as w:
+            for rate in rates:
+                point = open_loop_point(r, w, rate, seconds)
+                out.append({"config": cfg.label, "batch_wait": cfg.batch_wait, "max_wait_ms": cfg.max_wait_ms,
+                            "slo_p99_ms": cfg.slo_p99_ms, **point})
+                time.sleep(0.3)
+    finally:
+        sk = keys.shard(0)
+        r.delete(sk.windows, sk.results, sk.dead, keys.workers)
+    return out

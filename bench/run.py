@@ -1,0 +1,232 @@
+"""``make bench``: one run, one local redis-server, every measurement side by side.
+
+Phases: model-only forward (torch, onnx) at batch sizes 1..1024; the naive one-window worker;
+the pipeline saturated with 1 and 2 replicas (and the other levers); the pipeline in open loop at
+25/50/75/90 % of the saturated rate under several batch-wait policies. Writes
+``results/bench/bench.json``, ``bench.md`` and PNG plots. A missed target is reported, not an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from bench import report  # noqa: E402
+from bench.model import build_checkpoint, windows  # noqa: E402
+from bench.pipeline import WorkerConfig, open_loop, saturated  # noqa: E402
+from producer.client import Producer  # noqa: E402
+from scripts.localredis import LocalRedis  # noqa: E402
+from worker.keys import Keys  # noqa: E402
+from worker.onnx_backend import onnx_available  # noqa: E402
+
+BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+LOADS = [0.25, 0.5, 0.75, 0.9]
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        redis_v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout.split()[2]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        redis_v = "unknown"
+    return {
+        "cpus": os.cpu_count(), "cpu_model": cpu, "platform": platform.platform(), "python": platform.python_version(),
+        "torch": _version("torch"), "onnxruntime": _version("onnxruntime"), "redis": redis_v.removeprefix("v="),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _child(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.PIPE, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def _json_lines(proc: subprocess.Popen[str], timeout: float) -> list[dict[str, Any]]:
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{proc.args!r} failed: {err[-2000:]}")
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def model_only(ckpt: Path, backend: str, threads: int, batches: list[int], min_s: float, processes: int = 1) -> list[dict[str, Any]]:
+    """Model-only rows from ``processes`` parallel child processes (summed throughput when > 1)."""
+    args = ["-m", "bench.model", "--checkpoint", str(ckpt), "--backend", backend, "--threads", str(threads),
+            "--batches", ",".join(map(str, batches)), "--min-s", str(min_s), "--wait-go"]
+    procs = [_child(args) for _ in range(processes)]
+    for p in procs:  # wait until every copy has built its predictor, then start them together
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"bench.model did not start: {line!r} {(p.stderr.read() if p.stderr else '')!r}")
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    per = [_json_lines(p, 600) for p in procs]
+    rows = []
+    for i, b in enumerate(batches):
+        rs = [rows_[i] for rows_ in per]
+        row = dict(rs[0], processes=processes)
+        row["windows_per_s"] = round(sum(r["windows_per_s"] for r in rs), 1)
+        rows.append(row)
+        assert row["batch"] == b
+    return rows
+
+
+def naive(url: str, ckpt: Path, backend: str, seconds: float, expect_rate: float) -> dict[str, Any]:
+    """The naive worker on a pre-filled stream."""
+    prefix = f"nv{uuid.uuid4().hex[:8]}"
+    keys = Keys(prefix, prefix)
+    r = redis.Redis.from_url(url)
+    n = int(min(50_000, max(2_000, expect_rate * seconds * 2)))
+    Producer(r, keys, pipeline_size=2000).publish_many(windows(n, seed=3))
+    r.xgroup_create(keys.shard(0).windows, prefix, id="0")
+    try:
+        proc = _child(["-m", "bench.naive", "--redis-url", url, "--prefix", prefix, "--checkpoint", str(ckpt),
+                       "--backend", backend, "--seconds", str(seconds)])
+        return _json_lines(proc, seconds + 120)[0]
+    finally:
+        sk = keys.shard(0)
+        r.delete(sk.windows, sk.results, sk.dead)
+
+
+def _rate(rows: list[dict[str, Any]], backend: str, batch: int) -> float:
+    return next((r["windows_per_s"] for r in rows if r["backend"] == backend and r["batch"] == batch
+                 and r["threads"] == 1 and r["processes"] == 1), 1000.0)
+
+
+def _plain(o: Any) -> Any:
+    """JSON for numpy scalars."""
+    return o.item() if hasattr(o, "item") else str(o)
+
+
+def run(out_dir: Path, quick: bool) -> dict[str, Any]:
+    """Every phase; returns the result document (also written to ``out_dir``)."""
+    t_start = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    batches = [1, 8, 64] if quick else BATCHES
+    min_s = 0.05 if quick else 0.3
+    sat_s = 1.0 if quick else 4.0
+    ol_s = 1.0 if quick else 3.0
+    backends = ["torch", "onnx"] if onnx_available() else ["torch"]
+    head = "onnx" if "onnx" in backends else "torch"
+    mb = 64
+    doc: dict[str, Any] = {"machine": machine(), "notes": []}
+    doc["config"] = {
+        "model": "BiGRU, 2 layers x 64 hidden, pooling last+mean, T=20, F=1, 2 classes, random weights",
+        "headline": {"backend": head, "max_batch": mb},
+        "gpu": "no GPU machine was lent to this run; the CUDA path is covered by unit tests marked gpu",
+        "quick": quick,
+    }
+    with tempfile.TemporaryDirectory(prefix="bigru-bench-") as tmp, LocalRedis() as srv:
+        tmpdir = Path(tmp)
+        ckpt = build_checkpoint(tmpdir / "ckpt")
+        print(f"redis-server on port {srv.port}; checkpoint in {ckpt}", flush=True)
+
+        mo: list[dict[str, Any]] = []
+        for b in backends:
+            mo += model_only(ckpt, b, 1, batches, min_s)
+            print(f"model-only {b}: " + ", ".join(f"b{r['batch']}={r['windows_per_s']:.0f}/s" for r in mo if r["backend"] == b), flush=True)
+        for b in backends:
+            mo += model_only(ckpt, b, 2, [1, mb], min_s)
+            mo += model_only(ckpt, b, 1, [mb], min_s, processes=2)
+        doc["model_only"] = mo
+
+        doc["naive"] = [naive(srv.url, ckpt, b, 1.0 if quick else 4.0, _rate(mo, b, 1)) for b in backends]
+        print("naive: " + ", ".join(f"{n['backend']}={n['windows_per_s']:.0f}/s" for n in doc["naive"]), flush=True)
+
+        configs = [WorkerConfig(backend=head, replicas=1, threads=1, max_batch=mb),
+                   WorkerConfig(backend=head, replicas=2, threads=1, max_batch=mb)]
+        if not quick:
+            configs += [WorkerConfig(backend=head, replicas=1, threads=2, max_batch=mb),
+                        WorkerConfig(backend=head, replicas=1, threads=1, max_batch=256)]
+            if head != "torch":
+                configs += [WorkerConfig(backend="torch", replicas=1, threads=1, max_batch=mb),
+                            WorkerConfig(backend="torch", replicas=2, threads=1, max_batch=mb)]
+        sat = []
+        for i, cfg in enumerate(configs):
+            est = _rate(mo, cfg.backend, cfg.max_batch if cfg.max_batch in batches else mb) * cfg.replicas
+            n = int(min(200_000, max(2_000 if quick else 10_000, est * sat_s)))
+            # The headline ratios compare with model-only runs right before and after the pipeline
+            # run, so a machine whose load drifts during the benchmark skews both sides alike.
+            ref = [model_only(ckpt, cfg.backend, 1, [mb], min_s * 3, processes=cfg.replicas)[0]] if i < 2 else []
+            row = saturated(srv.url, ckpt, cfg, n, tmpdir)
+            if ref:
+                ref.append(model_only(ckpt, cfg.backend, 1, [mb], min_s * 3, processes=cfg.replicas)[0])
+                row["model_only_adjacent_windows_per_s"] = round(sum(r["windows_per_s"] for r in ref) / 2, 1)
+            sat.append(row)
+            print(f"saturated {row['label']}: {row['windows_per_s']:.0f}/s (mean batch {row['mean_batch']})", flush=True)
+        doc["saturated"] = sat
+
+        base = sat[0]["windows_per_s"]
+        rates = [f * base for f in LOADS]
+        policies = [WorkerConfig(backend=head, max_batch=mb, max_wait_ms=w) for w in (5.0, 1.0, 0.0)]
+        policies.append(WorkerConfig(backend=head, max_batch=mb, batch_wait="slo", slo_p99_ms=10.0))
+        if quick:
+            policies = policies[:1]
+            rates = rates[:2]
+        ol = []
+        for cfg in policies:
+            pts = open_loop(srv.url, ckpt, cfg, rates, ol_s, tmpdir)
+            for p, f in zip(pts, LOADS):
+                p["load"] = f
+                print(f"open loop {cfg.label} at {f:.0%} ({p['rate_achieved']:.0f}/s): "
+                      f"p50 {p['e2e_ms']['p50']} p99 {p['e2e_ms']['p99']} ms, mean batch {p['batch']['mean']}", flush=True)
+            ol += pts
+        doc["open_loop"] = ol
+        doc["open_loop_base"] = {"config": sat[0]["label"], "saturated_windows_per_s": base}
+    doc["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    doc["seconds"] = round(time.monotonic() - t_start, 1)
+    doc["targets"] = report.targets(doc)
+    plots = report.plot(doc, out_dir)
+    (out_dir / "bench.json").write_text(json.dumps(doc, indent=2, default=_plain) + "\n")
+    (out_dir / "bench.md").write_text(report.markdown(doc, plots))
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``make bench``."""
+    p = argparse.ArgumentParser(prog="bench.run", description=__doc__)
+    p.add_argument("--out", default=str(ROOT / "results" / "bench"), help="output directory")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test), numbers meaningless")
+    a = p.parse_args(argv)
+    doc = run(Path(a.out), a.quick)
+    print(f"\nwrote {a.out}/bench.json, bench.md ({doc['seconds']:.0f} s)")
+    for t in doc["targets"]:
+        verdict = "info" if t["target"] == "info" else "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
+        print(f"  [{verdict}] {t['measure']}: {t['value']} (target {t['target']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -78,7 +78,8 @@ def to_tensors(ds: Dataset, mean: np.ndarray, std: np.ndarray) -> tuple[torch.Te
 def predict(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, batch: int = 1024) -> torch.Tensor:
     """Logits of ``model`` over a padded tensor dataset (CPU tensor [N, C])."""
     model.eval()
-    dev = next(model.parameters()).device
+    first = next(model.parameters(), None)  # a dynamically quantized model has none: CPU
+    dev = first.device if first is not None else torch.device("cpu")
     return torch.cat([model(x[i : i + batch].to(dev), lengths[i : i + batch]).float().cpu() for i in range(0, len(x), batch)])
 
 

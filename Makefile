@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis demo test test-fast lint bench clean
+.PHONY: venv redis demo test test-fast lint bench accuracy compare clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,13 @@ lint: venv
 
 bench: venv redis
 	$(PY) -m bench.run
+
+# Training experiments (CPU-heavy; results/ holds the committed outputs).
+accuracy: venv
+	$(VENV)/bin/bigru-train accuracy --results results
+
+compare: venv
+	$(VENV)/bin/bigru-train compare --results results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

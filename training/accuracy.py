@@ -39,6 +39,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--datasets", type=Path, default=None, help="folder with <name>/<name>_TRAIN.ts (default ../shared/datasets)")
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--merge", action="store_true", help="keep the other tasks' runs from an existing accuracy.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     datasets = args.datasets or default_datasets()
@@ -52,7 +53,13 @@ def main(argv: list[str]) -> int:
             runs.append(r)
             print(json.dumps({k: r[k] for k in ("task", "seed", "test_accuracy", "epochs", "seconds_per_epoch")}),
                   file=sys.stderr, flush=True)
-    write_report(runs, args, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    old = args.results / "accuracy.json"
+    if args.merge and old.is_file():
+        prev = json.loads(old.read_text())
+        kept = [r for r in prev["runs"] if r["task"] not in {r["task"] for r in runs}]
+        runs, seconds = kept + runs, seconds + float(prev.get("seconds", 0))
+    write_report(runs, args, seconds)
     print(json.dumps({r["task"]: r["test_accuracy"] for r in runs} if args.seeds == 1 else {"runs": len(runs)}))
     return 0
 
@@ -62,7 +69,8 @@ def write_report(runs: list[dict[str, Any]], args: argparse.Namespace, seconds: 
     from training.plots import plot_bars
 
     args.results.mkdir(parents=True, exist_ok=True)
-    rows, groups = [], {}
+    rows: list[list[str]] = []
+    groups: dict[str, dict[str, tuple[float, float]]] = {}
     for name in dict.fromkeys(r["task"] for r in runs):
         rs = [r for r in runs if r["task"] == name]
         acc = [r["test_accuracy"] for r in rs]
@@ -75,7 +83,8 @@ def write_report(runs: list[dict[str, Any]], args: argparse.Namespace, seconds: 
     plot_bars(groups, "test accuracy (%)", "Accuracy with the default settings", args.results / "accuracy.png")
     md = [
         "# Accuracy benchmark\n",
-        f"Command: `bigru-train accuracy --seeds {args.seeds} --n {args.n} --test-n {args.test_n}` "
+        f"Command: `bigru-train accuracy --seeds {args.seeds} --n {args.n} --test-n {args.test_n}`"
+        f"{' (tasks run separately and merged with --merge)' if args.merge else ''} "
         f"({seconds / 60:.1f} min on {environment()['threads']} CPU thread(s)). Every task uses the same "
         "`bigru-train` defaults; UCR/UEA tasks use the archive's own train/test split, the synthetic task a "
         f"fresh held-out draw of {args.test_n:,} windows.\n",

@@ -84,7 +84,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the ``train`` subcommand."""
-    p = argparse.ArgumentParser(prog="bigru-train", description=__doc__, epilog=f"subcommands: {', '.join(COMMANDS)}")
+    p = argparse.ArgumentParser(prog="bigru-train", description="Train a sequence classifier and write a versioned checkpoint.",
+                                epilog=f"subcommands: {', '.join(COMMANDS)} (bigru-train SUBCOMMAND --help)")
     g = p.add_argument_group("data")
     g.add_argument("--data", help="'synthetic' or a .ts/.npz/.csv file (the training split)")
     g.add_argument("--test", help="the file's own test split (e.g. X_TEST.ts)")

@@ -32,11 +32,11 @@ def main(argv: list[str]) -> int:
     """The ``compare`` subcommand."""
     p = argparse.ArgumentParser(prog="bigru-train compare", description=__doc__)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--n", type=int, default=4000, help="synthetic training + validation windows")
+    p.add_argument("--n", type=int, default=2000, help="synthetic training + validation windows")
     p.add_argument("--test-n", type=int, default=20000, help="synthetic test windows")
     p.add_argument("--tasks", default="synthetic,ItalyPowerDemand", help="comma-separated: synthetic and/or UCR names")
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs per run (kept small so the table takes minutes)")
+    p.add_argument("--epochs", type=int, default=20, help="maximum epochs per run (kept small so the table takes minutes)")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--datasets", type=Path, default=None, help="folder with <name>/<name>_TRAIN.ts (default ../shared/datasets)")
     p.add_argument("--results", type=Path, default=Path("results"))
@@ -66,7 +66,8 @@ def write_report(runs: list[dict[str, Any]], tasks: list[Task], args: argparse.N
 
     variants = args.variants.split(",")
     args.results.mkdir(parents=True, exist_ok=True)
-    rows, groups = [], {}
+    rows: list[list[str]] = []
+    groups: dict[str, dict[str, tuple[float, float]]] = {}
     for task in tasks:
         groups[task.name] = {}
         for v in variants:

@@ -35,6 +35,8 @@ class RawInputModel(nn.Module):
     def __init__(self, ckpt: Checkpoint, model: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model if model is not None else ckpt.build_model("cpu")
+        self.mean: torch.Tensor
+        self.inv_std: torch.Tensor
         self.register_buffer("mean", torch.from_numpy(ckpt.mean.astype(np.float32)))
         self.register_buffer("inv_std", torch.from_numpy((1.0 / ckpt.std).astype(np.float32)))
 

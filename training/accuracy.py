@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bigru-train accuracy", description=__doc__)
     p.add_argument("--tasks", default=",".join(TARGETS))
     p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--n", type=int, default=10000, help="synthetic training + validation windows")
+    p.add_argument("--n", type=int, default=6000, help="synthetic training + validation windows")
     p.add_argument("--test-n", type=int, default=20000, help="synthetic held-out test windows")
     p.add_argument("--datasets", type=Path, default=None, help="folder with <name>/<name>_TRAIN.ts (default ../shared/datasets)")
     p.add_argument("--results", type=Path, default=Path("results"))

@@ -44,7 +44,7 @@ class TrainSettings(BaseSettings):
     hidden: int = 64
     layers: int = 2
     dropout: float = 0.1
-    pooling: str = "last,mean,max"
+    pooling: str = "last,mean"
     epochs: int = 60
     batch_size: int = 0
     lr: float = 3e-3

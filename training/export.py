@@ -158,12 +158,17 @@ def main(argv: list[str]) -> int:
     if not (args.onnx or args.quantize):
         p.error("nothing to do: pass --onnx and/or --quantize")
     torch.set_num_threads(1)
-    ckpt = load_checkpoint(args.checkpoint)
-    from training.checkpoint import resolve_path
+    from training.checkpoint import CheckpointError, resolve_path
 
-    out = Path(args.out) if args.out else resolve_path(args.checkpoint).parent
-    ds = eval_set(ckpt, args.data)
-    res: dict[str, Any] = {"checkpoint": ckpt.version, "eval_set": ds.name, "eval_windows": len(ds)}
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        out = Path(args.out) if args.out else resolve_path(args.checkpoint).parent
+        ds = eval_set(ckpt, args.data)
+    except (CheckpointError, ValueError) as e:  # DataError is a ValueError
+        print(f"bigru-train export: {e}", file=sys.stderr)
+        return 2
+    res: dict[str, Any] = {"checkpoint": ckpt.version, "eval_set": ds.name, "eval_windows": len(ds),
+                           "command": " ".join(["bigru-train", "export", *argv])}
     model = ckpt.build_model("cpu")
     if args.onnx:
         t0 = time.perf_counter()

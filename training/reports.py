@@ -55,7 +55,7 @@ def write_export_report(res: dict[str, Any], out_dir: Path) -> None:
     res = {**res, "environment": environment()}
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# Export: ONNX and int8\n\nCheckpoint `{res['checkpoint']}`, evaluated on {res['eval_set']} "
-             f"({res['eval_windows']} windows). Command: `bigru-train export --onnx --quantize`.\n"]
+             f"({res['eval_windows']} windows). Command: `{res.get('command', 'bigru-train export --onnx --quantize')}`.\n"]
     if "onnx" in res:
         o = res["onnx"]
         lines.append("## ONNX parity (max |onnx - torch| over logits)\n")

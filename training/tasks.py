@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.model import ModelConfig
-from training.run import RunOptions, evaluate_checkpoint, load_run_data, train_model
+from training.run import RunOptions, evaluate_checkpoint, load_run_data, model_config, train_model
 from training.train import TrainConfig
 
 
@@ -45,7 +44,7 @@ def measure(task: Task, datasets: Path, model: dict[str, Any], tcfg: TrainConfig
     """Train once on ``task`` and score on its test set: accuracy, params, seconds per epoch, epochs."""
     opts = task.options(datasets)
     data = load_run_data(opts, tcfg.seed)
-    mcfg = ModelConfig(input_dim=data.train.n_features, num_classes=len(data.train.classes), **model)
+    mcfg = model_config(data.train, model)
     res, ckpt = train_model(data, mcfg, tcfg, refit)
     assert data.test is not None
     test = evaluate_checkpoint(ckpt, data.test, tcfg.device)
@@ -60,4 +59,5 @@ def measure(task: Task, datasets: Path, model: dict[str, Any], tcfg: TrainConfig
         "epochs": len(res.history),
         "best_epoch": res.best_epoch,
         "confusion": test["confusion"],
+        "config": mcfg.to_dict(),
     }

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis demo test test-fast lint bench bench-scale clean
+.PHONY: venv redis demo test test-fast lint bench bench-scale accuracy compare clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,13 @@ bench: venv redis
 # 1/2/4 replicas on one Redis and on a local 3-master cluster -> bench-out/scaleout.json
 bench-scale: venv redis
 	$(PY) scripts/scaleout.py
+
+# Training experiments (CPU-heavy; results/ holds the committed outputs).
+accuracy: venv
+	$(VENV)/bin/bigru-train accuracy --results results
+
+compare: venv
+	$(VENV)/bin/bigru-train compare --results results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

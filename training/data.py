@@ -1,22 +1,34 @@
-"""Datasets: the tutorial's synthetic task and helpers shared by the loaders."""
+"""Datasets: the tutorial's synthetic task, splits, normalization and the file loaders' entry point.
+
+This module (and :mod:`training.formats`) imports only numpy: the producer uses it to read dataset
+files without pulling in torch.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
+class DataError(ValueError):
+    """A dataset is malformed or inconsistent; the message names the file, line and what was expected."""
+
+
 @dataclass
 class Dataset:
-    """Windows (each [T_i, F]) with integer labels and class names."""
+    """Windows (each [T_i, F], float32, NaN for missing values) with integer labels and class names."""
 
     X: list[np.ndarray]
     y: np.ndarray
     classes: list[str]
     name: str = ""
     meta: dict[str, str] = field(default_factory=dict)
+    labeled: bool = True
 
     def __len__(self) -> int:
         return len(self.X)
@@ -26,27 +38,60 @@ class Dataset:
         """Feature count F (the same for every window)."""
         return int(self.X[0].shape[1])
 
+    @property
+    def lengths(self) -> np.ndarray:
+        """Timesteps T_i of every window."""
+        return np.fromiter((x.shape[0] for x in self.X), dtype=np.int64, count=len(self.X))
+
     def subset(self, idx: np.ndarray) -> Dataset:
         """The windows at ``idx``."""
-        return Dataset([self.X[i] for i in idx], self.y[idx], self.classes, self.name, dict(self.meta))
+        return Dataset([self.X[i] for i in idx], self.y[idx], self.classes, self.name, dict(self.meta), self.labeled)
+
+    def concat(self, other: Dataset) -> Dataset:
+        """This dataset followed by ``other`` (same classes)."""
+        if list(other.classes) != list(self.classes):
+            raise DataError(f"cannot join datasets with classes {self.classes} and {other.classes}")
+        return Dataset(self.X + other.X, np.concatenate([self.y, other.y]), self.classes, self.name, dict(self.meta), self.labeled)
+
+    def summary(self) -> dict[str, Any]:
+        """Size, shape and class balance, for logs and metrics files."""
+        lengths = self.lengths
+        return {
+            "name": self.name,
+            "windows": len(self),
+            "features": self.n_features,
+            "min_length": int(lengths.min()),
+            "max_length": int(lengths.max()),
+            "classes": list(self.classes),
+            "class_counts": [int((self.y == c).sum()) for c in range(len(self.classes))],
+        }
 
 
 def synthetic(n: int = 2000, length: int = 20, seed: int = 0) -> Dataset:
-    """The tutorial's task: class 0 ~ N(0.5, 1.0), class 1 ~ N(-0.5, 1.2), balanced, 1 feature."""
+    """The tutorial's task: class 0 ~ N(0.5, 1.0), class 1 ~ N(-0.5, 1.2), balanced, 1 feature.
+
+    Every timestep is drawn independently from the class's Gaussian, so the Bayes-optimal rule
+    thresholds the summed log-likelihood ratio (98.27 % accuracy at ``length=20``).
+    """
+    if n < 2 or length < 1:
+        raise DataError(f"synthetic data needs n >= 2 and length >= 1, got n={n}, length={length}")
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 2
     rng.shuffle(y)
     loc = np.where(y == 0, 0.5, -0.5)[:, None]
     scale = np.where(y == 0, 1.0, 1.2)[:, None]
     x = (rng.standard_normal((n, length)) * scale + loc).astype(np.float32)
-    return Dataset([row[:, None] for row in x], y.astype(np.int64), ["0", "1"], name=f"synthetic-T{length}")
+    return Dataset([row[:, None] for row in x], y.astype(np.int64), ["0", "1"], name=f"synthetic-T{length}",
+                   meta={"seed": str(seed)})
 
 
 def normalization(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std over every real timestep of ``ds`` (NaN ignored)."""
     allx = np.concatenate(ds.X, axis=0)
-    mean = np.nanmean(allx, axis=0).astype(np.float32)
-    std = np.nanstd(allx, axis=0).astype(np.float32)
+    with warnings.catch_warnings():  # an all-NaN feature warns; it is handled below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(allx, axis=0).astype(np.float32)
+        std = np.nanstd(allx, axis=0).astype(np.float32)
     std[~np.isfinite(std) | (std < 1e-6)] = 1.0
     mean[~np.isfinite(mean)] = 0.0
     return mean, std
@@ -56,6 +101,7 @@ def fingerprint(ds: Dataset) -> str:
     """sha256 over the windows and labels, to tie a checkpoint to its training data."""
     h = hashlib.sha256()
     for x in ds.X:
+        h.update(np.asarray(x.shape, dtype=np.int64).tobytes())
         h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
     h.update(np.asarray(ds.y, dtype=np.int64).tobytes())
     return h.hexdigest()
@@ -71,7 +117,9 @@ def pad(windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stratified_split(y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, held-out) with ``frac`` of each class held out."""
+    """Indices (train, held-out) with ``frac`` of each class held out (at least one when a class has two)."""
+    if not 0.0 < frac < 1.0:
+        raise DataError(f"held-out fraction must be in (0, 1), got {frac}")
     rng = np.random.default_rng(seed)
     tr, ho = [], []
     for c in np.unique(y):
@@ -85,75 +133,31 @@ def stratified_split(y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray,
     return np.sort(np.concatenate(tr)), np.sort(np.concatenate(ho))
 
 
-class DataError(ValueError):
-    """A dataset file is malformed; the message names the file, line and what was expected."""
-
-
-def load_ts(path: str) -> Dataset:
-    """Load a UCR/UEA ``.ts`` file (dimensions separated by ``:``, label last, ``?`` as NaN)."""
-    X: list[np.ndarray] = []
-    labels: list[str] = []
-    declared: list[str] | None = None
-    in_data = False
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if not in_data:
-                low = line.lower()
-                if low.startswith("@classlabel"):
-                    parts = line.split()
-                    if len(parts) > 2 and parts[1].lower() == "true":
-                        declared = parts[2:]
-                elif low.startswith("@data"):
-                    in_data = True
-                elif not line.startswith("@"):
-                    raise DataError(f"{path}:{lineno}: expected a header line starting with '@' before @data")
-                continue
-            dims = line.split(":")
-            if len(dims) < 2:
-                raise DataError(f"{path}:{lineno}: expected 'values:...:label', found no ':'")
-            labels.append(dims[-1].strip())
-            try:
-                cols = [np.array([float(v) if v != "?" else np.nan for v in d.split(",")], dtype=np.float32) for d in dims[:-1]]
-            except ValueError as e:
-                raise DataError(f"{path}:{lineno}: expected comma-separated numbers or '?': {e}") from e
-            t = max(len(c) for c in cols)
-            if any(len(c) != t for c in cols):
-                raise DataError(f"{path}:{lineno}: dimensions have different lengths {[len(c) for c in cols]}")
-            X.append(np.stack(cols, axis=1))
-    if not X:
-        raise DataError(f"{path}: no @data rows")
-    if len({x.shape[1] for x in X}) != 1:
-        raise DataError(f"{path}: cases have different numbers of dimensions")
-    classes = declared or sorted(set(labels))
+def align_classes(ds: Dataset, classes: list[str]) -> Dataset:
+    """Relabel ``ds`` onto ``classes`` (by name), e.g. a test file onto its training file's classes."""
+    if list(ds.classes) == list(classes):
+        return ds
     index = {c: i for i, c in enumerate(classes)}
-    missing = sorted(set(labels) - set(index))
-    if missing:
-        raise DataError(f"{path}: labels {missing} not declared in @classLabel {classes}")
-    return Dataset(X, np.array([index[v] for v in labels], dtype=np.int64), classes, name=path)
+    unknown = sorted({ds.classes[int(v)] for v in np.unique(ds.y)} - set(index))
+    if unknown:
+        raise DataError(f"{ds.name}: labels {unknown} do not occur in the training classes {classes}")
+    y = np.array([index[ds.classes[int(v)]] for v in ds.y], dtype=np.int64)
+    return Dataset(ds.X, y, list(classes), ds.name, dict(ds.meta), ds.labeled)
 
 
-def load_npz(path: str) -> Dataset:
-    """Load ``.npz`` with ``X`` ([N,T,F] or an object array of [T_i,F]), optional ``y`` and ``classes``."""
-    with np.load(path, allow_pickle=False) as z:
-        if "X" not in z:
-            raise DataError(f"{path}: expected an array named 'X'")
-        Xa = z["X"]
-        y = z["y"].astype(np.int64) if "y" in z else np.zeros(len(Xa), dtype=np.int64)
-        classes = [str(c) for c in z["classes"]] if "classes" in z else [str(i) for i in range(max(2, int(y.max()) + 1))]
-    if Xa.ndim == 2:
-        Xa = Xa[:, :, None]
-    if Xa.ndim != 3:
-        raise DataError(f"{path}: X must be [N, T, F], got shape {Xa.shape}")
-    return Dataset([x.astype(np.float32) for x in Xa], y, classes, name=path)
+def load_dataset(path: str | Path, label_column: str = "label", features: int = 1) -> Dataset:
+    """Load a dataset file by extension: UCR/UEA ``.ts``, ``.npz`` or ``.csv``.
 
+    ``label_column`` and ``features`` apply to ``.csv`` only (see :func:`training.formats.load_csv`).
+    """
+    from training import formats  # numpy-only; imported here to keep this module free of cycles
 
-def load_dataset(path: str) -> Dataset:
-    """Load a dataset file by extension (``.ts`` or ``.npz``)."""
-    if path.endswith(".ts"):
-        return load_ts(path)
-    if path.endswith(".npz"):
-        return load_npz(path)
-    raise DataError(f"{path}: unsupported extension (expected .ts or .npz)")
+    p = str(path)
+    suffix = Path(p).suffix.lower()
+    if suffix == ".ts":
+        return formats.load_ts(p)
+    if suffix == ".npz":
+        return formats.load_npz(p)
+    if suffix == ".csv":
+        return formats.load_csv(p, label_column=label_column, features=features)
+    raise DataError(f"{p}: unsupported extension {suffix!r} (expected .ts, .npz or .csv)")

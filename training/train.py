@@ -1,9 +1,15 @@
-"""Training loop: Adam + ReduceLROnPlateau, early stopping, gradient clipping."""
+"""Training loop: Adam(W) with a cosine or ReduceLROnPlateau schedule, early stopping, gradient clipping.
+
+Seeded and deterministic on CPU: the same data, config and seed give bit-identical weights.
+"""
 
 from __future__ import annotations
 
+import math
+import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,20 +20,31 @@ from training.checkpoint import Checkpoint
 from training.data import Dataset, fingerprint, normalization, pad
 from training.model import ModelConfig, SequenceClassifier
 
+SCHEDULES = ("cosine", "plateau")
+
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings."""
+    """Optimisation settings. ``batch_size=0`` picks one from the training set size (see :func:`auto_batch`)."""
 
-    epochs: int = 30
-    batch_size: int = 64
+    epochs: int = 60
+    batch_size: int = 0
     lr: float = 3e-3
-    weight_decay: float = 0.0
-    patience: int = 8
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup: float = 0.05  # fraction of the cosine schedule spent warming up linearly
+    patience: int = 20  # epochs without a better validation loss before stopping
     clip: float = 1.0
+    jitter: float = 0.0  # std of Gaussian noise added to normalized training inputs
     seed: int = 0
     device: str = "cpu"
     golden_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 0 or self.lr <= 0 or self.patience < 1:
+            raise ValueError(f"invalid optimisation settings in {self}")
 
 
 @dataclass
@@ -37,83 +54,155 @@ class TrainResult:
     checkpoint: Checkpoint
     history: list[dict[str, float]] = field(default_factory=list)
     seconds_per_epoch: float = 0.0
+    best_epoch: int = 0
 
 
-def _tensors(ds: Dataset, mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def auto_batch(n: int) -> int:
+    """About 16 steps per epoch on small sets, at most 256 windows a step on large ones."""
+    return int(min(256, max(8, 2 ** round(math.log2(max(1, n / 16))))))
+
+
+def set_determinism(seed: int) -> None:
+    """Seed torch and make CPU kernels deterministic."""
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def to_tensors(ds: Dataset, mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalize (missing values become the training mean, i.e. 0) and pad ``ds`` into tensors."""
     x, lengths = pad([np.nan_to_num((w - mean) / std) for w in ds.X])
     return torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(np.asarray(ds.y, dtype=np.int64))
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> tuple[float, float, np.ndarray]:
-    """Mean loss, accuracy and predictions of ``model`` on a tensor dataset."""
+def predict(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """Logits of ``model`` over a padded tensor dataset (CPU tensor [N, C])."""
     model.eval()
-    dev = next(model.parameters()).device
-    losses, preds = [], []
-    for i in range(0, len(x), batch):
-        logits = model(x[i : i + batch].to(dev), lengths[i : i + batch])
-        losses.append(nn.functional.cross_entropy(logits, y[i : i + batch].to(dev), reduction="sum").item())
-        preds.append(logits.argmax(-1).cpu())
-    p = torch.cat(preds).numpy()
-    return sum(losses) / len(x), float((p == y.numpy()).mean()), p
+    first = next(model.parameters(), None)  # a dynamically quantized model has none: CPU
+    dev = first.device if first is not None else torch.device("cpu")
+    return torch.cat([model(x[i : i + batch].to(dev), lengths[i : i + batch]).float().cpu() for i in range(0, len(x), batch)])
 
 
-def fit(train: Dataset, val: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, progress: bool = False) -> TrainResult:
-    """Train a model on ``train``, early-stopping on ``val``; returns the best checkpoint."""
-    torch.manual_seed(tcfg.seed)
+def evaluate(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor) -> tuple[float, float, np.ndarray]:
+    """Mean loss, accuracy and predictions of ``model`` on a tensor dataset."""
+    logits = predict(model, x, lengths)
+    loss = float(nn.functional.cross_entropy(logits, y).item())
+    p = logits.argmax(-1).numpy()
+    return loss, float((p == y.numpy()).mean()), p
+
+
+def _scheduler(opt: torch.optim.Optimizer, tcfg: TrainConfig, steps_per_epoch: int) -> Any:
+    if tcfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, tcfg.patience // 4))
+    total = tcfg.epochs * steps_per_epoch
+    warm = max(1, int(tcfg.warmup * total))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="epoch", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def fit(
+    train: Dataset,
+    val: Dataset,
+    mcfg: ModelConfig,
+    tcfg: TrainConfig,
+    progress: bool = False,
+    fixed_epochs: int | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train on ``train``, early-stopping on ``val`` loss; returns the best epoch's checkpoint.
+
+    With ``fixed_epochs`` the run trains exactly that many epochs (schedule included) and keeps the
+    last weights: that is how a final model is refit on training plus validation data once the
+    validation run has chosen the epoch count.
+    """
+    if not train.labeled or not val.labeled:
+        raise ValueError("training needs labelled data (the dataset file has no labels)")
+    set_determinism(tcfg.seed)
     rng = np.random.default_rng(tcfg.seed)
     mean, std = normalization(train)
-    xt, lt, yt = _tensors(train, mean, std)
-    xv, lv, yv = _tensors(val, mean, std)
-    model = SequenceClassifier(mcfg).to(tcfg.device)
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, tcfg.patience // 3))
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    xt, lt, yt = to_tensors(train, mean, std)
+    xv, lv, yv = to_tensors(val, mean, std)
+    dev = torch.device(tcfg.device)
+    model = SequenceClassifier(mcfg).to(dev)
+    bs = tcfg.batch_size or auto_batch(len(xt))
+    steps_per_epoch = math.ceil(len(xt) / bs)
+    epochs = fixed_epochs or tcfg.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    sched = _scheduler(opt, TrainConfig(**{**asdict(tcfg), "epochs": epochs}), steps_per_epoch)
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     history: list[dict[str, float]] = []
-    bad_epochs = 0
     t0 = time.perf_counter()
-    for epoch in range(tcfg.epochs):
-        model.train()
-        perm = rng.permutation(len(xt))
-        total = 0.0
-        for i in range(0, len(perm), tcfg.batch_size):
-            idx = torch.from_numpy(perm[i : i + tcfg.batch_size])
-            logits = model(xt[idx].to(tcfg.device), lt[idx])
-            loss = nn.functional.cross_entropy(logits, yt[idx].to(tcfg.device))
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip)
-            opt.step()
-            total += loss.item() * len(idx)
-        vloss, vacc, _ = evaluate(model, xv, lv, yv)
-        sched.step(vloss)
-        history.append({"epoch": epoch + 1, "train_loss": total / len(xt), "val_loss": vloss, "val_accuracy": vacc})
-        if progress:
-            print(f"epoch {epoch + 1}: train_loss={total / len(xt):.4f} val_loss={vloss:.4f} val_acc={vacc:.4f}")
-        if best is None or vloss < best[0]:
-            best = (vloss, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-            if bad_epochs >= tcfg.patience:
+    bar = _progress(epochs, progress)
+    try:
+        for epoch in range(1, epochs + 1):
+            model.train()
+            perm = torch.from_numpy(rng.permutation(len(xt)))
+            total, correct = 0.0, 0
+            for i in range(0, len(perm), bs):
+                idx = perm[i : i + bs]
+                xb, yb = xt[idx].to(dev), yt[idx].to(dev)
+                if tcfg.jitter:
+                    xb = xb + tcfg.jitter * torch.randn_like(xb)
+                logits = model(xb, lt[idx])
+                loss = nn.functional.cross_entropy(logits, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip)
+                opt.step()
+                if tcfg.schedule == "cosine":
+                    sched.step()
+                total += loss.item() * len(idx)
+                correct += int((logits.argmax(-1) == yb).sum())
+            vloss, vacc, _ = evaluate(model, xv, lv, yv)
+            if tcfg.schedule == "plateau":
+                sched.step(vloss)
+            row = {"epoch": epoch, "train_loss": total / len(xt), "train_accuracy": correct / len(xt), "val_loss": vloss,
+                   "val_accuracy": vacc, "lr": opt.param_groups[0]["lr"]}
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_loss=f"{vloss:.4f}", val_acc=f"{vacc:.4f}")
+            bar.update(1)
+            if fixed_epochs is not None:
+                continue
+            # Ties (common with tiny validation sets) go to the later epoch: more training, same loss.
+            if best is None or vloss <= best[0]:
+                best = (vloss, epoch, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            elif epoch - best[1] >= tcfg.patience:
                 break
+    finally:
+        bar.close()
     spe = (time.perf_counter() - t0) / max(1, len(history))
-    assert best is not None
-    model.load_state_dict(best[1])
-    _, vacc, _ = evaluate(model, xv, lv, yv)
+    if best is None:  # fixed_epochs: keep the final weights
+        best = (history[-1]["val_loss"], len(history), {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[2])
+    vloss, vacc, _ = evaluate(model, xv, lv, yv)
     gidx = rng.permutation(len(val))[: tcfg.golden_size]
-    gx, gl = pad([val.X[i] for i in gidx])
-    metrics: dict[str, Any] = {"val_accuracy": vacc, "epochs": len(history), "seconds_per_epoch": spe}
+    gx, gl = pad([np.where(np.isnan(val.X[i]), mean, val.X[i]) for i in gidx])  # raw units, missing = mean
+    params = sum(p.numel() for p in model.parameters())
+    metrics: dict[str, Any] = {"val_accuracy": vacc, "val_loss": vloss, "epochs": len(history), "best_epoch": best[1],
+                               "seconds_per_epoch": spe, "params": params, "batch_size": bs}
     ckpt = Checkpoint(
         config=mcfg,
         classes=list(train.classes),
         mean=mean,
         std=std,
-        state_dict=best[1],
+        state_dict=best[2],
         metrics=metrics,
         data_fingerprint=fingerprint(train),
         golden_x=gx,
         golden_lengths=gl,
         golden_y=np.asarray(val.y)[gidx],
     )
-    return TrainResult(ckpt, history, spe)
+    return TrainResult(ckpt, history, spe, best[1])

@@ -1,0 +1,83 @@
+"""The classifier: config validation, readout of both directions, packing invariance, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.data import stratified_split, synthetic
+from training.model import ModelConfig, SequenceClassifier
+from training.train import TrainConfig, auto_batch, fit
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("pooling", [("last",), ("mean",), ("max",), ("last", "mean", "max")])
+def test_logits_alone_equal_logits_in_padded_batch(cell: str, bidirectional: bool, pooling: tuple[str, ...]) -> None:
+    torch.manual_seed(0)
+    model = SequenceClassifier(ModelConfig(input_dim=3, num_classes=4, cell=cell, bidirectional=bidirectional,
+                                           hidden=8, layers=2, pooling=pooling)).eval()
+    lengths = [5, 12, 1, 9]
+    windows = [torch.randn(n, 3) for n in lengths]
+    batch = torch.zeros(len(windows), max(lengths), 3)
+    for i, w in enumerate(windows):
+        batch[i, : len(w)] = w
+    batch_pad_garbage = batch.clone()
+    for i, n in enumerate(lengths):
+        batch_pad_garbage[i, n:] = 1e3  # whatever the padding holds must not matter
+    with torch.inference_mode():
+        in_batch = model(batch, torch.tensor(lengths))
+        in_garbage = model(batch_pad_garbage, torch.tensor(lengths))
+        alone = torch.cat([model(w[None], torch.tensor([len(w)])) for w in windows])
+        alone_no_lengths = torch.cat([model(w[None]) for w in windows])
+    assert torch.allclose(in_batch, alone, atol=1e-5), (in_batch - alone).abs().max()
+    assert torch.allclose(in_garbage, alone, atol=1e-5)
+    assert torch.allclose(alone_no_lengths, alone, atol=1e-6)
+
+
+def test_last_readout_is_each_directions_final_state() -> None:
+    torch.manual_seed(0)
+    model = SequenceClassifier(ModelConfig(hidden=4, layers=1, pooling=("last",), dropout=0.0)).eval()
+    x = torch.randn(2, 6, 1)
+    out, _ = model.rnn(x)
+    # forward direction: output at the last step; backward direction: output at the first step.
+    expected = torch.cat([out[:, -1, :4], out[:, 0, 4:]], dim=-1)
+    with torch.inference_mode():
+        got = model(x)
+        manual = model.head(expected)
+    assert torch.allclose(got, manual, atol=1e-6)
+
+
+def test_config_validation_and_round_trip() -> None:
+    cfg = ModelConfig(input_dim=6, num_classes=4, cell="lstm", bidirectional=False, pooling=("mean", "max"))
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in ({"cell": "rnn"}, {"pooling": ("sum",)}, {"pooling": ()}, {"num_classes": 1}, {"hidden": 0}):
+        with pytest.raises(ValueError):
+            ModelConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ModelConfig.from_dict({**cfg.to_dict(), "unknown": 1})
+
+
+def test_training_is_deterministic_on_cpu() -> None:
+    torch.set_num_threads(1)
+    ds = synthetic(300, 10, seed=5)
+    tr, va = stratified_split(ds.y, 0.2, 5)
+    runs = [fit(ds.subset(tr), ds.subset(va), ModelConfig(hidden=8, layers=1), TrainConfig(epochs=2, seed=5, jitter=0.05))
+            for _ in range(2)]
+    a, b = (r.checkpoint.state_dict for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in runs[0].history] == [h["train_loss"] for h in runs[1].history]
+
+
+def test_plateau_schedule_and_early_stopping() -> None:
+    torch.set_num_threads(1)
+    ds = synthetic(200, 8, seed=2)
+    tr, va = stratified_split(ds.y, 0.3, 2)
+    res = fit(ds.subset(tr), ds.subset(va), ModelConfig(hidden=4, layers=1),
+              TrainConfig(epochs=50, patience=2, schedule="plateau", lr=0.5, seed=2))
+    assert len(res.history) < 50  # a huge learning rate stops improving quickly
+    assert len(res.history) - res.best_epoch == 2
+
+
+def test_auto_batch() -> None:
+    assert auto_batch(40) == 8 and auto_batch(53) == 8 and auto_batch(1600) == 128 and auto_batch(100_000) == 256

@@ -1,0 +1,294 @@
+"""Dataset file parsers: UCR/UEA ``.ts``, ``.npz`` and ``.csv``. numpy only (the producer imports these).
+
+Every parser returns a :class:`training.data.Dataset` whose windows are float32 [T_i, F] with NaN
+for missing values, and raises :class:`training.data.DataError` naming the file, the line and what
+was expected when the file is malformed.
+"""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from training.data import DataError, Dataset
+
+_MISSING = {"?", "", "nan", "NaN", "NA"}
+
+
+def _trim_trailing_missing(x: np.ndarray) -> np.ndarray:
+    """Drop trailing timesteps where every feature is missing (how padded unequal-length files end)."""
+    real = ~np.isnan(x).all(axis=1)
+    if not real.any():
+        return x[:0]
+    return x[: int(np.flatnonzero(real)[-1]) + 1]
+
+
+def _classes_for(labels: list[str], declared: list[str] | None, where: str) -> tuple[list[str], np.ndarray]:
+    """Class names (declared order, else numeric-aware sorted order) and integer labels."""
+    if declared is None:
+        uniq = set(labels)
+        try:
+            classes = sorted(uniq, key=float)
+        except ValueError:
+            classes = sorted(uniq)
+    else:
+        classes = declared
+        missing = sorted(set(labels) - set(classes))
+        if missing:
+            raise DataError(f"{where}: labels {missing} are not among the declared classes {classes}")
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, np.array([index[v] for v in labels], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------- .ts
+
+
+def _parse_ts_values(text: str, where: str, dim: int) -> np.ndarray:
+    out = np.empty(text.count(",") + 1, dtype=np.float32)
+    for j, v in enumerate(text.split(",")):
+        v = v.strip()
+        if v in _MISSING:
+            out[j] = np.nan
+            continue
+        try:
+            out[j] = float(v)
+        except ValueError:
+            raise DataError(f"{where}: dimension {dim + 1}, value {j + 1}: expected a number or '?', found {v!r}") from None
+    return out
+
+
+def load_ts(path: str) -> Dataset:
+    """Load a UCR/UEA ``.ts`` classification file.
+
+    Univariate or multivariate (dimensions separated by ``:``, the class label last), equal or
+    unequal length, ``?`` (or ``NaN``) for a missing value. Trailing all-missing timesteps are
+    dropped, so a file padded to equal length with ``?`` reads as unequal length. Header fields
+    (``@dimensions``, ``@seriesLength``, ``@classLabel``, ...) are checked against the data.
+    """
+    header: dict[str, str] = {}
+    declared: list[str] | None = None
+    X: list[np.ndarray] = []
+    labels: list[str] = []
+    in_data = False
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from e
+    with f:
+        try:
+            lines = list(enumerate(f, 1))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not a UTF-8 text file ({e})") from e
+    for lineno, raw in lines:
+        line = raw.strip()
+        where = f"{path}:{lineno}"
+        if not line or line.startswith("#"):
+            continue
+        if not in_data:
+            if not line.startswith("@"):
+                raise DataError(f"{where}: expected a header line starting with '@' (or @data) before the data, found {line[:40]!r}")
+            key, _, rest = line[1:].partition(" ")
+            key = key.lower()
+            if key == "data":
+                in_data = True
+            elif key == "classlabel":
+                parts = rest.split()
+                if not parts or parts[0].lower() not in ("true", "false"):
+                    raise DataError(f"{where}: expected '@classLabel true <labels...>' or '@classLabel false'")
+                if parts[0].lower() == "true":
+                    if len(parts) < 2:
+                        raise DataError(f"{where}: '@classLabel true' must list the class labels")
+                    declared = parts[1:]
+            elif key == "targetlabel" and rest.strip().lower() == "true":
+                raise DataError(f"{where}: regression files (@targetLabel true) are not supported; expected class labels")
+            else:
+                header[key] = rest.strip()
+            continue
+        if header.get("timestamps", "false").lower() == "true" or line.startswith("("):
+            raise DataError(f"{where}: timestamped series '(t,v)' are not supported; expected comma-separated values")
+        dims = line.split(":")
+        if len(dims) < 2:
+            raise DataError(f"{where}: expected 'values[:values...]:label', found no ':' before a class label")
+        label = dims[-1].strip()
+        if not label:
+            raise DataError(f"{where}: expected a class label after the last ':'")
+        cols = [_parse_ts_values(d, where, k) for k, d in enumerate(dims[:-1])]
+        if X and len(cols) != X[0].shape[1]:
+            raise DataError(f"{where}: expected {X[0].shape[1]} dimensions like the first case, found {len(cols)}")
+        if len({len(c) for c in cols}) != 1:
+            raise DataError(f"{where}: dimensions have different lengths {[len(c) for c in cols]}; expected equal lengths within a case")
+        x = _trim_trailing_missing(np.stack(cols, axis=1))
+        if len(x) == 0:
+            raise DataError(f"{where}: every value of this case is missing")
+        X.append(x)
+        labels.append(label)
+    if not in_data:
+        raise DataError(f"{path}: no @data line; expected a UCR/UEA .ts file")
+    if not X:
+        raise DataError(f"{path}: no cases after @data")
+    _check_ts_header(path, header, X)
+    classes, y = _classes_for(labels, declared, path)
+    name = header.get("problemname") or Path(path).stem
+    return Dataset(X, y, classes, name=name, meta={"file": str(path)})
+
+
+def _check_ts_header(path: str, header: dict[str, str], X: list[np.ndarray]) -> None:
+    f = X[0].shape[1]
+    if "dimensions" in header:
+        try:
+            want = int(header["dimensions"])
+        except ValueError:
+            raise DataError(f"{path}: @dimensions must be an integer, found {header['dimensions']!r}") from None
+        if want != f:
+            raise DataError(f"{path}: @dimensions says {want}, the data has {f}")
+    if header.get("univariate", "").lower() == "true" and f != 1:
+        raise DataError(f"{path}: @univariate true but the data has {f} dimensions")
+    if header.get("equallength", "").lower() == "true" and "serieslength" in header:
+        try:
+            want = int(header["serieslength"])
+        except ValueError:
+            raise DataError(f"{path}: @seriesLength must be an integer, found {header['serieslength']!r}") from None
+        # Trailing '?' may have been trimmed, so only longer series contradict the header.
+        longest = max(x.shape[0] for x in X)
+        if longest > want:
+            raise DataError(f"{path}: @seriesLength says {want}, a case has {longest} values")
+
+
+# -------------------------------------------------------------------------------------------- .npz
+
+
+def _npz_windows(path: str, z: np.lib.npyio.NpzFile) -> list[np.ndarray]:
+    Xa = z["X"]
+    if Xa.dtype == object:
+        windows = [np.asarray(w, dtype=np.float32) for w in Xa]
+        windows = [w[:, None] if w.ndim == 1 else w for w in windows]
+    elif "lengths" in z:  # pickle-free unequal lengths: X is [sum T_i, F], lengths [N]
+        lengths = np.asarray(z["lengths"], dtype=np.int64)
+        flat = Xa[:, None] if Xa.ndim == 1 else Xa
+        if flat.ndim != 2 or int(lengths.sum()) != len(flat) or (lengths < 1).any():
+            raise DataError(f"{path}: with 'lengths', X must be [sum(lengths), F]; got X {Xa.shape}, sum(lengths) {int(lengths.sum())}")
+        windows = [w.astype(np.float32) for w in np.split(flat, np.cumsum(lengths)[:-1])]
+    else:
+        if Xa.ndim == 2:
+            Xa = Xa[:, :, None]
+        if Xa.ndim != 3:
+            raise DataError(f"{path}: X must be [N, T, F], [N, T] or an object array of [T_i, F]; got shape {Xa.shape}")
+        windows = [x.astype(np.float32) for x in Xa]
+    if not windows:
+        raise DataError(f"{path}: X holds no windows")
+    f = windows[0].shape[1] if windows[0].ndim == 2 else -1
+    for i, w in enumerate(windows):
+        if w.ndim != 2 or w.shape[1] != f or w.shape[0] < 1:
+            raise DataError(f"{path}: window {i} has shape {w.shape}; expected [T_i >= 1, {f}] like window 0")
+    return windows
+
+
+def load_npz(path: str, allow_pickle: bool = True) -> Dataset:
+    """Load ``.npz`` holding ``X`` and optionally ``y`` and ``classes``.
+
+    ``X`` is [N, T, F], [N, T] (one feature), an object array of [T_i, F] windows (unequal lengths;
+    stored pickled by numpy, so only load object arrays from files you trust; ``allow_pickle=False``
+    refuses them) or, pickle-free, [sum T_i, F] together with ``lengths`` [N]. ``y`` holds integer
+    indices into ``classes`` or label strings; without ``y`` the dataset is unlabeled.
+    """
+    # np.load unpickles a non-zip file when allow_pickle is set: only ever hand it a zip archive.
+    try:
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{path}: not a readable .npz file: expected a zip archive of .npy arrays")
+        z = np.load(path, allow_pickle=allow_pickle)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: not a readable .npz file: {e}") from e
+    try:
+        with z:
+            if "X" not in z:
+                raise DataError(f"{path}: expected an array named 'X', found {sorted(z.files)}")
+            windows = _npz_windows(path, z)
+            y_raw = z["y"] if "y" in z else None
+            classes = [str(c) for c in z["classes"]] if "classes" in z else None
+    except ValueError as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: {e}") from e
+    if y_raw is None:
+        return Dataset(windows, np.zeros(len(windows), dtype=np.int64), classes or ["0", "1"], name=Path(path).stem,
+                       meta={"file": str(path)}, labeled=False)
+    if len(y_raw) != len(windows):
+        raise DataError(f"{path}: y has {len(y_raw)} labels for {len(windows)} windows")
+    if y_raw.dtype.kind in "iu":
+        y = y_raw.astype(np.int64)
+        if classes is None:
+            classes = [str(i) for i in range(max(2, int(y.max()) + 1))]
+        if y.min() < 0 or y.max() >= len(classes):
+            raise DataError(f"{path}: y must be in [0, {len(classes)}) to index classes {classes}, found {int(y.min())}..{int(y.max())}")
+    else:
+        classes, y = _classes_for([str(v) for v in y_raw], classes, path)
+    return Dataset(windows, y, classes, name=Path(path).stem, meta={"file": str(path)})
+
+
+# -------------------------------------------------------------------------------------------- .csv
+
+
+def load_csv(path: str, label_column: str = "label", features: int = 1) -> Dataset:
+    """Load a ``.csv`` with a header row and one window a row.
+
+    The column named ``label_column`` holds the class; every other column is a value, in time order
+    and, with ``features`` F > 1, row-major [T, F] (so the value count must divide by F). Empty cells,
+    ``?``, ``NA`` and ``nan`` are missing; trailing missing values make a window shorter.
+    """
+    if features < 1:
+        raise DataError(f"{path}: features must be >= 1, got {features}")
+    try:
+        f = open(path, encoding="utf-8", newline="")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from e
+    X: list[np.ndarray] = []
+    labels: list[str] = []
+    with f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path}: empty file; expected a header row") from None
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataError(f"{path}:1: unreadable header: {e}") from e
+        header = [h.strip() for h in header]
+        if label_column not in header:
+            raise DataError(f"{path}:1: expected a label column named {label_column!r} in the header, found {header[:10]}")
+        li = header.index(label_column)
+        n_values = len(header) - 1
+        if n_values < 1 or n_values % features:
+            raise DataError(f"{path}:1: {n_values} value columns do not divide into {features} features")
+        try:
+            for row in reader:
+                lineno = reader.line_num
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path}:{lineno}: expected {len(header)} cells like the header, found {len(row)}")
+                label = row[li].strip()
+                if not label:
+                    raise DataError(f"{path}:{lineno}: empty label in column {label_column!r}")
+                vals = np.empty(n_values, dtype=np.float32)
+                for j, cell in enumerate(row[:li] + row[li + 1 :]):
+                    cell = cell.strip()
+                    try:
+                        vals[j] = np.nan if cell in _MISSING else float(cell)
+                    except ValueError:
+                        col = header[j if j < li else j + 1]
+                        raise DataError(f"{path}:{lineno}: column {col!r}: expected a number or an empty cell, found {cell!r}") from None
+                x = _trim_trailing_missing(vals.reshape(-1, features))
+                if len(x) == 0:
+                    raise DataError(f"{path}:{lineno}: every value of this row is missing")
+                X.append(x)
+                labels.append(label)
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataError(f"{path}:{reader.line_num}: unreadable row: {e}") from e
+    if not X:
+        raise DataError(f"{path}: no data rows after the header")
+    classes, y = _classes_for(labels, None, path)
+    return Dataset(X, y, classes, name=Path(path).stem, meta={"file": str(path)})

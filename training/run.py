@@ -1,0 +1,155 @@
+"""One training run: load data, split, fit, refit, evaluate, write checkpoint + metrics.json + plots."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from training.checkpoint import Checkpoint, save_checkpoint, set_latest_version
+from training.data import Dataset, align_classes, load_dataset, stratified_split, synthetic
+from training.metrics import report
+from training.model import ModelConfig
+from training.train import TrainConfig, TrainResult, fit, predict, to_tensors
+
+log = structlog.get_logger("training")
+
+SYNTHETIC_TEST_SEED = 1_000_003  # offset so a synthetic test set never overlaps the training draw
+
+
+@dataclass
+class RunOptions:
+    """What to train on and where to write it (model and optimiser settings live in their configs)."""
+
+    data: str = "synthetic"
+    test: str | None = None
+    out: str = "checkpoints"
+    n: int = 4000  # synthetic: windows for training + validation
+    test_n: int = 0  # synthetic: held-out test windows (0 = no test set)
+    length: int = 20  # synthetic: timesteps per window
+    val_fraction: float = 0.2
+    refit: bool = True  # retrain on training + validation data for the chosen epoch count
+    label_column: str = "label"
+    features: int = 1
+    plots: bool = True
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields other than input_dim/num_classes
+
+
+@dataclass
+class RunData:
+    """The datasets of a run."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+
+
+def load_run_data(opts: RunOptions, seed: int) -> RunData:
+    """Load (or generate) the data and split off a stratified, seeded validation set."""
+    if opts.data == "synthetic":
+        full = synthetic(opts.n, opts.length, seed)
+        test = synthetic(opts.test_n, opts.length, SYNTHETIC_TEST_SEED + seed) if opts.test_n else None
+    else:
+        full = load_dataset(opts.data, opts.label_column, opts.features)
+        test = None
+        if opts.test:
+            test = align_classes(load_dataset(opts.test, opts.label_column, opts.features), full.classes)
+            if test.n_features != full.n_features:
+                raise ValueError(f"{opts.test} has {test.n_features} features, {opts.data} has {full.n_features}")
+    if not full.labeled:
+        raise ValueError(f"{opts.data} has no labels; training needs a 'y' array or label column")
+    tr, va = stratified_split(full.y, opts.val_fraction, seed)
+    return RunData(full.subset(tr), full.subset(va), test)
+
+
+def train_model(data: RunData, mcfg: ModelConfig, tcfg: TrainConfig, refit: bool, progress: bool = False) -> tuple[TrainResult, Checkpoint]:
+    """Fit with early stopping on validation; with ``refit``, retrain on train + validation for the best epoch count.
+
+    Returns the validation run (its history and validation accuracy are the honest estimates) and
+    the checkpoint to serve.
+    """
+    res = fit(data.train, data.val, mcfg, tcfg, progress=progress)
+    if not refit:
+        return res, res.checkpoint
+    final = fit(data.train.concat(data.val), data.val, mcfg, tcfg, progress=progress, fixed_epochs=max(1, res.best_epoch))
+    ckpt = final.checkpoint
+    ckpt.golden_x, ckpt.golden_lengths, ckpt.golden_y = (res.checkpoint.golden_x, res.checkpoint.golden_lengths, res.checkpoint.golden_y)
+    return res, ckpt
+
+
+def evaluate_checkpoint(ckpt: Checkpoint, ds: Dataset, device: str = "cpu") -> dict[str, Any]:
+    """Accuracy, per-class metrics and confusion matrix of ``ckpt`` on ``ds``."""
+    model = ckpt.build_model(device)
+    x, lengths, y = to_tensors(ds, ckpt.mean, ckpt.std)
+    pred = predict(model, x, lengths).argmax(-1).numpy()
+    return report(y.numpy(), pred, list(ckpt.classes))
+
+
+def model_config(ds: Dataset, overrides: dict[str, Any]) -> ModelConfig:
+    """The default architecture sized for ``ds``, with ``overrides`` applied."""
+    return ModelConfig(input_dim=ds.n_features, num_classes=len(ds.classes), **overrides)
+
+
+def run(opts: RunOptions, tcfg: TrainConfig, progress: bool = False) -> dict[str, Any]:
+    """Train, evaluate and write one run; returns the JSON summary (also stored in ``metrics.json``)."""
+    t0 = time.perf_counter()
+    data = load_run_data(opts, tcfg.seed)
+    mcfg = model_config(data.train, opts.model)
+    log.info("train_start", data=opts.data, train=len(data.train), val=len(data.val),
+             test=len(data.test) if data.test is not None else 0, config=mcfg.to_dict())
+    res, ckpt = train_model(data, mcfg, tcfg, opts.refit, progress)
+    val = evaluate_checkpoint(res.checkpoint, data.val, tcfg.device)
+    test = evaluate_checkpoint(ckpt, data.test, tcfg.device) if data.test is not None else None
+    metrics: dict[str, Any] = {
+        "val_accuracy": val["accuracy"],
+        "test_accuracy": test["accuracy"] if test else None,
+        "epochs": len(res.history),
+        "best_epoch": res.best_epoch,
+        "refit": opts.refit,
+        "seconds_per_epoch": res.seconds_per_epoch,
+        "params": int(res.checkpoint.metrics["params"]),
+        "batch_size": int(res.checkpoint.metrics["batch_size"]),
+        "train_seconds": time.perf_counter() - t0,
+        "validation": val,
+        "test": test,
+        "data": {"train": data.train.summary(), "val": data.val.summary(), "test": data.test.summary() if data.test else None},
+        "train_config": asdict(tcfg),
+    }
+    ckpt.metrics = {k: metrics[k] for k in ("val_accuracy", "test_accuracy", "epochs", "best_epoch", "seconds_per_epoch", "params")}
+    path = save_checkpoint(ckpt, opts.out, set_latest=False)
+    run_dir = path.parent
+    summary = {
+        "checkpoint": str(path),
+        "version": ckpt.version,
+        "val_accuracy": metrics["val_accuracy"],
+        "params": metrics["params"],
+        "seconds_per_epoch": metrics["seconds_per_epoch"],
+        "epochs": metrics["epochs"],
+    }
+    if test is not None:
+        summary["test_accuracy"] = test["accuracy"]
+    metrics["history"] = res.history
+    metrics["summary"] = summary
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    if opts.plots:
+        from training.plots import plot_confusion, plot_history
+
+        plot_history(res.history, run_dir)
+        which = "test" if test is not None else "validation"
+        plot_confusion((test or val)["confusion"], list(ckpt.classes), run_dir / "confusion.png", f"Confusion matrix ({which})")
+    set_latest_version(opts.out, ckpt.version)  # only now: a reader of 'latest' sees the whole run directory
+    log.info("train_done", **summary)
+    return summary
+
+
+def _json_default(o: object) -> Any:
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o)}")

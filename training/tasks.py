@@ -1,0 +1,63 @@
+"""Benchmark tasks shared by ``compare`` and ``accuracy``: what to train on and how to score it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.run import RunOptions, evaluate_checkpoint, load_run_data, model_config, train_model
+from training.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Task:
+    """A dataset with its held-out test set: ``synthetic`` or a UCR/UEA name with _TRAIN/_TEST files."""
+
+    name: str
+    n: int = 0  # synthetic: training + validation windows
+    test_n: int = 0  # synthetic: test windows
+    length: int = 20
+
+    def options(self, datasets: Path) -> RunOptions:
+        """Run options for this task (data files under ``datasets/<name>/``)."""
+        if self.name == "synthetic":
+            return RunOptions(data="synthetic", n=self.n, test_n=self.test_n, length=self.length, plots=False)
+        base = datasets / self.name / self.name
+        return RunOptions(data=f"{base}_TRAIN.ts", test=f"{base}_TEST.ts", plots=False)
+
+
+def default_datasets() -> Path:
+    """``$BIGRU_DATASETS``, else ``../shared/datasets`` next to the checkout (as in the repository layout)."""
+    env = os.environ.get("BIGRU_DATASETS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent
+    for cand in (here.parent / "shared" / "datasets", here.parent.parent / "shared" / "datasets"):
+        if cand.is_dir():
+            return cand
+    return here.parent / "shared" / "datasets"
+
+
+def measure(task: Task, datasets: Path, model: dict[str, Any], tcfg: TrainConfig, refit: bool) -> dict[str, Any]:
+    """Train once on ``task`` and score on its test set: accuracy, params, seconds per epoch, epochs."""
+    opts = task.options(datasets)
+    data = load_run_data(opts, tcfg.seed)
+    mcfg = model_config(data.train, model)
+    res, ckpt = train_model(data, mcfg, tcfg, refit)
+    assert data.test is not None
+    test = evaluate_checkpoint(ckpt, data.test, tcfg.device)
+    return {
+        "task": task.name,
+        "seed": tcfg.seed,
+        "test_accuracy": test["accuracy"],
+        "test_windows": test["windows"],
+        "val_accuracy": res.checkpoint.metrics["val_accuracy"],
+        "params": int(res.checkpoint.metrics["params"]),
+        "seconds_per_epoch": res.seconds_per_epoch,
+        "epochs": len(res.history),
+        "best_epoch": res.best_epoch,
+        "confusion": test["confusion"],
+        "config": mcfg.to_dict(),
+    }

@@ -242,3 +242,15 @@ def test_redacted_hides_passwords_in_userinfo_and_query() -> None:
     assert redacted("rediss://bigru-worker:s3cret@h:6380/0") == "rediss://bigru-worker:***@h:6380/0"
     assert redacted("unix:///run/redis.sock?db=0&password=s3cret") == "unix:///run/redis.sock?db=0&password=***"
     assert redacted("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_registry_cli_bad_config_does_not_echo_the_password() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, BIGRU_REDIS_URL="redis://u:s3cret-pw@127.0.0.1:1/0", BIGRU_REDIS_PASSWORD="other")
+    out = subprocess.run([sys.executable, "-m", "training.cli", "promote", "v1"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2
+    assert "password" in out.stderr and "s3cret-pw" not in out.stderr + out.stdout

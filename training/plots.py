@@ -17,6 +17,14 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out, write as PNG and close ``fig``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_history(history: list[dict[str, float]], out_dir: Path) -> list[Path]:
     """``loss.png`` (train and validation loss) and ``accuracy.png`` (validation accuracy) per epoch."""
     plt = _pyplot()
@@ -27,20 +35,14 @@ def plot_history(history: list[dict[str, float]], out_dir: Path) -> list[Path]:
     ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
     ax.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     ax.legend()
-    fig.tight_layout()
-    paths.append(out_dir / "loss.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir / "loss.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [100 * h["val_accuracy"] for h in history], label="validation")
     if history and "train_accuracy" in history[0]:
         ax.plot(epochs, [100 * h["train_accuracy"] for h in history], label="train")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     ax.legend()
-    fig.tight_layout()
-    paths.append(out_dir / "accuracy.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir / "accuracy.png"))
     return paths
 
 
@@ -58,10 +60,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > thresh else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_bars(groups: dict[str, dict[str, tuple[float, float]]], ylabel: str, title: str, path: Path) -> Path:
@@ -77,7 +76,4 @@ def plot_bars(groups: dict[str, dict[str, tuple[float, float]]], ylabel: str, ti
     ax.set_xticks(range(len(names)), names)
     ax.set(ylabel=ylabel, title=title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError
 from training import registry
 from worker.keys import Keys
 from worker.redisconn import RedisConnSettings, redacted
+from worker.security import settings_error
 
 COMMANDS = ("publish", "promote", "models")
 
@@ -76,7 +77,7 @@ def publish_trained(args: argparse.Namespace, path: str | Path) -> dict[str, Any
     try:
         s = _settings(args)
     except ValidationError as e:
-        print(f"bigru-train: invalid configuration: {e}", file=sys.stderr)
+        print(f"bigru-train: {settings_error(e)}", file=sys.stderr)
         return None
     _, doc = _run(s, "publish", lambda: publish_path(s, path))
     if doc is not None and not getattr(args, "json", False):
@@ -142,7 +143,7 @@ def main(argv: list[str]) -> int:
     try:
         s = _settings(args)
     except ValidationError as e:
-        print(f"bigru-train: invalid configuration: {e}", file=sys.stderr)
+        print(f"bigru-train: {settings_error(e)}", file=sys.stderr)
         return 2
     if args.command == "publish":
         code, doc = _run(s, "publish", lambda: publish_path(s, args.path, set_latest=not args.no_latest))

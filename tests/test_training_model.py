@@ -10,13 +10,19 @@ from training.model import ModelConfig, SequenceClassifier
 from training.train import TrainConfig, auto_batch, fit
 
 
+STEMS = [{"channels": 0, "downsample": 0, "conv_blocks": 0, "window_norm": False},  # the plain recurrent model
+         {"channels": 8, "downsample": 1, "conv_blocks": 1},
+         {"channels": 8, "downsample": 4, "conv_blocks": 2, "kernel": 3}]
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("pooling", [("last",), ("mean",), ("max",), ("last", "mean", "max")])
-def test_logits_alone_equal_logits_in_padded_batch(cell: str, bidirectional: bool, pooling: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("stem", range(len(STEMS)))
+def test_logits_alone_equal_logits_in_padded_batch(cell: str, bidirectional: bool, pooling: tuple[str, ...], stem: int) -> None:
     torch.manual_seed(0)
     model = SequenceClassifier(ModelConfig(input_dim=3, num_classes=4, cell=cell, bidirectional=bidirectional,
-                                           hidden=8, layers=2, pooling=pooling)).eval()
+                                           hidden=8, layers=2, pooling=pooling, **STEMS[stem])).eval()
     lengths = [5, 12, 1, 9]
     windows = [torch.randn(n, 3) for n in lengths]
     batch = torch.zeros(len(windows), max(lengths), 3)
@@ -37,7 +43,7 @@ def test_logits_alone_equal_logits_in_padded_batch(cell: str, bidirectional: boo
 
 def test_last_readout_is_each_directions_final_state() -> None:
     torch.manual_seed(0)
-    model = SequenceClassifier(ModelConfig(hidden=4, layers=1, pooling=("last",), dropout=0.0)).eval()
+    model = SequenceClassifier(ModelConfig(hidden=4, layers=1, pooling=("last",), dropout=0.0, **STEMS[0])).eval()
     x = torch.randn(2, 6, 1)
     out, _ = model.rnn(x)
     # forward direction: output at the last step; backward direction: output at the first step.
@@ -49,9 +55,10 @@ def test_last_readout_is_each_directions_final_state() -> None:
 
 
 def test_config_validation_and_round_trip() -> None:
-    cfg = ModelConfig(input_dim=6, num_classes=4, cell="lstm", bidirectional=False, pooling=("mean", "max"))
+    cfg = ModelConfig(input_dim=6, num_classes=4, cell="lstm", bidirectional=False, pooling=("mean", "max"), downsample=8)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
-    for bad in ({"cell": "rnn"}, {"pooling": ("sum",)}, {"pooling": ()}, {"num_classes": 1}, {"hidden": 0}):
+    for bad in ({"cell": "rnn"}, {"pooling": ("sum",)}, {"pooling": ()}, {"num_classes": 1}, {"hidden": 0},
+                {"downsample": 3}, {"kernel": 4}, {"channels": 0}, {"downsample": 0}, {"channels": -1}):
         with pytest.raises(ValueError):
             ModelConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
@@ -81,3 +88,51 @@ def test_plateau_schedule_and_early_stopping() -> None:
 
 def test_auto_batch() -> None:
     assert auto_batch(40) == 8 and auto_batch(53) == 8 and auto_batch(1600) == 128 and auto_batch(100_000) == 256
+
+
+def test_config_of_an_older_checkpoint_is_the_plain_recurrent_model() -> None:
+    old = {"input_dim": 1, "num_classes": 2, "cell": "gru", "bidirectional": True, "hidden": 64, "layers": 2,
+           "dropout": 0.1, "pooling": ["last", "mean"]}  # what checkpoints held before the convolutional stem
+    cfg = ModelConfig.from_dict(old)
+    assert (cfg.channels, cfg.downsample, cfg.conv_blocks, cfg.window_norm) == (0, 0, 0, False)
+    model = SequenceClassifier(cfg)
+    assert len(model.convs) == 0 and model.rnn.input_size == 1 and model.rnn.num_layers == 2
+
+
+@pytest.mark.parametrize(("downsample", "steps"), [(1, 37), (2, 19), (8, 5)])
+def test_stem_shortens_the_sequence_the_rnn_sees(downsample: int, steps: int) -> None:
+    model = SequenceClassifier(ModelConfig(downsample=downsample, channels=4, conv_blocks=1, hidden=4)).eval()
+    seen: list[int] = []
+    model.rnn.register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[1]))
+    with torch.inference_mode():
+        out = model(torch.randn(3, 37, 1))
+    assert out.shape == (3, 2) and seen == [steps]
+
+
+def test_window_norm_makes_the_window_branch_invariant_to_gain_and_offset() -> None:
+    """With window_norm the second half of the inputs is the window's own z-score, whatever its level."""
+    model = SequenceClassifier(ModelConfig(input_dim=2, hidden=4, channels=4)).eval()
+    x = torch.randn(3, 30, 2)
+    a = model._inputs(x, None)
+    b = model._inputs(x * 5.0 + 3.0, None)
+    assert a.shape == (3, 30, 4)
+    assert torch.allclose(a[..., 2:], b[..., 2:], atol=1e-3) and not torch.allclose(a[..., :2], b[..., :2])
+    lengths = torch.tensor([30, 10, 1])
+    c = model._inputs(x, lengths)
+    assert torch.allclose(c[1, :10, 2:], model._inputs(x[1:2, :10], None)[0, :, 2:], atol=1e-5)
+    assert (c[1, 10:] == 0).all() and torch.isfinite(c).all()
+
+
+def test_masked_batchnorm_statistics_ignore_padding() -> None:
+    """In training, padding must not shift the batch statistics (so short windows train like long ones)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden=4, channels=4, conv_blocks=0, dropout=0.0)
+    a, b = SequenceClassifier(cfg), SequenceClassifier(cfg)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 10, 1)
+    padded = torch.cat([x, torch.full((2, 15, 1), 7.0)], dim=1)
+    a.train()(x)
+    b.train()(padded, torch.tensor([10, 10]))
+    bn_a, bn_b = a.convs[0].bn, b.convs[0].bn
+    assert torch.allclose(bn_a.running_mean, bn_b.running_mean, atol=1e-6)
+    assert torch.allclose(bn_a.running_var, bn_b.running_var, atol=1e-5)

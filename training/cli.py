@@ -27,7 +27,7 @@ REGISTRY_COMMANDS = ("publish", "promote", "models")
 
 
 class TrainSettings(BaseSettings):
-    """Trainer configuration (env prefix ``BIGRU_TRAIN_``; flags override). Defaults reach the accuracy targets."""
+    """Trainer configuration (env prefix ``BIGRU_TRAIN_``; flags override; unset model/optimiser fields keep their defaults)."""
 
     model_config = SettingsConfigDict(env_prefix="BIGRU_TRAIN_", env_file=".env", extra="ignore")
 
@@ -41,20 +41,30 @@ class TrainSettings(BaseSettings):
     refit: bool = True
     label_column: str = "label"
     features: int = 1
-    cell: str = "gru"
-    bidirectional: bool = True
-    hidden: int = 64
-    layers: int = 2
-    dropout: float = 0.1
-    pooling: str = "last,mean"
-    epochs: int = 60
-    batch_size: int = 0
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    patience: int = 20
-    clip: float = 1.0
-    jitter: float = 0.0
+    # Model and optimiser settings: None means the default in training.model.ModelConfig /
+    # training.train.TrainConfig (one source for each default; see `configs`).
+    cell: str | None = None
+    bidirectional: bool | None = None
+    hidden: int | None = None
+    layers: int | None = None
+    dropout: float | None = None
+    pooling: str | None = None
+    window_norm: bool | None = None
+    downsample: int | None = None  # None = chosen from the training windows' length
+    channels: int | None = None
+    conv_blocks: int | None = None
+    kernel: int | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    patience: int | None = None
+    clip: float | None = None
+    jitter: float | None = None
+    scale: float | None = None
+    label_smoothing: float | None = None
     seed: int = 0
     device: str = "cpu"
     plots: bool = True
@@ -69,15 +79,24 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layers", type=int)
     g.add_argument("--dropout", type=float)
     g.add_argument("--pooling", help="comma-separated subset of last,mean,max")
+    g.add_argument("--window-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="add each window's own z-normalised values as extra input channels")
+    g.add_argument("--downsample", type=int, help="time stride of the convolutional stem (power of 2; default: from the length)")
+    g.add_argument("--channels", type=int, help="convolution channels (0 = a plain recurrent model, no convolutions)")
+    g.add_argument("--conv-blocks", type=int, help="stride-1 convolution blocks after the stem")
+    g.add_argument("--kernel", type=int, help="convolution kernel size (odd)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
+    g.add_argument("--steps", type=int, help="optimizer steps to train for (0 = use --epochs)")
     g.add_argument("--batch-size", type=int, help="0 = from the training set size")
     g.add_argument("--lr", type=float)
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--schedule", choices=["cosine", "plateau"])
-    g.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = none: keep the last weights)")
     g.add_argument("--clip", type=float, help="gradient-norm clipping")
     g.add_argument("--jitter", type=float, help="training-input noise std (normalized units)")
+    g.add_argument("--scale", type=float, help="std of a random per-window gain on training inputs")
+    g.add_argument("--label-smoothing", type=float)
     g.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="retrain on train+validation for the chosen epoch count (default on)")
     g.add_argument("--seed", type=int)
@@ -113,14 +132,21 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(**flags)
 
 
+MODEL_FIELDS = ("cell", "bidirectional", "hidden", "layers", "dropout", "pooling", "window_norm", "downsample",
+                "channels", "conv_blocks", "kernel")
+TRAIN_FIELDS = ("epochs", "steps", "batch_size", "lr", "weight_decay", "schedule", "patience", "clip", "jitter", "scale",
+                "label_smoothing")
+
+
 def configs(s: TrainSettings) -> tuple[dict[str, object], object]:
-    """The model overrides and the TrainConfig described by ``s``."""
+    """The model overrides and the TrainConfig described by ``s`` (unset fields keep the dataclass defaults)."""
     from training.train import TrainConfig
 
-    model = {"cell": s.cell, "bidirectional": s.bidirectional, "hidden": s.hidden, "layers": s.layers,
-             "dropout": s.dropout, "pooling": tuple(p.strip() for p in s.pooling.split(",") if p.strip())}
-    tcfg = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay, schedule=s.schedule,
-                       patience=s.patience, clip=s.clip, jitter=s.jitter, seed=s.seed, device=resolve_device(s.device))
+    model: dict[str, object] = {k: getattr(s, k) for k in MODEL_FIELDS if getattr(s, k) is not None}
+    if isinstance(model.get("pooling"), str):
+        model["pooling"] = tuple(p.strip() for p in str(model["pooling"]).split(",") if p.strip())
+    train = {k: getattr(s, k) for k in TRAIN_FIELDS if getattr(s, k) is not None}
+    tcfg = TrainConfig(**train, seed=s.seed, device=resolve_device(s.device))  # type: ignore[arg-type]
     return model, tcfg
 
 

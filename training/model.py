@@ -1,4 +1,17 @@
-"""The sequence classifier: a config dataclass and the module, nothing else."""
+"""The sequence classifier: a config dataclass and the module, nothing else.
+
+The network, for windows ``x`` [B, T, F] with per-window lengths::
+
+    inputs  = [x, per-window z-normalised x]          (``window_norm``; 2F channels)
+    stem    = log2(downsample) x (Conv1d k5 stride 2, BN, ReLU), or one Conv1d k5 at stride 1
+    trunk   = conv_blocks x (Conv1d k, BN, ReLU)       (the convolutional branch)
+    rnn     = (Bi)GRU/LSTM over the trunk's features
+    readout = [masked mean of the trunk] + rnn pooling (last states of each direction, mean, max)
+    head    = Dropout, Linear -> logits
+
+Every layer masks the padding of shorter windows, so a window's logits are the same alone and
+inside a padded batch; the equal-length path (no ``lengths``) is what the ONNX graph serves.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +22,19 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+#: Values of the fields that did not exist before the convolutional stem, for older checkpoints.
+LEGACY: dict[str, Any] = {"window_norm": False, "downsample": 0, "channels": 0, "conv_blocks": 0, "kernel": 5}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a :class:`SequenceClassifier`.
 
-    ``pooling`` picks the readout: ``last`` is the final hidden state of each direction
+    ``pooling`` picks the recurrent readout: ``last`` is the final hidden state of each direction
     (forward after the last real step, backward after the first), ``mean``/``max`` add masked
-    pooling over all outputs.
+    pooling over all outputs. ``downsample`` (a power of two; 0 = no stem) is the time stride of
+    the convolutional stem, chosen from the training windows' length (see ``training.recipe``);
+    ``channels`` > 0 adds the stem and the convolutional branch, whose masked mean joins the readout.
     """
 
     input_dim: int = 1
@@ -24,9 +42,14 @@ class ModelConfig:
     cell: str = "gru"
     bidirectional: bool = True
     hidden: int = 64
-    layers: int = 2
+    layers: int = 1
     dropout: float = 0.1
     pooling: tuple[str, ...] = ("last", "mean")
+    window_norm: bool = True
+    downsample: int = 1
+    channels: int = 64
+    conv_blocks: int = 2
+    kernel: int = 5
 
     def __post_init__(self) -> None:
         if self.cell not in ("gru", "lstm"):
@@ -36,6 +59,12 @@ class ModelConfig:
             raise ValueError(f"pooling must be a non-empty subset of last/mean/max, got {self.pooling}")
         if self.input_dim < 1 or self.num_classes < 2 or self.hidden < 1 or self.layers < 1:
             raise ValueError(f"invalid sizes in {self}")
+        if self.downsample < 0 or (self.downsample & (self.downsample - 1)) != 0:
+            raise ValueError(f"downsample must be 0 or a power of two, got {self.downsample}")
+        if self.channels < 0 or self.conv_blocks < 0 or self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"channels/conv_blocks must be >= 0 and kernel odd, got {self}")
+        if (self.channels == 0) != (self.downsample == 0) or (self.channels == 0 and self.conv_blocks):
+            raise ValueError("the stem needs both channels > 0 and downsample >= 1 (or both 0, no convolutions)")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -45,22 +74,77 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        d = dict(d)
+        """Inverse of :meth:`to_dict`; unknown keys are an error, keys older checkpoints lack take :data:`LEGACY`."""
+        d = {**LEGACY, **d}
         if "pooling" in d:
             d["pooling"] = tuple(d["pooling"])
         return cls(**d)
 
 
+def _mask(lengths: torch.Tensor | None, t: int, device: torch.device) -> torch.Tensor | None:
+    """[B, 1, T] boolean mask of real steps, or None when every window fills ``t``."""
+    if lengths is None:
+        return None
+    return (torch.arange(t, device=device)[None, :] < lengths.to(device)[:, None]).unsqueeze(1)
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm over [B, C, T] whose training statistics count real steps only (eval: plain BN)."""
+
+    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Normalise ``x``; ``mask`` [B, 1, T] marks real steps (None: all are)."""
+        if mask is None or not self.training:
+            return super().forward(x)
+        m = mask.to(x.dtype)
+        n = m.sum().clamp_min(1.0)
+        mean = (x * m).sum(dim=(0, 2)) / n
+        var = (((x - mean[None, :, None]) * m) ** 2).sum(dim=(0, 2)) / n
+        with torch.no_grad():
+            assert self.running_mean is not None and self.running_var is not None
+            self.running_mean.lerp_(mean.detach(), self.momentum or 0.1)
+            self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1.0), self.momentum or 0.1)
+        y = (x - mean[None, :, None]) / torch.sqrt(var[None, :, None] + self.eps)
+        return y * self.weight[None, :, None] + self.bias[None, :, None]
+
+
+class ConvLayer(nn.Module):
+    """Conv1d ("same" padding, optional stride 2) + masked BatchNorm + ReLU; zeroes the padding after."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.conv = nn.Conv1d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
+        self.bn = MaskedBatchNorm1d(cout)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, C, T] -> [B, C', ceil(T / stride)] and the new lengths."""
+        y = self.conv(x)
+        if lengths is not None and self.stride > 1:
+            lengths = torch.div(lengths + self.stride - 1, self.stride, rounding_mode="floor")
+        mask = _mask(lengths, y.shape[-1], y.device)
+        y = torch.relu(self.bn.forward_masked(y, mask))
+        return (y if mask is None else y * mask), lengths
+
+
 class SequenceClassifier(nn.Module):
-    """(Bi)GRU/LSTM over [B, T, F] windows with per-window lengths, returning logits [B, C]."""
+    """Convolutional stem and branch + (Bi)GRU/LSTM over [B, T, F] windows with lengths, returning logits [B, C]."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        cin = cfg.input_dim * (2 if cfg.window_norm else 1)
+        convs: list[ConvLayer] = []
+        if cfg.channels:
+            strides = [2] * max(1, cfg.downsample.bit_length() - 1) if cfg.downsample > 1 else [1]
+            for s in strides:
+                convs.append(ConvLayer(cin, cfg.channels, cfg.kernel, s))
+                cin = cfg.channels
+            for _ in range(cfg.conv_blocks):
+                convs.append(ConvLayer(cin, cfg.channels, cfg.kernel, 1))
+        self.convs = nn.ModuleList(convs)
         rnn_cls = nn.GRU if cfg.cell == "gru" else nn.LSTM
         self.rnn = rnn_cls(
-            cfg.input_dim,
+            cin,
             cfg.hidden,
             num_layers=cfg.layers,
             batch_first=True,
@@ -68,11 +152,49 @@ class SequenceClassifier(nn.Module):
             dropout=cfg.dropout if cfg.layers > 1 else 0.0,
         )
         dirs = 2 if cfg.bidirectional else 1
-        feat = cfg.hidden * dirs * len(cfg.pooling)
+        feat = cfg.hidden * dirs * len(cfg.pooling) + cfg.channels
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(feat, cfg.num_classes))
+
+    def _inputs(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """``x`` with its per-window z-normalised copy as extra channels (padding stays zero)."""
+        if not self.cfg.window_norm:
+            return x
+        mask = _mask(lengths, x.shape[1], x.device)
+        if mask is None:
+            mean = x.mean(dim=1, keepdim=True)
+            var = ((x - mean) ** 2).mean(dim=1, keepdim=True)
+            z = (x - mean) / torch.sqrt(var + 1e-4)
+        else:
+            m = mask.transpose(1, 2).to(x.dtype)  # [B, T, 1]
+            n = m.sum(dim=1, keepdim=True)
+            x = x * m
+            mean = x.sum(dim=1, keepdim=True) / n
+            var = (((x - mean) * m) ** 2).sum(dim=1, keepdim=True) / n
+            z = (x - mean) / torch.sqrt(var + 1e-4) * m
+        return torch.cat([x, z], dim=-1)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for ``x`` [B, T, F]; ``lengths`` [B] (CPU int64) marks real steps, the rest is padding."""
+        if lengths is not None and bool((lengths == x.shape[1]).all()):
+            lengths = None
+        x = self._inputs(x, lengths)
+        feats: list[torch.Tensor] = []
+        if len(self.convs):
+            h = x.transpose(1, 2)  # [B, C, T]
+            if lengths is not None:  # zero whatever the padding holds
+                h = h * _mask(lengths, h.shape[-1], h.device)  # type: ignore[operator]
+            for layer in self.convs:
+                h, lengths = layer(h, lengths)
+            if lengths is None:
+                feats.append(h.mean(dim=-1))
+            else:
+                feats.append(h.sum(dim=-1) / lengths.to(h.device)[:, None].to(h.dtype))
+            x = h.transpose(1, 2)
+        feats[:0] = self._recurrent(x, lengths)
+        return self.head(torch.cat(feats, dim=-1))
+
+    def _recurrent(self, x: torch.Tensor, lengths: torch.Tensor | None) -> list[torch.Tensor]:
+        """The rnn's pooled readouts over ``x`` [B, T, C]."""
         b, t, _ = x.shape
         dirs = 2 if self.cfg.bidirectional else 1
         if lengths is None or bool((lengths == t).all()):
@@ -98,4 +220,4 @@ class SequenceClassifier(nn.Module):
                     feats.append((out * mask).sum(dim=1) / lengths.to(x.device)[:, None].to(out.dtype))
             else:
                 feats.append(out.max(dim=1).values if mask is None else out.masked_fill(~mask, float("-inf")).max(dim=1).values)
-        return self.head(torch.cat(feats, dim=-1))
+        return feats

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,16 +69,24 @@ def load_run_data(opts: RunOptions, seed: int) -> RunData:
     return RunData(full.subset(tr), full.subset(va), test)
 
 
-def train_model(data: RunData, mcfg: ModelConfig, tcfg: TrainConfig, refit: bool, progress: bool = False) -> tuple[TrainResult, Checkpoint]:
-    """Fit with early stopping on validation; with ``refit``, retrain on train + validation for the best epoch count.
+def train_model(data: RunData, mcfg: ModelConfig, tcfg: TrainConfig, refit: bool, progress: bool = False,
+                log_epochs: bool = False) -> tuple[TrainResult, Checkpoint]:
+    """Fit on the training split, scored on validation; with ``refit``, retrain on train + validation.
 
+    The refit trains for the epoch count the first run chose (all of them without early stopping).
     Returns the validation run (its history and validation accuracy are the honest estimates) and
-    the checkpoint to serve.
+    the checkpoint to serve. ``progress`` draws a bar; ``log_epochs`` logs one ``epoch`` event each.
     """
-    res = fit(data.train, data.val, mcfg, tcfg, progress=progress)
+    def on_epoch(phase: str) -> Callable[[dict[str, float]], None] | None:
+        if not log_epochs:
+            return None
+        return lambda row: log.info("epoch", phase=phase, **{k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
+
+    res = fit(data.train, data.val, mcfg, tcfg, progress=progress, on_epoch=on_epoch("fit"), desc="fit")
     if not refit:
         return res, res.checkpoint
-    final = fit(data.train.concat(data.val), data.val, mcfg, tcfg, progress=progress, fixed_epochs=max(1, res.best_epoch))
+    final = fit(data.train.concat(data.val), data.val, mcfg, tcfg, progress=progress, fixed_epochs=max(1, res.best_epoch),
+                on_epoch=on_epoch("refit"), desc="refit")
     ckpt = final.checkpoint
     ckpt.golden_x, ckpt.golden_lengths, ckpt.golden_y = (res.checkpoint.golden_x, res.checkpoint.golden_lengths, res.checkpoint.golden_y)
     return res, ckpt
@@ -90,9 +100,32 @@ def evaluate_checkpoint(ckpt: Checkpoint, ds: Dataset, device: str = "cpu") -> d
     return report(y.numpy(), pred, list(ckpt.classes))
 
 
+#: The stem shortens the longest training window to at most this many steps for the recurrent layer.
+RNN_STEPS = 128
+
+
+def auto_downsample(max_length: int, rnn_steps: int = RNN_STEPS) -> int:
+    """The smallest power-of-two stride that leaves at most ``rnn_steps`` steps of ``max_length``."""
+    return 1 << max(0, math.ceil(math.log2(max(1.0, max_length / rnn_steps))))
+
+
+def default_model_config(input_dim: int, num_classes: int, max_length: int, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """The default architecture for windows of ``input_dim`` features and up to ``max_length`` steps.
+
+    Only the stem's stride depends on the data (its longest training window); ``overrides`` win,
+    and ``channels=0`` gives the plain recurrent model without convolutions.
+    """
+    o = dict(overrides or {})
+    if "downsample" not in o:
+        o["downsample"] = 0 if o.get("channels") == 0 else auto_downsample(max_length)
+    if o.get("channels") == 0:
+        o.setdefault("conv_blocks", 0)
+    return ModelConfig(input_dim=input_dim, num_classes=num_classes, **o)
+
+
 def model_config(ds: Dataset, overrides: dict[str, Any]) -> ModelConfig:
-    """The default architecture sized for ``ds``, with ``overrides`` applied."""
-    return ModelConfig(input_dim=ds.n_features, num_classes=len(ds.classes), **overrides)
+    """The default architecture sized for ``ds`` (its training windows only), with ``overrides`` applied."""
+    return default_model_config(ds.n_features, len(ds.classes), int(ds.lengths.max()), overrides)
 
 
 def run(opts: RunOptions, tcfg: TrainConfig, progress: bool = False) -> dict[str, Any]:
@@ -102,7 +135,7 @@ def run(opts: RunOptions, tcfg: TrainConfig, progress: bool = False) -> dict[str
     mcfg = model_config(data.train, opts.model)
     log.info("train_start", data=opts.data, train=len(data.train), val=len(data.val),
              test=len(data.test) if data.test is not None else 0, config=mcfg.to_dict())
-    res, ckpt = train_model(data, mcfg, tcfg, opts.refit, progress)
+    res, ckpt = train_model(data, mcfg, tcfg, opts.refit, progress, log_epochs=not progress)
     val = evaluate_checkpoint(res.checkpoint, data.val, tcfg.device)
     test = evaluate_checkpoint(ckpt, data.test, tcfg.device) if data.test is not None else None
     metrics: dict[str, Any] = {

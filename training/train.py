@@ -28,14 +28,17 @@ class TrainConfig:
     """Optimisation settings. ``batch_size=0`` picks one from the training set size (see :func:`auto_batch`)."""
 
     epochs: int = 60
+    steps: int = 0  # > 0: train for about this many optimizer steps (epochs follow from the batch count)
     batch_size: int = 0
     lr: float = 3e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup: float = 0.05  # fraction of the cosine schedule spent warming up linearly
-    patience: int = 20  # epochs without a better validation loss before stopping
+    patience: int = 20  # epochs without a better validation loss before stopping; 0 = train all epochs, keep the last
     clip: float = 1.0
     jitter: float = 0.0  # std of Gaussian noise added to normalized training inputs
+    scale: float = 0.0  # std of a per-window random gain applied to normalized training inputs
+    label_smoothing: float = 0.0
     seed: int = 0
     device: str = "cpu"
     golden_size: int = 256
@@ -43,7 +46,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 0 or self.lr <= 0 or self.patience < 1:
+        if self.epochs < 1 or self.batch_size < 0 or self.lr <= 0 or self.patience < 0:
             raise ValueError(f"invalid optimisation settings in {self}")
 
 
@@ -105,10 +108,10 @@ def _scheduler(opt: torch.optim.Optimizer, tcfg: TrainConfig, steps_per_epoch: i
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int, enabled: bool, desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="epoch", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, unit="epoch", desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
 def fit(
@@ -119,6 +122,7 @@ def fit(
     progress: bool = False,
     fixed_epochs: int | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    desc: str = "train",
 ) -> TrainResult:
     """Train on ``train``, early-stopping on ``val`` loss; returns the best epoch's checkpoint.
 
@@ -137,13 +141,13 @@ def fit(
     model = SequenceClassifier(mcfg).to(dev)
     bs = tcfg.batch_size or auto_batch(len(xt))
     steps_per_epoch = math.ceil(len(xt) / bs)
-    epochs = fixed_epochs or tcfg.epochs
+    epochs = fixed_epochs or (min(tcfg.epochs, math.ceil(tcfg.steps / steps_per_epoch)) if tcfg.steps else tcfg.epochs)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     sched = _scheduler(opt, TrainConfig(**{**asdict(tcfg), "epochs": epochs}), steps_per_epoch)
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    bar = _progress(epochs, progress)
+    bar = _progress(epochs, progress, desc)
     try:
         for epoch in range(1, epochs + 1):
             model.train()
@@ -152,10 +156,12 @@ def fit(
             for i in range(0, len(perm), bs):
                 idx = perm[i : i + bs]
                 xb, yb = xt[idx].to(dev), yt[idx].to(dev)
+                if tcfg.scale:
+                    xb = xb * (1 + tcfg.scale * torch.randn(len(xb), 1, xb.shape[-1], device=dev))
                 if tcfg.jitter:
                     xb = xb + tcfg.jitter * torch.randn_like(xb)
                 logits = model(xb, lt[idx])
-                loss = nn.functional.cross_entropy(logits, yb)
+                loss = nn.functional.cross_entropy(logits, yb, label_smoothing=tcfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip)
@@ -174,7 +180,7 @@ def fit(
                 on_epoch(row)
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_loss=f"{vloss:.4f}", val_acc=f"{vacc:.4f}")
             bar.update(1)
-            if fixed_epochs is not None:
+            if fixed_epochs is not None or tcfg.patience == 0:
                 continue
             # Ties (common with tiny validation sets) go to the later epoch: more training, same loss.
             if best is None or vloss <= best[0]:

@@ -205,3 +205,30 @@ def describe(train: Dataset, test: Dataset) -> dict[str, Any]:
     lengths = np.concatenate([train.lengths, test.lengths])
     return {"min_length": int(lengths.min()), "max_length": int(lengths.max()), "train": len(train),
             "test": len(test), "channels": train.n_features, "classes": len(train.classes)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.baseline [TASK ...]``: the DTW baseline alone, one JSON line per task."""
+    import argparse
+    import json
+
+    from training.tasks import default_datasets
+
+    p = argparse.ArgumentParser(prog="python -m training.baseline", description=main.__doc__)
+    p.add_argument("tasks", nargs="*", help="default: synthetic + every dataset folder")
+    p.add_argument("--datasets", type=Path, default=None)
+    p.add_argument("--n", type=int, default=6000)
+    p.add_argument("--test-n", type=int, default=20000)
+    p.add_argument("--max-test", type=int, default=MAX_TEST_WINDOWS)
+    p.add_argument("--parallel", action="store_true", help="OpenMP distance matrix")
+    args = p.parse_args(argv)
+    datasets = args.datasets or default_datasets()
+    for name in args.tasks or ["synthetic", *discover_datasets(datasets)]:
+        train, test = task_data(name, datasets, args.n, args.test_n)
+        res = dtw_1nn_accuracy(train, test, parallel=args.parallel, max_test=args.max_test)
+        print(json.dumps({"task": name, **describe(train, test), **res}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

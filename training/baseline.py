@@ -49,7 +49,7 @@ def _dtaidistance() -> tuple[Any, Any]:
     except ImportError as e:
         raise BaselineError("the DTW baseline needs dtaidistance: pip install 'bigru-stream[train]' "
                             "(or pip install dtaidistance); use --no-baseline to skip it") from e
-    if not dtw.try_import_c():
+    if getattr(dtw, "dtw_cc", None) is None:  # (dtw.try_import_c() prints a diagnostic to stdout)
         raise BaselineError("dtaidistance is installed without its C library; reinstall it from a wheel "
                             "or with a C compiler (or use --no-baseline)")
     return dtw, dtw_ndim

@@ -1,4 +1,4 @@
-"""The benchmark's model: the default BiGRU with random weights, and model-only timing.
+"""The benchmark's model: the default architecture with random weights, and model-only timing.
 
 ``python -m bench.model --checkpoint C --backend onnx --threads 1 --batches 1,2,4`` prints one JSON
 line per batch size; it runs in its own process so thread settings match a worker replica's.
@@ -20,14 +20,15 @@ T, F = 20, 1
 
 
 def build_checkpoint(root: Path, seed: int = 0) -> Path:
-    """Save the default model (2 layers x 64 hidden BiGRU, 2 classes) with random weights."""
+    """Save the default model for [T, F] windows and 2 classes (what ``bigru-train`` builds) with random weights."""
     import torch
 
     from training.checkpoint import Checkpoint, save_checkpoint
-    from training.model import ModelConfig, SequenceClassifier
+    from training.model import SequenceClassifier
+    from training.run import default_model_config
 
     torch.manual_seed(seed)
-    cfg = ModelConfig(input_dim=F, num_classes=2)
+    cfg = default_model_config(F, 2, T)
     model = SequenceClassifier(cfg)
     ckpt = Checkpoint(cfg, ["0", "1"], np.zeros(F, np.float32), np.ones(F, np.float32),
                       {k: v.detach().clone() for k, v in model.state_dict().items()},

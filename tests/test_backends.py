@@ -9,7 +9,7 @@ import torch
 from training.checkpoint import load_checkpoint
 from worker import backends
 from worker.backends import make_predictor
-from worker.onnx_backend import BackendError, onnx_available
+from worker.onnx_backend import BackendError, OnnxPredictor, onnx_available
 from worker.predictor import DeviceError, TorchPredictor
 
 needs_onnx = pytest.mark.skipif(not onnx_available(), reason="onnxruntime not installed")
@@ -62,6 +62,24 @@ def test_auto_falls_back_to_torch_when_export_fails(checkpoint_root: Path, monke
     assert make_predictor(ckpt, "cpu", "auto").backend == "torch"
     with pytest.raises(BackendError, match="export failed"):
         make_predictor(ckpt, "cpu", "onnx")
+
+
+@needs_onnx
+def test_onnx_backend_serves_training_export_and_wraps_its_failures(checkpoint_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.export
+    from training.export import ExportError, onnx_bytes
+
+    ckpt = load_checkpoint(checkpoint_root)
+    assert OnnxPredictor(ckpt).graph == onnx_bytes(ckpt)
+
+    def broken(c: object) -> bytes:
+        raise ExportError("export of checkpoint x failed: boom")
+
+    monkeypatch.setattr(training.export, "onnx_bytes", broken)
+    with pytest.raises(BackendError, match="boom") as e:
+        OnnxPredictor(ckpt)
+    assert isinstance(e.value.__cause__, ExportError)
+    assert make_predictor(ckpt, "cpu", "auto").backend == "torch"
 
 
 def test_onnx_backend_refuses_cuda(checkpoint_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

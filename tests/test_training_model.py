@@ -87,7 +87,8 @@ def test_plateau_schedule_and_early_stopping() -> None:
 
 
 def test_auto_batch() -> None:
-    assert auto_batch(40) == 8 and auto_batch(53) == 8 and auto_batch(1600) == 128 and auto_batch(100_000) == 256
+    assert auto_batch(40) == 16 and auto_batch(53) == 16 and auto_batch(1600) == 128 and auto_batch(100_000) == 256
+    assert auto_batch(10) == 10
 
 
 def test_config_of_an_older_checkpoint_is_the_plain_recurrent_model() -> None:

@@ -83,8 +83,9 @@ def write_report(runs: list[dict[str, Any]], tasks: list[Task], args: argparse.N
         "# LSTM vs BiLSTM vs GRU vs BiGRU\n",
         f"Command: `bigru-train compare --seeds {args.seeds} --n {args.n} --test-n {args.test_n} --epochs {args.epochs}"
         f"{' --refit' if args.refit else ''}` ({seconds / 60:.1f} min on {environment()['threads']} CPU thread(s)). "
-        "Same defaults for every variant (hidden 64, 2 layers, last+mean pooling, AdamW + cosine, early stopping); "
-        "only the cell and the direction change. Seconds per epoch are wall-clock on a shared CPU.\n",
+        "Same `bigru-train` defaults for every variant (the convolutional stem and branch, per-window normalised "
+        "inputs, AdamW + cosine, label smoothing, augmentation), with the epoch cap above; only the recurrent cell and "
+        "its direction change. Seconds per epoch are wall-clock on a shared CPU.\n",
         md_table(["task", "model", "params", "s/epoch", "test accuracy (%)", "test windows", "epochs"], rows),
         "\n![test accuracy](compare.png)\n",
     ]

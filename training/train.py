@@ -27,18 +27,18 @@ SCHEDULES = ("cosine", "plateau")
 class TrainConfig:
     """Optimisation settings. ``batch_size=0`` picks one from the training set size (see :func:`auto_batch`)."""
 
-    epochs: int = 60
-    steps: int = 0  # > 0: train for about this many optimizer steps (epochs follow from the batch count)
+    epochs: int = 500  # upper bound; the step budget usually ends training first
+    steps: int = 1000  # train for about this many optimizer steps (0 = exactly `epochs` epochs)
     batch_size: int = 0
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup: float = 0.05  # fraction of the cosine schedule spent warming up linearly
-    patience: int = 20  # epochs without a better validation loss before stopping; 0 = train all epochs, keep the last
+    patience: int = 0  # epochs without a better validation loss before stopping; 0 = train all epochs, keep the last
     clip: float = 1.0
-    jitter: float = 0.0  # std of Gaussian noise added to normalized training inputs
-    scale: float = 0.0  # std of a per-window random gain applied to normalized training inputs
-    label_smoothing: float = 0.0
+    jitter: float = 0.05  # std of Gaussian noise added to normalized training inputs
+    scale: float = 0.1  # std of a per-window random gain applied to normalized training inputs
+    label_smoothing: float = 0.1
     seed: int = 0
     device: str = "cpu"
     golden_size: int = 256
@@ -61,8 +61,8 @@ class TrainResult:
 
 
 def auto_batch(n: int) -> int:
-    """About 16 steps per epoch on small sets, at most 256 windows a step on large ones."""
-    return int(min(256, max(8, 2 ** round(math.log2(max(1, n / 16))))))
+    """About 16 steps per epoch, at least 16 windows a step (fewer only when the set is smaller), at most 256."""
+    return int(min(256, n, max(16, 2 ** round(math.log2(max(1, n / 16))))))
 
 
 def set_determinism(seed: int) -> None:

@@ -456,44 +456,64 @@ class _Autocast:
             return self.pred.predict(xs)
 
 
+def _default_checkpoint(length: int, prefix: str) -> Any:
+    """``bench.model.build_checkpoint`` for windows of ``length`` steps (the default model may depend on T)."""
+    import bench.model as bm
+    from training.checkpoint import load_checkpoint
+
+    old = bm.T
+    bm.T = length
+    try:
+        root = bm.build_checkpoint(Path(tempfile.mkdtemp(prefix=prefix)))
+    finally:
+        bm.T = old
+    return load_checkpoint(str(root))
+
+
 def step_model(ctx: Ctx) -> dict[str, Any]:
     """Model-only serving throughput of the worker's TorchPredictor on the plan's device."""
     import numpy as np
     import torch
 
     import bench.model as bm
-    from training.checkpoint import load_checkpoint
     from worker.predictor import TorchPredictor
 
-    root = bm.build_checkpoint(Path(tempfile.mkdtemp(prefix="devchk-model-")))
-    ckpt = load_checkpoint(str(root))
     device = ctx.plan.device
     if device == "cpu":
         torch.set_num_threads(1)
-    pred = TorchPredictor(ckpt, device)
-    pred.warmup()
     rows: list[dict[str, Any]] = []
-    variants: list[tuple[str, Any]] = [("torch-fp32", pred)]
     bf16: dict[str, Any] = {}
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        amp = _Autocast(pred)
-        xs = bm.windows(256, seed=3)
-        try:
-            p32, p16 = pred.predict(xs), amp.predict(xs)
-            bf16 = {"max_abs_prob_diff": round(float(np.abs(p32 - p16).max()), 5),
-                    "argmax_agreement": round(float((p32.argmax(1) == p16.argmax(1)).mean()), 4)}
-            variants.append(("torch-bf16", amp))
-        except Exception as e:  # noqa: BLE001 - fp32 still gets measured
-            bf16 = {"error": f"{type(e).__name__}: {e}"[:500]}
-    errors = []
+    models: dict[str, Any] = {}
+    errors: list[str] = []
     for length in ctx.plan.lengths:
+        if ctx.left() < 8:
+            errors.append(f"T={length}: skipped (no time left)")
+            continue
+        ckpt = _default_checkpoint(length, "devchk-model-")
+        models[f"T={length}"] = ckpt.config.to_dict()
+        pred = TorchPredictor(ckpt, device)
+        pred.warmup()
+        variants: list[tuple[str, Any]] = [("torch-fp32", pred)]
+        if device == "cuda" and torch.cuda.is_bf16_supported():
+            amp = _Autocast(pred)
+            old, bm.T = bm.T, length
+            try:
+                xs = bm.windows(256, seed=3)
+                p32, p16 = pred.predict(xs), amp.predict(xs)
+                bf16[f"T={length}"] = {"max_abs_prob_diff": round(float(np.abs(p32 - p16).max()), 5),
+                                       "argmax_agreement": round(float((p32.argmax(1) == p16.argmax(1)).mean()), 4)}
+                variants.append(("torch-bf16", amp))
+            except Exception as e:  # noqa: BLE001 - fp32 still gets measured
+                bf16[f"T={length}"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+            finally:
+                bm.T = old
         for label, p in variants:
             try:
                 rows += _model_rows(p, 1, list(ctx.plan.batches), ctx.plan.min_s, length, ctx, label)
             except Exception as e:  # noqa: BLE001 - keep the other variants' rows
                 log(f"{label} T={length} failed: {e}")
                 errors.append(f"{label} T={length}: {type(e).__name__}: {e}"[:300])
-    res: dict[str, Any] = {"device": device, "rows": rows, "bf16_vs_fp32": bf16, "model": ckpt.config.to_dict()}
+    res: dict[str, Any] = {"device": device, "rows": rows, "bf16_vs_fp32": bf16, "models": models}
     if device == "cuda":
         res["max_memory_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if errors:
@@ -505,12 +525,9 @@ def step_model(ctx: Ctx) -> dict[str, Any]:
 
 def step_onnx_cpu(ctx: Ctx) -> dict[str, Any]:
     """ONNX Runtime on this machine's CPU (1 thread and all cores), T=20, for the GPU ratio."""
-    import bench.model as bm
-    from training.checkpoint import load_checkpoint
     from worker.backends import make_predictor
 
-    root = bm.build_checkpoint(Path(tempfile.mkdtemp(prefix="devchk-onnx-")))
-    ckpt = load_checkpoint(str(root))
+    ckpt = _default_checkpoint(20, "devchk-onnx-")
     rows: list[dict[str, Any]] = []
     cores = os.cpu_count() or 1
     for threads in sorted({1, cores} if not ctx.plan.dry else {1}):
@@ -823,17 +840,17 @@ def render_md(report: dict[str, Any]) -> str:
     onnx = res.get("onnx_cpu", {})
     mrows = [r for r in model.get("rows", []) + onnx.get("rows", []) if "windows_per_s" in r]
     if mrows:
-        lines += [f"## Model-only serving throughput (default BiGRU; {model.get('device', '?')} torch, CPU onnx)", ""]
+        lines += [f"## Model-only serving throughput (default model; {model.get('device', '?')} torch, CPU onnx)", ""]
         lines += _table(["backend", "threads", "T", "batch", "windows/s", "p50 ms", "p99 ms"], [
             [r.get("backend"), r.get("threads"), r.get("T"), r.get("batch"), r.get("windows_per_s"),
              r.get("latency_ms_p50"), r.get("latency_ms_p99")] for r in mrows]) + [""]
-        b = model.get("bf16_vs_fp32") or {}
-        if "error" in b:
-            lines += [f"bf16 autocast failed: {b['error']}", ""]
-        elif b:
-            same = " (identical: autocast left the GRU in fp32)" if b.get("max_abs_prob_diff") == 0 else ""
-            lines += [f"bf16 autocast vs fp32 (256 windows): max |Δp| {b.get('max_abs_prob_diff')}, "
-                      f"argmax agreement {b.get('argmax_agreement')}{same}.", ""]
+        for t, b in (model.get("bf16_vs_fp32") or {}).items():
+            if "error" in b:
+                lines += [f"bf16 autocast failed at {t}: {b['error']}", ""]
+            else:
+                same = " (identical: autocast left the model in fp32)" if b.get("max_abs_prob_diff") == 0 else ""
+                lines += [f"bf16 autocast vs fp32 at {t} (256 windows): max |Δp| {b.get('max_abs_prob_diff')}, "
+                          f"argmax agreement {b.get('argmax_agreement')}{same}.", ""]
         for err in model.get("errors", []):
             lines += [f"model error: {err}", ""]
         g, o1 = _best(mrows, "torch-fp32"), _best(mrows, "onnx-cpu-1t")

@@ -134,3 +134,13 @@ def test_dry_run_end_to_end(tmp_path: Path) -> None:
     assert {"env.txt", "pytest-gpu.log", "steps.log", "device.md"} <= {f.name for f in out.iterdir()}
     assert len(list(out.iterdir())) <= 8
     assert "DRY RUN" in (out / "device.md").read_text() and "## Steps" in p.stdout
+
+
+def test_model_step_measures_each_length(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from dataclasses import replace
+
+    plan = replace(dc.Plan.make(True), lengths=(20, 30), batches=(1, 4), min_s=0.01)
+    res = dc.step_model(dc.Ctx(plan, tmp_path, time.monotonic() + 60))
+    assert [(r["T"], r["batch"]) for r in res["rows"]] == [(20, 1), (20, 4), (30, 1), (30, 4)]
+    assert all(r["windows_per_s"] > 0 for r in res["rows"]) and set(res["models"]) == {"T=20", "T=30"}

@@ -42,7 +42,7 @@ bench-scale: venv redis
 
 # Training experiments (CPU-heavy; results/ holds the committed outputs).
 accuracy: venv
-	$(VENV)/bin/bigru-train accuracy --results results
+	$(VENV)/bin/bigru-train accuracy --results results --readme README.md
 
 compare: venv
 	$(VENV)/bin/bigru-train compare --results results

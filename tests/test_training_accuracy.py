@@ -109,3 +109,26 @@ def test_task_names_discovers_dataset_folders(tmp_path: Path) -> None:
         (tmp_path / name / f"{name}_TEST.ts").write_text("")
     (tmp_path / "Empty").mkdir()
     assert task_names(tmp_path) == ["synthetic", "Alpha", "Zeta"]
+
+
+def test_readme_shows_the_committed_accuracy_table() -> None:
+    """The README's accuracy table is results/accuracy.md's table (`make accuracy` copies it)."""
+    from training.accuracy import readme_table, report_table
+
+    root = Path(__file__).resolve().parents[1]
+    table = report_table((root / "results" / "accuracy.md").read_text())
+    assert table.startswith("| task |")
+    assert readme_table((root / "README.md").read_text()) == table
+
+
+def test_sync_readme_replaces_only_the_marked_block(tmp_path: Path) -> None:
+    from training.accuracy import README_BEGIN, README_END, readme_table, sync_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n\n{README_BEGIN}\n| old |\n{README_END}\n\nafter\n")
+    md = tmp_path / "accuracy.md"
+    md.write_text("# Accuracy\n\ntext\n\n| task | acc |\n|---|---|\n| a | 1 |\n\nmore\n")
+    sync_readme(readme, md)
+    text = readme.read_text()
+    assert readme_table(text) == "| task | acc |\n|---|---|\n| a | 1 |"
+    assert text.startswith("intro\n") and text.endswith("\nafter\n") and "| old |" not in text

@@ -97,3 +97,18 @@ def test_subcommands_are_a_dict_of_entry_points() -> None:
 
     assert {"train", "compare", "export", "accuracy"} <= set(COMMANDS)
     assert all(callable(command(name)) for name in COMMANDS)
+
+
+def test_one_epoch_event_per_epoch_when_not_on_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a terminal there is no progress bar: each epoch of the fit and the refit logs one JSON event."""
+    rc = main(["--data", "synthetic", "--n", "300", "--epochs", "3", "--hidden", "8", "--channels", "8",
+               "--out", str(tmp_path), "--json", "--no-plots"])
+    assert rc == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["epochs"] == 3  # stdout: the summary only
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert [(e["phase"], e["epoch"]) for e in epochs] == [("fit", 1), ("fit", 2), ("fit", 3),
+                                                          ("refit", 1), ("refit", 2), ("refit", 3)]
+    assert {"train_loss", "val_accuracy", "lr"} <= set(epochs[0])
+    assert "it/s" not in err and "epoch/s" not in err  # no tqdm bar

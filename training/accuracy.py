@@ -38,6 +38,36 @@ PUBLISHED = {
 _EPS = 1e-9
 
 
+README_BEGIN = "<!-- accuracy-table:begin (copied from results/accuracy.md by bigru-train accuracy --readme) -->"
+README_END = "<!-- accuracy-table:end -->"
+
+
+def report_table(md: str) -> str:
+    """The first markdown table of an ``accuracy.md``."""
+    lines = md.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("|")), None)
+    if start is None:
+        raise ValueError("no table in the accuracy report")
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def readme_table(text: str) -> str:
+    """The table between the README's accuracy markers."""
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"README has no {README_BEGIN} ... {README_END} block")
+    return text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip()
+
+
+def sync_readme(readme: Path, accuracy_md: Path) -> None:
+    """Replace the README's accuracy block with the table of ``accuracy_md``."""
+    text = readme.read_text()
+    readme_table(text)  # the markers must exist
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    readme.write_text(f"{head}{README_BEGIN}\n{report_table(accuracy_md.read_text())}\n{README_END}{tail}")
+
+
 def task_names(datasets: Path) -> list[str]:
     """``synthetic`` and every dataset folder under ``datasets``."""
     return ["synthetic", *discover_datasets(datasets)]
@@ -55,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="CPU threads for training (and the DTW distance matrix)")
     p.add_argument("--merge", action="store_true", help="keep the other tasks' runs from an existing accuracy.json")
     p.add_argument("--no-baseline", action="store_true", help="skip the 1-NN DTW baseline (quick runs)")
+    p.add_argument("--readme", type=Path, default=None,
+                   help=f"also copy the table into this file between {README_BEGIN} and {README_END}")
     p.add_argument("--dtw-max-test", type=int, default=MAX_TEST_WINDOWS,
                    help="score the DTW baseline on a seeded subsample of at most this many test windows")
     return p
@@ -100,7 +132,9 @@ def main(argv: list[str]) -> int:
     old = args.results / "accuracy.json"
     if args.merge and old.is_file():
         runs, tasks, seconds = merge(json.loads(old.read_text()), runs, tasks, seconds)
-    write_report(runs, tasks, args, seconds)
+    md_path, _ = write_report(runs, tasks, args, seconds)
+    if args.readme:
+        sync_readme(args.readme, md_path)
     print(json.dumps({n: summary(runs, tasks, n)["mean"] for n in tasks}))
     return 0
 

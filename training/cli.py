@@ -62,8 +62,10 @@ class TrainSettings(BaseSettings):
     schedule: str | None = None
     patience: int | None = None
     clip: float | None = None
+    augment: str | None = None
     jitter: float | None = None
     scale: float | None = None
+    crop: float | None = None
     label_smoothing: float | None = None
     seed: int = 0
     device: str = "cpu"
@@ -95,7 +97,10 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = none: keep the last weights)")
     g.add_argument("--clip", type=float, help="gradient-norm clipping")
     g.add_argument("--jitter", type=float, help="training-input noise std (normalized units)")
+    g.add_argument("--augment", choices=["auto", "all", "noise", "none"],
+                   help="auto: gain and slicing only for smooth series (lag-1 autocorrelation >= 0.5)")
     g.add_argument("--scale", type=float, help="std of a random per-window gain on training inputs")
+    g.add_argument("--crop", type=float, help="window slicing: fraction of a window cut before stretching it back")
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="retrain on train+validation for the chosen epoch count (default on)")
@@ -134,8 +139,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 
 MODEL_FIELDS = ("cell", "bidirectional", "hidden", "layers", "dropout", "pooling", "window_norm", "downsample",
                 "channels", "conv_blocks", "kernel")
-TRAIN_FIELDS = ("epochs", "steps", "batch_size", "lr", "weight_decay", "schedule", "patience", "clip", "jitter", "scale",
-                "label_smoothing")
+TRAIN_FIELDS = ("epochs", "steps", "batch_size", "lr", "weight_decay", "schedule", "patience", "clip", "augment", "jitter", "scale",
+                "crop", "label_smoothing")
 
 
 def configs(s: TrainSettings) -> tuple[dict[str, object], object]:

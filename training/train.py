@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.augment import AUGMENT_MODES, SMOOTH_AUTOCORR, Augmenter, lag1_autocorrelation
 from training.checkpoint import Checkpoint
 from training.data import Dataset, fingerprint, normalization, pad
 from training.model import ModelConfig, SequenceClassifier
@@ -36,8 +37,10 @@ class TrainConfig:
     warmup: float = 0.05  # fraction of the cosine schedule spent warming up linearly
     patience: int = 0  # epochs without a better validation loss before stopping; 0 = train all epochs, keep the last
     clip: float = 1.0
+    augment: str = "auto"  # auto: gain and slicing only for smooth series (see training.augment); all, noise, none
     jitter: float = 0.05  # std of Gaussian noise added to normalized training inputs
     scale: float = 0.1  # std of a per-window random gain applied to normalized training inputs
+    crop: float = 0.1  # window slicing: stretch a random slice of (1 - crop) of the window to its length
     label_smoothing: float = 0.1
     seed: int = 0
     device: str = "cpu"
@@ -46,6 +49,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.augment not in AUGMENT_MODES:
+            raise ValueError(f"augment must be one of {AUGMENT_MODES}, got {self.augment!r}")
+        if not 0.0 <= self.crop < 1.0:
+            raise ValueError(f"crop must be in [0, 1), got {self.crop}")
         if self.epochs < 1 or self.batch_size < 0 or self.lr <= 0 or self.patience < 0:
             raise ValueError(f"invalid optimisation settings in {self}")
 
@@ -138,6 +145,8 @@ def fit(
     xt, lt, yt = to_tensors(train, mean, std)
     xv, lv, yv = to_tensors(val, mean, std)
     dev = torch.device(tcfg.device)
+    smoothness = lag1_autocorrelation(train)
+    augment = Augmenter(tcfg.augment, tcfg.jitter, tcfg.scale, tcfg.crop, smooth=smoothness >= SMOOTH_AUTOCORR)
     model = SequenceClassifier(mcfg).to(dev)
     bs = tcfg.batch_size or auto_batch(len(xt))
     steps_per_epoch = math.ceil(len(xt) / bs)
@@ -156,10 +165,7 @@ def fit(
             for i in range(0, len(perm), bs):
                 idx = perm[i : i + bs]
                 xb, yb = xt[idx].to(dev), yt[idx].to(dev)
-                if tcfg.scale:
-                    xb = xb * (1 + tcfg.scale * torch.randn(len(xb), 1, xb.shape[-1], device=dev))
-                if tcfg.jitter:
-                    xb = xb + tcfg.jitter * torch.randn_like(xb)
+                xb = augment(xb, lt[idx])
                 logits = model(xb, lt[idx])
                 loss = nn.functional.cross_entropy(logits, yb, label_smoothing=tcfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
@@ -198,7 +204,8 @@ def fit(
     gx, gl = pad([np.where(np.isnan(val.X[i]), mean, val.X[i]) for i in gidx])  # raw units, missing = mean
     params = sum(p.numel() for p in model.parameters())
     metrics: dict[str, Any] = {"val_accuracy": vacc, "val_loss": vloss, "epochs": len(history), "best_epoch": best[1],
-                               "seconds_per_epoch": spe, "params": params, "batch_size": bs}
+                               "seconds_per_epoch": spe, "params": params, "batch_size": bs,
+                               "smoothness": smoothness, "augment": augment.describe()}
     ckpt = Checkpoint(
         config=mcfg,
         classes=list(train.classes),

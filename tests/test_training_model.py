@@ -137,3 +137,22 @@ def test_masked_batchnorm_statistics_ignore_padding() -> None:
     bn_a, bn_b = a.convs[0].bn, b.convs[0].bn
     assert torch.allclose(bn_a.running_mean, bn_b.running_mean, atol=1e-6)
     assert torch.allclose(bn_a.running_var, bn_b.running_var, atol=1e-5)
+
+
+def test_auto_patience_stops_early_only_with_a_large_validation_set() -> None:
+    from training.train import AUTO_PATIENCE, AUTO_PATIENCE_MIN_VAL, auto_patience
+
+    assert auto_patience(-1, AUTO_PATIENCE_MIN_VAL) == AUTO_PATIENCE
+    assert auto_patience(-1, AUTO_PATIENCE_MIN_VAL - 1) == 0  # an archive's 10 validation windows: full budget
+    assert auto_patience(3, 10) == 3 and auto_patience(0, 10_000) == 0
+    with pytest.raises(ValueError):
+        TrainConfig(patience=-2)
+
+
+def test_step_budget_sets_the_epoch_count() -> None:
+    torch.set_num_threads(1)
+    ds = synthetic(120, 6, seed=1)
+    tr, va = stratified_split(ds.y, 0.25, 1)
+    res = fit(ds.subset(tr), ds.subset(va), ModelConfig(hidden=4, channels=4),
+              TrainConfig(steps=30, batch_size=16, seed=1, patience=0))
+    assert len(res.history) == 5 == res.best_epoch  # 90 windows = 6 steps an epoch -> 5 epochs, last kept

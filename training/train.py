@@ -35,12 +35,14 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup: float = 0.05  # fraction of the cosine schedule spent warming up linearly
-    patience: int = 0  # epochs without a better validation loss before stopping; 0 = train all epochs, keep the last
+    # Epochs without a better validation loss before stopping; 0 = train all epochs and keep the last;
+    # -1 = auto: early stopping (AUTO_PATIENCE) only with a validation set large enough to pick an epoch.
+    patience: int = -1
     clip: float = 1.0
     augment: str = "auto"  # auto: gain and slicing only for smooth series (see training.augment); all, noise, none
     jitter: float = 0.05  # std of Gaussian noise added to normalized training inputs
     scale: float = 0.1  # std of a per-window random gain applied to normalized training inputs
-    crop: float = 0.1  # window slicing: stretch a random slice of (1 - crop) of the window to its length
+    crop: float = 0.0  # window slicing: stretch a random slice of (1 - crop) of the window to its length
     label_smoothing: float = 0.1
     seed: int = 0
     device: str = "cpu"
@@ -53,7 +55,7 @@ class TrainConfig:
             raise ValueError(f"augment must be one of {AUGMENT_MODES}, got {self.augment!r}")
         if not 0.0 <= self.crop < 1.0:
             raise ValueError(f"crop must be in [0, 1), got {self.crop}")
-        if self.epochs < 1 or self.batch_size < 0 or self.lr <= 0 or self.patience < 0:
+        if self.epochs < 1 or self.batch_size < 0 or self.lr <= 0 or self.patience < -1:
             raise ValueError(f"invalid optimisation settings in {self}")
 
 
@@ -65,6 +67,17 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds_per_epoch: float = 0.0
     best_epoch: int = 0
+
+
+#: Early stopping under ``patience=-1``: this patience, with at least this many validation windows.
+AUTO_PATIENCE, AUTO_PATIENCE_MIN_VAL = 10, 200
+
+
+def auto_patience(patience: int, val_windows: int) -> int:
+    """``patience``, or for -1 (auto) early stopping only when validation is large enough to trust."""
+    if patience >= 0:
+        return patience
+    return AUTO_PATIENCE if val_windows >= AUTO_PATIENCE_MIN_VAL else 0
 
 
 def auto_batch(n: int) -> int:
@@ -103,7 +116,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, y: torch.
 
 def _scheduler(opt: torch.optim.Optimizer, tcfg: TrainConfig, steps_per_epoch: int) -> Any:
     if tcfg.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, tcfg.patience // 4))
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, abs(tcfg.patience) // 4))
     total = tcfg.epochs * steps_per_epoch
     warm = max(1, int(tcfg.warmup * total))
 
@@ -150,6 +163,7 @@ def fit(
     model = SequenceClassifier(mcfg).to(dev)
     bs = tcfg.batch_size or auto_batch(len(xt))
     steps_per_epoch = math.ceil(len(xt) / bs)
+    patience = auto_patience(tcfg.patience, len(val))
     epochs = fixed_epochs or (min(tcfg.epochs, math.ceil(tcfg.steps / steps_per_epoch)) if tcfg.steps else tcfg.epochs)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     sched = _scheduler(opt, TrainConfig(**{**asdict(tcfg), "epochs": epochs}), steps_per_epoch)
@@ -186,12 +200,12 @@ def fit(
                 on_epoch(row)
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_loss=f"{vloss:.4f}", val_acc=f"{vacc:.4f}")
             bar.update(1)
-            if fixed_epochs is not None or tcfg.patience == 0:
+            if fixed_epochs is not None or patience == 0:
                 continue
             # Ties (common with tiny validation sets) go to the later epoch: more training, same loss.
             if best is None or vloss <= best[0]:
                 best = (vloss, epoch, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-            elif epoch - best[1] >= tcfg.patience:
+            elif epoch - best[1] >= patience:
                 break
     finally:
         bar.close()
@@ -204,7 +218,7 @@ def fit(
     gx, gl = pad([np.where(np.isnan(val.X[i]), mean, val.X[i]) for i in gidx])  # raw units, missing = mean
     params = sum(p.numel() for p in model.parameters())
     metrics: dict[str, Any] = {"val_accuracy": vacc, "val_loss": vloss, "epochs": len(history), "best_epoch": best[1],
-                               "seconds_per_epoch": spe, "params": params, "batch_size": bs,
+                               "seconds_per_epoch": spe, "params": params, "batch_size": bs, "patience": patience,
                                "smoothness": smoothness, "augment": augment.describe()}
     ckpt = Checkpoint(
         config=mcfg,

@@ -9,7 +9,6 @@ from training.data import stratified_split, synthetic
 from training.model import ModelConfig, SequenceClassifier
 from training.train import TrainConfig, auto_batch, fit
 
-
 STEMS = [{"channels": 0, "downsample": 0, "conv_blocks": 0, "window_norm": False},  # the plain recurrent model
          {"channels": 8, "downsample": 1, "conv_blocks": 1},
          {"channels": 8, "downsample": 4, "conv_blocks": 2, "kernel": 3}]

@@ -17,7 +17,7 @@ from training.checkpoint import Checkpoint, save_checkpoint, set_latest_version
 from training.data import Dataset, align_classes, load_dataset, stratified_split, synthetic
 from training.metrics import report
 from training.model import ModelConfig
-from training.train import TrainConfig, TrainResult, fit, predict, to_tensors
+from training.train import TrainConfig, TrainResult, budget_epochs, fit, predict, to_tensors
 
 log = structlog.get_logger("training")
 
@@ -73,7 +73,8 @@ def train_model(data: RunData, mcfg: ModelConfig, tcfg: TrainConfig, refit: bool
                 log_epochs: bool = False) -> tuple[TrainResult, Checkpoint]:
     """Fit on the training split, scored on validation; with ``refit``, retrain on train + validation.
 
-    The refit trains for the epoch count the first run chose (all of them without early stopping).
+    The refit trains for the epoch count early stopping chose, or for the same step budget when the
+    budget ended the first run.
     Returns the validation run (its history and validation accuracy are the honest estimates) and
     the checkpoint to serve. ``progress`` draws a bar; ``log_epochs`` logs one ``epoch`` event each.
     """
@@ -85,8 +86,11 @@ def train_model(data: RunData, mcfg: ModelConfig, tcfg: TrainConfig, refit: bool
     res = fit(data.train, data.val, mcfg, tcfg, progress=progress, on_epoch=on_epoch("fit"), desc="fit")
     if not refit:
         return res, res.checkpoint
-    final = fit(data.train.concat(data.val), data.val, mcfg, tcfg, progress=progress, fixed_epochs=max(1, res.best_epoch),
-                on_epoch=on_epoch("refit"), desc="refit")
+    both = data.train.concat(data.val)
+    epochs = max(1, res.best_epoch)
+    if not res.checkpoint.metrics.get("patience") and tcfg.steps:  # the step budget ended the run: same budget again
+        epochs = budget_epochs(tcfg, len(both))
+    final = fit(both, data.val, mcfg, tcfg, progress=progress, fixed_epochs=epochs, on_epoch=on_epoch("refit"), desc="refit")
     ckpt = final.checkpoint
     ckpt.golden_x, ckpt.golden_lengths, ckpt.golden_y = (res.checkpoint.golden_x, res.checkpoint.golden_lengths, res.checkpoint.golden_y)
     return res, ckpt

@@ -39,11 +39,11 @@ class TrainConfig:
     # -1 = auto: early stopping (AUTO_PATIENCE) only with a validation set large enough to pick an epoch.
     patience: int = -1
     clip: float = 1.0
-    augment: str = "auto"  # auto: gain and slicing only for smooth series (see training.augment); all, noise, none
+    augment: str = "none"  # none, noise, all, or auto: gain and slicing only for smooth series (see training.augment)
     jitter: float = 0.05  # std of Gaussian noise added to normalized training inputs
     scale: float = 0.1  # std of a per-window random gain applied to normalized training inputs
     crop: float = 0.0  # window slicing: stretch a random slice of (1 - crop) of the window to its length
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.0
     seed: int = 0
     device: str = "cpu"
     golden_size: int = 256
@@ -83,6 +83,13 @@ def auto_patience(patience: int, val_windows: int) -> int:
 def auto_batch(n: int) -> int:
     """About 16 steps per epoch, at least 16 windows a step (fewer only when the set is smaller), at most 256."""
     return int(min(256, n, max(16, 2 ** round(math.log2(max(1, n / 16))))))
+
+
+def budget_epochs(tcfg: TrainConfig, n: int) -> int:
+    """Epochs that spend the step budget on ``n`` training windows (at most ``tcfg.epochs``)."""
+    if not tcfg.steps:
+        return tcfg.epochs
+    return max(1, min(tcfg.epochs, math.ceil(tcfg.steps / math.ceil(n / (tcfg.batch_size or auto_batch(n))))))
 
 
 def set_determinism(seed: int) -> None:
@@ -164,7 +171,7 @@ def fit(
     bs = tcfg.batch_size or auto_batch(len(xt))
     steps_per_epoch = math.ceil(len(xt) / bs)
     patience = auto_patience(tcfg.patience, len(val))
-    epochs = fixed_epochs or (min(tcfg.epochs, math.ceil(tcfg.steps / steps_per_epoch)) if tcfg.steps else tcfg.epochs)
+    epochs = fixed_epochs or budget_epochs(tcfg, len(xt))
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     sched = _scheduler(opt, TrainConfig(**{**asdict(tcfg), "epochs": epochs}), steps_per_epoch)
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None

@@ -896,7 +896,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.step:
         return step_child(a.step, out, Path(a.result), a.step_seconds, a.dry)
     dry = a.dry or want_dry()
-    report = run_all(out, dry)
+    only = [n for n in os.environ.get("DEVICE_CHECK_STEPS", "").split(",") if n]  # e.g. env,pytest_gpu for a rerun
+    report = run_all(out, dry, [step_by_name(n) for n in only] if only else None)
     print("\n" + render_md(report), flush=True)
     bad = [k for k, v in report["steps"].items() if v.get("status") not in ("ok", "skipped")]
     print(f"[device-check] results in {out}; {len(bad)} step(s) not ok: {', '.join(bad) or 'none'}", flush=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import threading
 from pathlib import Path
 
@@ -157,3 +159,39 @@ def test_readers_never_see_a_partial_checkpoint(tmp_path: Path) -> None:
         stop.set()
         t.join()
     assert not errors and loads[0] > 0
+
+
+def test_round_trip_of_the_convolutional_stem_config_and_its_batchnorm_statistics() -> None:
+    """The stem's stride, channels and the BatchNorm running statistics survive a save/load."""
+    torch.manual_seed(3)
+    cfg = ModelConfig(input_dim=2, num_classes=3, downsample=4, channels=8, conv_blocks=1, kernel=3, hidden=5)
+    model = SequenceClassifier(cfg).train()
+    model(torch.randn(6, 40, 2), torch.tensor([40, 33, 9, 40, 2, 17]))  # moves the running statistics
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not torch.equal(state["convs.0.bn.running_mean"], torch.zeros(8))
+    ckpt = Checkpoint(config=cfg, classes=["a", "b", "c"], mean=np.zeros(2, np.float32), std=np.ones(2, np.float32),
+                      state_dict=state)
+    back = from_bytes(to_bytes(ckpt))
+    assert back.config == cfg and back.config.downsample == 4 and back.config.window_norm
+    assert torch.equal(back.state_dict["convs.0.bn.running_var"], state["convs.0.bn.running_var"])
+    x, lengths = torch.randn(3, 40, 2), torch.tensor([40, 5, 21])
+    with torch.inference_mode():
+        assert torch.equal(back.build_model()(x, lengths), model.eval()(x, lengths))
+
+
+def test_checkpoint_of_an_older_release_loads_as_the_plain_recurrent_model() -> None:
+    """A config without the stem's fields (written before it existed) still loads and serves."""
+    torch.manual_seed(4)
+    legacy = ModelConfig(input_dim=1, num_classes=2, layers=2, channels=0, downsample=0, conv_blocks=0, window_norm=False)
+    ckpt = Checkpoint(config=legacy, classes=["0", "1"], mean=np.zeros(1, np.float32), std=np.ones(1, np.float32),
+                      state_dict={k: v.clone() for k, v in SequenceClassifier(legacy).state_dict().items()})
+    data = to_bytes(ckpt)
+    meta = json.loads(json.loads(data[8 : 8 + struct.unpack("<Q", data[:8])[0]])["__metadata__"]["bigru"])
+    old_keys = {"input_dim", "num_classes", "cell", "bidirectional", "hidden", "layers", "dropout", "pooling"}
+    meta["config"] = {k: v for k, v in meta["config"].items() if k in old_keys}
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    old = st_save(st_load(data), metadata={"bigru": json.dumps(meta)})
+    back = from_bytes(old)
+    assert back.config == legacy and len(back.build_model().convs) == 0

@@ -37,6 +37,17 @@ def build_checkpoint(root: Path, seed: int = 0) -> Path:
     return root
 
 
+def describe_model() -> str:
+    """The bench model's architecture in words (the default for [T, F] windows, 2 classes)."""
+    from training.run import default_model_config
+
+    c = default_model_config(F, 2, T)
+    stem = f"stem stride {c.downsample}, {c.conv_blocks} conv blocks x {c.channels} ch, " if c.channels else ""
+    return (f"the default model: {stem}{'Bi' if c.bidirectional else ''}{c.cell.upper()} {c.layers} layer(s) x "
+            f"{c.hidden} hidden, window_norm={c.window_norm}, pooling {'+'.join(c.pooling)}, T={T}, F={F}, "
+            "2 classes, random weights")
+
+
 def windows(n: int, seed: int = 0) -> list[np.ndarray]:
     """``n`` random [T, F] float32 windows."""
     rng = np.random.default_rng(seed)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from bench import report  # noqa: E402
-from bench.model import build_checkpoint, windows  # noqa: E402
+from bench.model import build_checkpoint, describe_model, windows  # noqa: E402
 from bench.pipeline import WorkerConfig, open_loop, saturated  # noqa: E402
 from producer.client import Producer  # noqa: E402
 from scripts.localredis import LocalRedis  # noqa: E402
@@ -143,9 +143,9 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     mb = 64
     doc: dict[str, Any] = {"machine": machine(), "notes": []}
     doc["config"] = {
-        "model": "BiGRU, 2 layers x 64 hidden, pooling last+mean, T=20, F=1, 2 classes, random weights",
+        "model": describe_model(),
         "headline": {"backend": head, "max_batch": mb},
-        "gpu": "no GPU machine was lent to this run; the CUDA path is covered by unit tests marked gpu",
+        "gpu": "none on this machine (CPU run); GPU figures come from scripts/device-check.sh, see results/device/",
         "quick": quick,
     }
     with tempfile.TemporaryDirectory(prefix="bigru-bench-") as tmp, LocalRedis() as srv:

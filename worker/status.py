@@ -7,7 +7,9 @@ is the same from any host and works on a single Redis and on a cluster.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -131,6 +133,10 @@ def render(doc: dict[str, Any]) -> str:
 def run(r: redis.Redis, keys: Keys, *, as_json: bool = False, watch: bool = False, interval: float = 2.0,
         out: TextIO = sys.stdout) -> int:
     """Print the status once, or every ``interval`` seconds until interrupted (``watch``)."""
+    if watch and threading.current_thread() is threading.main_thread():
+        # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT:
+        # without this, `status --watch &` could only be stopped with SIGTERM or SIGKILL.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             doc = snapshot(r, keys)

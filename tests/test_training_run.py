@@ -112,3 +112,16 @@ def test_one_epoch_event_per_epoch_when_not_on_a_terminal(tmp_path: Path, capsys
                                                           ("refit", 1), ("refit", 2), ("refit", 3)]
     assert {"train_loss", "val_accuracy", "lr"} <= set(epochs[0])
     assert "it/s" not in err and "epoch/s" not in err  # no tqdm bar
+
+
+def test_compare_runs_the_cell_variants_on_the_default_model(tmp_path: Path) -> None:
+    from training.compare import main as compare_main
+
+    rc = compare_main(["--seeds", "1", "--n", "300", "--test-n", "200", "--tasks", "synthetic", "--epochs", "1",
+                       "--variants", "LSTM,BiGRU", "--results", str(tmp_path)])
+    assert rc == 0
+    runs = json.loads((tmp_path / "compare.json").read_text())["runs"]
+    assert [(r["variant"], r["config"]["cell"], r["config"]["bidirectional"]) for r in runs] == [
+        ("LSTM", "lstm", False), ("BiGRU", "gru", True)]
+    assert all(r["config"]["channels"] > 0 and 0.5 < r["test_accuracy"] <= 1 for r in runs)
+    assert "| synthetic | BiGRU |" in (tmp_path / "compare.md").read_text()

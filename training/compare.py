@@ -84,8 +84,8 @@ def write_report(runs: list[dict[str, Any]], tasks: list[Task], args: argparse.N
         f"Command: `bigru-train compare --seeds {args.seeds} --n {args.n} --test-n {args.test_n} --epochs {args.epochs}"
         f"{' --refit' if args.refit else ''}` ({seconds / 60:.1f} min on {environment()['threads']} CPU thread(s)). "
         "Same `bigru-train` defaults for every variant (the convolutional stem and branch, per-window normalised "
-        "inputs, AdamW + cosine, label smoothing, augmentation), with the epoch cap above; only the recurrent cell and "
-        "its direction change. Seconds per epoch are wall-clock on a shared CPU.\n",
+        f"inputs, AdamW + cosine, auto early stopping, refit {'on' if args.refit else 'off'}), with the epoch cap above; "
+        "only the recurrent cell and its direction change. Seconds per epoch are wall-clock on a shared CPU.\n",
         md_table(["task", "model", "params", "s/epoch", "test accuracy (%)", "test windows", "epochs"], rows),
         "\n![test accuracy](compare.png)\n",
     ]

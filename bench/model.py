@@ -19,8 +19,8 @@ import numpy as np
 T, F = 20, 1
 
 
-def build_checkpoint(root: Path, seed: int = 0) -> Path:
-    """Save the default model for [T, F] windows and 2 classes (what ``bigru-train`` builds) with random weights."""
+def build_checkpoint(root: Path, seed: int = 0, length: int = T) -> Path:
+    """Save the default model for [length, F] windows and 2 classes (what ``bigru-train`` builds), random weights."""
     import torch
 
     from training.checkpoint import Checkpoint, save_checkpoint
@@ -28,7 +28,7 @@ def build_checkpoint(root: Path, seed: int = 0) -> Path:
     from training.run import default_model_config
 
     torch.manual_seed(seed)
-    cfg = default_model_config(F, 2, T)
+    cfg = default_model_config(F, 2, length)
     model = SequenceClassifier(cfg)
     ckpt = Checkpoint(cfg, ["0", "1"], np.zeros(F, np.float32), np.ones(F, np.float32),
                       {k: v.detach().clone() for k, v in model.state_dict().items()},

@@ -458,16 +458,10 @@ class _Autocast:
 
 def _default_checkpoint(length: int, prefix: str) -> Any:
     """``bench.model.build_checkpoint`` for windows of ``length`` steps (the default model may depend on T)."""
-    import bench.model as bm
+    from bench.model import build_checkpoint
     from training.checkpoint import load_checkpoint
 
-    old = bm.T
-    bm.T = length
-    try:
-        root = bm.build_checkpoint(Path(tempfile.mkdtemp(prefix=prefix)))
-    finally:
-        bm.T = old
-    return load_checkpoint(str(root))
+    return load_checkpoint(str(build_checkpoint(Path(tempfile.mkdtemp(prefix=prefix)), length=length)))
 
 
 def step_model(ctx: Ctx) -> dict[str, Any]:
@@ -793,9 +787,9 @@ def _fmt(v: Any) -> str:
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + [
-        "| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows
-    ]
+    from training.reports import md_table
+
+    return md_table(headers, [[_fmt(c) for c in r] for r in rows]).splitlines()
 
 
 def _best(rows: list[dict[str, Any]], backend_prefix: str, length: int = 20) -> dict[str, Any] | None:

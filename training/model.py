@@ -204,7 +204,7 @@ class SequenceClassifier(nn.Module):
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             out_p, h = self.rnn(packed)
             out, _ = pad_packed_sequence(out_p, batch_first=True, total_length=t)
-            mask = (torch.arange(t, device=x.device)[None, :] < lengths.to(x.device)[:, None]).unsqueeze(-1)
+            mask = _mask(lengths, t, x.device).transpose(1, 2)  # type: ignore[union-attr]
         if isinstance(h, tuple):  # LSTM: (h_n, c_n)
             h = h[0]
         # h: [layers * dirs, B, H]; the last layer's directions are the final dirs rows.

@@ -9,6 +9,7 @@ stream and stamps each result on arrival.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -43,15 +44,22 @@ class WorkerConfig:
     threads: int = 1
     max_batch: int = 64
     max_wait_ms: float = 5.0
-    batch_wait: str = "fixed"
+    batch_wait: str = "continuous"
     slo_p99_ms: float = 10.0
+    overlap: bool = True
+    per_entry: int = 1  # windows per input entry (1: single-window entries)
+    precision: str = "fp32"
+    device: str = "cpu"
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         """Short human-readable name."""
-        wait = f"slo {self.slo_p99_ms:g} ms" if self.batch_wait == "slo" else f"fixed {self.max_wait_ms:g} ms"
-        return f"{self.backend} {self.replicas}x{self.threads}t b{self.max_batch} {wait}"
+        wait = {"slo": f"slo {self.slo_p99_ms:g} ms", "fixed": f"fixed {self.max_wait_ms:g} ms"}.get(self.batch_wait, "continuous")
+        extra = ("" if self.overlap else " no-overlap") + (f" x{self.per_entry}/entry" if self.per_entry > 1 else "")
+        extra += f" {self.precision}" if self.precision != "fp32" else ""
+        extra += f" {self.device}" if self.device != "cpu" else ""
+        return f"{self.backend} {self.replicas}x{self.threads}t b{self.max_batch} {wait}{extra}"
 
 
 class Workers:
@@ -63,7 +71,8 @@ class Workers:
         self.env = dict(os.environ)
         self.env.update({
             "BIGRU_REDIS_URL": url, "BIGRU_PREFIX": prefix, "BIGRU_GROUP": prefix,
-            "BIGRU_CHECKPOINT": str(checkpoint), "BIGRU_BACKEND": cfg.backend, "BIGRU_DEVICE": "cpu",
+            "BIGRU_CHECKPOINT": str(checkpoint), "BIGRU_BACKEND": cfg.backend, "BIGRU_DEVICE": cfg.device,
+            "BIGRU_OVERLAP": str(cfg.overlap).lower(), "BIGRU_PRECISION": cfg.precision,
             "BIGRU_REPLICAS": str(cfg.replicas), "BIGRU_TORCH_THREADS": str(cfg.threads),
             "BIGRU_MAX_BATCH": str(cfg.max_batch), "BIGRU_MAX_WAIT_MS": str(cfg.max_wait_ms),
             "BIGRU_BATCH_WAIT": cfg.batch_wait, "BIGRU_SLO_P99_MS": str(cfg.slo_p99_ms),
@@ -122,17 +131,22 @@ def saturated(url: str, checkpoint: Path, cfg: WorkerConfig, n: int, log_dir: Pa
     prefix = f"sat{uuid.uuid4().hex[:8]}"
     keys = Keys(prefix, prefix)
     sk = keys.shard(0)
-    Producer(r, keys, pipeline_size=2000).publish_many(windows(n, seed=7))
+    prod = Producer(r, keys, pipeline_size=2000)
+    if cfg.per_entry > 1:
+        prod.publish_many(windows(n, seed=7), per_entry=cfg.per_entry)  # type: ignore[call-arg]
+    else:
+        prod.publish_many(windows(n, seed=7))
     r.xgroup_create(sk.windows, prefix, id="$")
     try:
         with Workers(url, prefix, checkpoint, cfg, log_dir) as w:
             r.xgroup_setid(sk.windows, prefix, id="0")
             t0 = time.monotonic()
-            while r.xlen(sk.results) < n:
+            expect = -(-n // cfg.per_entry)  # one result entry per input entry
+            while r.xlen(sk.results) < expect:
                 if w.proc is not None and w.proc.poll() is not None:
                     raise BenchError(f"workers exited during the run: {w.tail()}")
                 if time.monotonic() - t0 > 600:
-                    raise BenchError(f"only {r.xlen(sk.results)}/{n} results after 600 s")
+                    raise BenchError(f"only {r.xlen(sk.results)}/{expect} results after 600 s")
                 time.sleep(0.02)
         res = _results_since(r, sk.results)
     finally:
@@ -142,8 +156,10 @@ def saturated(url: str, checkpoint: Path, cfg: WorkerConfig, n: int, log_dir: Pa
     span_s = max(1e-6, (ts[hi] - ts[lo]) / 1e6)
     batches = np.array([int(f[b"batch"]) for f in res])
     workers = {f[b"worker"] for f in res}
+    served = sum(int(f.get(b"n", b"1")) for f in res)
     return {
-        **asdict(cfg), "label": cfg.label, "windows": len(res), "windows_per_s": round(float((hi - lo) / span_s), 1),
+        **asdict(cfg), "label": cfg.label, "windows": served,
+        "windows_per_s": round(float((hi - lo) * served / len(res) / span_s), 1),
         "mean_batch": round(float(batches.mean()), 1), "replicas_serving": len(workers),
         "drain_s": round(float(ts[-1] - ts[0]) / 1e6, 2),
     }
@@ -167,11 +183,14 @@ def _batch_histogram(batches: np.ndarray) -> dict[str, int]:
 
 
 def open_loop_point(r: redis.Redis, w: Workers, rate: float, seconds: float) -> dict[str, Any]:
-    """Publish at ``rate`` windows/s for ``seconds``; latency of every result, stamped on arrival."""
+    """Publish single-window entries at ``rate`` windows/s for ``seconds``; latency of every result,
+    stamped on arrival, and the load generator's share of the machine's CPU."""
     sk = w.keys.shard(0)
     last = r.xrevrange(sk.results, "+", "-", count=1)
     pos = last[0][0].decode() if last else "0-0"
     count = max(1, int(rate * seconds))
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t_start = time.monotonic()
     prod = subprocess.Popen(
         [sys.executable, "-m", "producer.cli", "--redis-url", w.url, "--prefix", w.prefix, "publish",
          "--count", str(count), "--rate", str(rate), "--id-prefix", f"r{int(rate)}"],
@@ -193,6 +212,9 @@ def open_loop_point(r: redis.Redis, w: Workers, rate: float, seconds: float) -> 
         except subprocess.TimeoutExpired:
             prod.kill()
             _, err = prod.communicate()
+    prod_wall = time.monotonic() - t_start
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the producer is the only child reaped meanwhile
+    prod_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     if prod.returncode != 0:
         raise BenchError(f"producer failed: {err.decode(errors='replace')[-1000:]}")
     if not got:
@@ -204,6 +226,7 @@ def open_loop_point(r: redis.Redis, w: Workers, rate: float, seconds: float) -> 
     e2e = (arrived - produced) / 1000
     return {
         "rate_target": round(rate, 1), "windows": len(got), "sent": count,
+        "load_generator_cpu_share": round(prod_cpu / max(1e-6, prod_wall) / (os.cpu_count() or 1), 3),
         "rate_achieved": round(len(got) / max(1e-6, (arrived.max() - produced.min()) / 1e6), 1),
         "e2e_ms": _summary(e2e),
         "breakdown_ms_mean": {

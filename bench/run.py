@@ -1,9 +1,11 @@
 """``make bench``: one run, one local redis-server, every measurement side by side.
 
-Phases: model-only forward (torch, onnx) at batch sizes 1..1024; the naive one-window worker;
-the pipeline saturated with 1 and 2 replicas (and the other levers); the pipeline in open loop at
-25/50/75/90 % of the saturated rate under several batch-wait policies. Writes
-``results/bench/bench.json``, ``bench.md`` and PNG plots. A missed target is reported, not an error.
+Phases: model-only forward (torch, onnx fp32 and int8) at batch sizes 1..1024; the naive one-window
+worker; the plumbing ceiling (the real loop with a null model, single- and multi-window entries);
+the pipeline saturated with 1 and 2 replicas (and the other levers, multi-window entries among
+them); the pipeline in open loop at 10/25/50/75/90 % of the saturated rate under several batch-wait
+policies. Writes ``results/bench/bench.json``, ``bench.md`` and PNG plots. A missed target is
+reported, not an error.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,13 +32,16 @@ import redis  # noqa: E402
 from bench import report  # noqa: E402
 from bench.model import build_checkpoint, describe_model, windows  # noqa: E402
 from bench.pipeline import WorkerConfig, open_loop, saturated  # noqa: E402
+from bench.plumbing import ceiling  # noqa: E402
 from producer.client import Producer  # noqa: E402
 from scripts.localredis import LocalRedis  # noqa: E402
 from worker.keys import Keys  # noqa: E402
 from worker.onnx_backend import onnx_available  # noqa: E402
 
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
-LOADS = [0.25, 0.5, 0.75, 0.9]
+LOADS = [0.1, 0.25, 0.5, 0.75, 0.9]
+#: Windows per entry of the multi-window measurements.
+PER_ENTRY = 64
 
 
 def _version(pkg: str) -> str | None:
@@ -78,10 +84,13 @@ def _json_lines(proc: subprocess.Popen[str], timeout: float) -> list[dict[str, A
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-def model_only(ckpt: Path, backend: str, threads: int, batches: list[int], min_s: float, processes: int = 1) -> list[dict[str, Any]]:
+def model_only(ckpt: Path, backend: str, threads: int, batches: list[int], min_s: float, processes: int = 1,
+               precision: str = "fp32") -> list[dict[str, Any]]:
     """Model-only rows from ``processes`` parallel child processes (summed throughput when > 1)."""
     args = ["-m", "bench.model", "--checkpoint", str(ckpt), "--backend", backend, "--threads", str(threads),
             "--batches", ",".join(map(str, batches)), "--min-s", str(min_s), "--wait-go"]
+    if precision != "fp32":
+        args += ["--precision", precision]
     procs = [_child(args) for _ in range(processes)]
     for p in procs:  # wait until every copy has built its predictor, then start them together
         assert p.stdout is not None
@@ -96,7 +105,7 @@ def model_only(ckpt: Path, backend: str, threads: int, batches: list[int], min_s
     rows = []
     for i, b in enumerate(batches):
         rs = [rows_[i] for rows_ in per]
-        row = dict(rs[0], processes=processes)
+        row = dict(rs[0], processes=processes, precision=precision)
         row["windows_per_s"] = round(sum(r["windows_per_s"] for r in rs), 1)
         rows.append(row)
         assert row["batch"] == b
@@ -122,7 +131,19 @@ def naive(url: str, ckpt: Path, backend: str, seconds: float, expect_rate: float
 
 def _rate(rows: list[dict[str, Any]], backend: str, batch: int) -> float:
     return next((r["windows_per_s"] for r in rows if r["backend"] == backend and r["batch"] == batch
-                 and r["threads"] == 1 and r["processes"] == 1), 1000.0)
+                 and r["threads"] == 1 and r["processes"] == 1 and r.get("precision", "fp32") == "fp32"), 1000.0)
+
+
+def int8_available() -> bool:
+    """Whether the model-only child can time an int8 graph (``bench.model --precision``)."""
+    return "--precision" in (ROOT / "bench" / "model.py").read_text()
+
+
+def multi_available() -> bool:
+    """Whether producers can publish multi-window entries (wire format's multi-window form)."""
+    import inspect
+
+    return "per_entry" in inspect.signature(Producer.publish_many).parameters
 
 
 def _plain(o: Any) -> Any:
@@ -130,80 +151,138 @@ def _plain(o: Any) -> Any:
     return o.item() if hasattr(o, "item") else str(o)
 
 
+@dataclass
+class Plan:
+    """Sizes of one run (``quick``: a smoke test whose numbers mean nothing)."""
+
+    quick: bool
+    device: str = "cpu"
+
+    @property
+    def batches(self) -> list[int]:
+        return [1, 8, 64] if self.quick else BATCHES
+
+    @property
+    def min_s(self) -> float:
+        return 0.05 if self.quick else 0.3
+
+    @property
+    def sat_s(self) -> float:
+        return 1.0 if self.quick else 4.0
+
+    @property
+    def ol_s(self) -> float:
+        return 1.0 if self.quick else 3.0
+
+
+def phase_model_only(ckpt: Path, backends: list[str], plan: Plan, mb: int) -> list[dict[str, Any]]:
+    """Model-only rows: every batch size per backend, then threads and processes at ``mb``."""
+    mo: list[dict[str, Any]] = []
+    for b in backends:
+        mo += model_only(ckpt, b, 1, plan.batches, plan.min_s)
+        print(f"model-only {b}: " + ", ".join(f"b{r['batch']}={r['windows_per_s']:.0f}/s" for r in mo if r["backend"] == b), flush=True)
+    if "onnx" in backends and int8_available():
+        rows = model_only(ckpt, "onnx", 1, plan.batches, plan.min_s, precision="int8")
+        print("model-only onnx int8: " + ", ".join(f"b{r['batch']}={r['windows_per_s']:.0f}/s" for r in rows), flush=True)
+        mo += rows
+    for b in backends:
+        mo += model_only(ckpt, b, 2, [1, mb], plan.min_s)
+        mo += model_only(ckpt, b, 1, [mb], plan.min_s, processes=2)
+    return mo
+
+
+def phase_plumbing(url: str, plan: Plan) -> list[dict[str, Any]]:
+    """The null-model ceiling: 1 and 2 replicas, single-window and multi-window entries."""
+    rows = []
+    for per_entry in (1, PER_ENTRY) if multi_available() else (1,):
+        for procs in (1, 2):
+            n = (20_000 if plan.quick else 200_000) * (1 if per_entry == 1 else 8)
+            row = ceiling(url, n, procs, max_batch=256 if per_entry == 1 else 4, per_entry=per_entry)
+            print(f"plumbing {procs} proc(s), {per_entry}/entry: {row['windows_per_s']:.0f}/s "
+                  f"(worker {row['worker_cpu_us_per_window']} us, redis {row['redis_cpu_us_per_window']} us per window)", flush=True)
+            rows.append(row)
+    return rows
+
+
+def phase_saturated(url: str, ckpt: Path, mo: list[dict[str, Any]], head: str, mb: int, plan: Plan,
+                    tmpdir: Path) -> list[dict[str, Any]]:
+    """Pre-filled stream drained by real worker processes; the first two rows (and the multi-window
+    ones) are compared with model-only runs right before and after them."""
+    configs = [WorkerConfig(backend=head, replicas=1, max_batch=mb), WorkerConfig(backend=head, replicas=2, max_batch=mb)]
+    if multi_available():
+        # max_batch counts entries: one 64-window entry per forward pass, the model-only batch of 64
+        configs.append(WorkerConfig(backend=head, replicas=2, max_batch=1, per_entry=PER_ENTRY))
+    if not plan.quick:
+        configs += [WorkerConfig(backend=head, replicas=1, max_batch=mb, overlap=False),
+                    WorkerConfig(backend=head, replicas=1, threads=2, max_batch=mb),
+                    WorkerConfig(backend=head, replicas=1, max_batch=256)]
+        if head == "onnx" and int8_available():
+            configs.append(WorkerConfig(backend=head, replicas=2, max_batch=mb, precision="int8"))
+        if head != "torch":
+            configs += [WorkerConfig(backend="torch", replicas=1, max_batch=mb),
+                        WorkerConfig(backend="torch", replicas=2, max_batch=mb)]
+    sat = []
+    for i, cfg in enumerate(configs):
+        est = _rate(mo, cfg.backend, mb) * cfg.replicas
+        n = int(min(400_000, max(2_000 if plan.quick else 10_000, est * plan.sat_s * (2 if cfg.per_entry > 1 else 1))))
+        adjacent = i < 2 or cfg.per_entry > 1 or cfg.precision != "fp32"
+        ref = [model_only(ckpt, cfg.backend, 1, [mb], plan.min_s * 3, processes=cfg.replicas, precision=cfg.precision)[0]] if adjacent else []
+        row = saturated(url, ckpt, cfg, n, tmpdir)
+        if ref:
+            ref.append(model_only(ckpt, cfg.backend, 1, [mb], plan.min_s * 3, processes=cfg.replicas, precision=cfg.precision)[0])
+            row["model_only_adjacent_windows_per_s"] = round(sum(r["windows_per_s"] for r in ref) / 2, 1)
+        sat.append(row)
+        print(f"saturated {row['label']}: {row['windows_per_s']:.0f}/s (mean batch {row['mean_batch']})", flush=True)
+    return sat
+
+
+def phase_open_loop(url: str, ckpt: Path, head: str, mb: int, base: float, plan: Plan, tmpdir: Path) -> list[dict[str, Any]]:
+    """Latency at fractions of one replica's saturated rate, per batch-wait policy."""
+    rates = [f * base for f in LOADS]
+    policies = [WorkerConfig(backend=head, max_batch=mb),
+                WorkerConfig(backend=head, max_batch=mb, overlap=False),
+                WorkerConfig(backend=head, max_batch=mb, batch_wait="fixed", max_wait_ms=5.0),
+                WorkerConfig(backend=head, max_batch=mb, batch_wait="slo", slo_p99_ms=10.0)]
+    if plan.quick:
+        policies, rates = policies[:1], rates[:2]
+    ol = []
+    for cfg in policies:
+        pts = open_loop(url, ckpt, cfg, rates, plan.ol_s, tmpdir)
+        for p, f in zip(pts, LOADS):
+            p["load"] = f
+            print(f"open loop {cfg.label} at {f:.0%} ({p['rate_achieved']:.0f}/s): p50 {p['e2e_ms']['p50']} "
+                  f"p99 {p['e2e_ms']['p99']} ms, mean batch {p['batch']['mean']}, "
+                  f"load generator {p['load_generator_cpu_share']:.0%} CPU", flush=True)
+        ol += pts
+    return ol
+
+
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     """Every phase; returns the result document (also written to ``out_dir``)."""
     t_start = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
-    batches = [1, 8, 64] if quick else BATCHES
-    min_s = 0.05 if quick else 0.3
-    sat_s = 1.0 if quick else 4.0
-    ol_s = 1.0 if quick else 3.0
+    plan = Plan(quick)
     backends = ["torch", "onnx"] if onnx_available() else ["torch"]
     head = "onnx" if "onnx" in backends else "torch"
     mb = 64
     doc: dict[str, Any] = {"machine": machine(), "notes": []}
     doc["config"] = {
         "model": describe_model(),
-        "headline": {"backend": head, "max_batch": mb},
-        "gpu": "none on this machine (CPU run); GPU figures come from scripts/device-check.sh, see results/device/",
+        "headline": {"backend": head, "max_batch": mb, "per_entry": PER_ENTRY},
+        "gpu": "none on this machine (CPU run); GPU figures come from scripts/device-check.sh, see results/bench-gpu/",
         "quick": quick,
     }
     with tempfile.TemporaryDirectory(prefix="bigru-bench-") as tmp, LocalRedis() as srv:
         tmpdir = Path(tmp)
         ckpt = build_checkpoint(tmpdir / "ckpt")
         print(f"redis-server on port {srv.port}; checkpoint in {ckpt}", flush=True)
-
-        mo: list[dict[str, Any]] = []
-        for b in backends:
-            mo += model_only(ckpt, b, 1, batches, min_s)
-            print(f"model-only {b}: " + ", ".join(f"b{r['batch']}={r['windows_per_s']:.0f}/s" for r in mo if r["backend"] == b), flush=True)
-        for b in backends:
-            mo += model_only(ckpt, b, 2, [1, mb], min_s)
-            mo += model_only(ckpt, b, 1, [mb], min_s, processes=2)
-        doc["model_only"] = mo
-
+        doc["model_only"] = mo = phase_model_only(ckpt, backends, plan, mb)
         doc["naive"] = [naive(srv.url, ckpt, b, 1.0 if quick else 4.0, _rate(mo, b, 1)) for b in backends]
         print("naive: " + ", ".join(f"{n['backend']}={n['windows_per_s']:.0f}/s" for n in doc["naive"]), flush=True)
-
-        configs = [WorkerConfig(backend=head, replicas=1, threads=1, max_batch=mb),
-                   WorkerConfig(backend=head, replicas=2, threads=1, max_batch=mb)]
-        if not quick:
-            configs += [WorkerConfig(backend=head, replicas=1, threads=2, max_batch=mb),
-                        WorkerConfig(backend=head, replicas=1, threads=1, max_batch=256)]
-            if head != "torch":
-                configs += [WorkerConfig(backend="torch", replicas=1, threads=1, max_batch=mb),
-                            WorkerConfig(backend="torch", replicas=2, threads=1, max_batch=mb)]
-        sat = []
-        for i, cfg in enumerate(configs):
-            est = _rate(mo, cfg.backend, cfg.max_batch if cfg.max_batch in batches else mb) * cfg.replicas
-            n = int(min(200_000, max(2_000 if quick else 10_000, est * sat_s)))
-            # The headline ratios compare with model-only runs right before and after the pipeline
-            # run, so a machine whose load drifts during the benchmark skews both sides alike.
-            ref = [model_only(ckpt, cfg.backend, 1, [mb], min_s * 3, processes=cfg.replicas)[0]] if i < 2 else []
-            row = saturated(srv.url, ckpt, cfg, n, tmpdir)
-            if ref:
-                ref.append(model_only(ckpt, cfg.backend, 1, [mb], min_s * 3, processes=cfg.replicas)[0])
-                row["model_only_adjacent_windows_per_s"] = round(sum(r["windows_per_s"] for r in ref) / 2, 1)
-            sat.append(row)
-            print(f"saturated {row['label']}: {row['windows_per_s']:.0f}/s (mean batch {row['mean_batch']})", flush=True)
-        doc["saturated"] = sat
-
+        doc["plumbing"] = phase_plumbing(srv.url, plan)
+        doc["saturated"] = sat = phase_saturated(srv.url, ckpt, mo, head, mb, plan, tmpdir)
         base = sat[0]["windows_per_s"]
-        rates = [f * base for f in LOADS]
-        policies = [WorkerConfig(backend=head, max_batch=mb, max_wait_ms=w) for w in (5.0, 1.0, 0.0)]
-        policies.append(WorkerConfig(backend=head, max_batch=mb, batch_wait="slo", slo_p99_ms=10.0))
-        if quick:
-            policies = policies[:1]
-            rates = rates[:2]
-        ol = []
-        for cfg in policies:
-            pts = open_loop(srv.url, ckpt, cfg, rates, ol_s, tmpdir)
-            for p, f in zip(pts, LOADS):
-                p["load"] = f
-                print(f"open loop {cfg.label} at {f:.0%} ({p['rate_achieved']:.0f}/s): "
-                      f"p50 {p['e2e_ms']['p50']} p99 {p['e2e_ms']['p99']} ms, mean batch {p['batch']['mean']}", flush=True)
-            ol += pts
-        doc["open_loop"] = ol
+        doc["open_loop"] = phase_open_loop(srv.url, ckpt, head, mb, base, plan, tmpdir)
         doc["open_loop_base"] = {"config": sat[0]["label"], "saturated_windows_per_s": base}
     doc["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     doc["seconds"] = round(time.monotonic() - t_start, 1)

@@ -16,7 +16,7 @@ import redis
 from producer.backpressure import Backpressure, BackpressureError, group_lag
 from producer.client import Producer
 from tests.helpers import make_loop
-from worker import streams
+from worker import reader
 from worker.keys import Keys
 
 W = np.zeros((20, 1), np.float32)
@@ -27,7 +27,7 @@ def test_refuses_over_the_limit_naming_lag_and_limit(r: redis.Redis, prefix: str
     free = Producer(r, keys)
     free.publish_many([W] * 30)
     assert group_lag(r, keys, 10) == 30  # no group yet: every entry is waiting
-    streams.ensure_groups(r, keys)
+    reader.ensure_groups(r, keys)
     gated = Producer(r, keys, pipeline_size=5, backpressure=Backpressure(r, keys, max_lag=29, check_interval_s=0))
     with pytest.raises(BackpressureError, match="lag 30 exceeds max_lag 29") as ei:
         gated.publish(W)
@@ -40,7 +40,7 @@ def test_refuses_over_the_limit_naming_lag_and_limit(r: redis.Redis, prefix: str
 
 def test_publish_many_stops_at_the_first_refused_chunk(r: redis.Redis, prefix: str) -> None:
     keys = Keys(prefix, prefix)
-    streams.ensure_groups(r, keys)
+    reader.ensure_groups(r, keys)
     gated = Producer(r, keys, pipeline_size=5, backpressure=Backpressure(r, keys, max_lag=12, check_interval_s=0))
     with pytest.raises(BackpressureError) as ei:
         gated.publish_many([W] * 40)
@@ -52,7 +52,7 @@ def test_publish_many_stops_at_the_first_refused_chunk(r: redis.Redis, prefix: s
 def test_unknown_lag_is_counted_with_a_bounded_range(r: redis.Redis, prefix: str) -> None:
     keys = Keys(prefix, prefix)
     sk = keys.shard(0)
-    streams.ensure_groups(r, keys)
+    reader.ensure_groups(r, keys)
     ids = Producer(r, keys).publish_many([W] * 10)
     r.xreadgroup(prefix, "c", {sk.windows: ">"}, count=2)
     r.xdel(sk.windows, ids[5])  # a tombstone after the group's position: Redis reports lag nil
@@ -63,7 +63,7 @@ def test_unknown_lag_is_counted_with_a_bounded_range(r: redis.Redis, prefix: str
 
 def test_block_mode_waits_for_workers_to_catch_up(r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path) -> None:
     keys = Keys(prefix, prefix)
-    streams.ensure_groups(r, keys)
+    reader.ensure_groups(r, keys)
     Producer(r, keys).publish_many([W] * 200)
     loop = make_loop(redis_url, prefix, checkpoint_root, burst_idle_ms=500)
     starter = threading.Timer(0.5, loop.run)
@@ -83,7 +83,7 @@ def test_block_mode_waits_for_workers_to_catch_up(r: redis.Redis, redis_url: str
 
 def test_cli_publish_refuses_with_exit_3(r: redis.Redis, prefix: str, worker_env: dict[str, str]) -> None:
     keys = Keys(prefix, prefix)
-    streams.ensure_groups(r, keys)
+    reader.ensure_groups(r, keys)
     Producer(r, keys).publish_many([W] * 100)
     out = subprocess.run([sys.executable, "-m", "producer.cli", "publish", "--count", "50", "--max-lag", "20"],
                          env=worker_env, capture_output=True, timeout=60)

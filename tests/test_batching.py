@@ -9,10 +9,10 @@ import redis
 from producer.client import Producer
 from producer.results import ResultsReader
 from tests.helpers import make_loop, run_with_trickle
-from worker.batching import CostModel, FixedWait, SloWait, enqueued_us, make_batch_wait
+from worker.batching import CostModel, FixedWait, NoWait, SloWait, make_batch_wait
 from worker.config import WorkerSettings
 from worker.keys import Keys
-from worker.streams import Entry
+from worker.reader import Entry, enqueued_us
 
 
 def test_fixed_wait_ignores_age_and_size() -> None:
@@ -63,7 +63,8 @@ def test_slo_wait_keeps_the_oldest_window_inside_the_budget() -> None:
 
 def test_make_batch_wait_follows_settings() -> None:
     assert isinstance(make_batch_wait(WorkerSettings(batch_wait="slo", slo_p99_ms=20)), SloWait)
-    fixed = make_batch_wait(WorkerSettings(max_wait_ms=7))
+    assert isinstance(make_batch_wait(WorkerSettings()), NoWait)
+    fixed = make_batch_wait(WorkerSettings(batch_wait="fixed", max_wait_ms=7))
     assert isinstance(fixed, FixedWait) and fixed.max_wait_s == pytest.approx(0.007)
 
 
@@ -77,7 +78,7 @@ def test_fill_wait_is_not_stretched_by_redis_block_granularity(
     r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path
 ) -> None:
     """Redis checks BLOCK timeouts at hz (every 100 ms): a 5 ms batch wait must still close in ~5 ms."""
-    loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64, max_wait_ms=5, burst_idle_ms=400)
+    loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64, batch_wait="fixed", max_wait_ms=5, burst_idle_ms=400)
     keys = Keys(prefix, prefix)
     stats = run_with_trickle(loop, Producer(redis.Redis.from_url(redis_url), keys), 5, 0.15)
     assert stats.results == 5 and max(stats.batch_sizes) == 1

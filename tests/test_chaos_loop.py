@@ -17,6 +17,7 @@ from tests.chaos_support import Outputs, audit, wait_until
 from tests.helpers import make_loop
 from training.checkpoint import load_checkpoint
 from worker.keys import Keys
+from worker.liveness import ClaimKeeper
 from worker.loop import Predictor, WorkerLoop
 from worker.predictor import TorchPredictor
 
@@ -52,7 +53,7 @@ def test_forward_pass_raising_for_one_window_in_a_batch_of_64(
             raise FloatingPointError("poison window")
 
     model = Wrapped(predictor, poison)
-    loop = make_loop(redis_url, prefix, checkpoint_root, predictor=model, max_batch=64, max_wait_ms=200)
+    loop = make_loop(redis_url, prefix, checkpoint_root, predictor=model, max_batch=64, batch_wait="fixed", max_wait_ms=200)
     keys = Keys(prefix, prefix)
     windows = [np.zeros((20, 1), np.float32) for _ in range(64)]
     windows[41] = np.full((20, 1), 42.0, np.float32)
@@ -60,9 +61,9 @@ def test_forward_pass_raising_for_one_window_in_a_batch_of_64(
     stats = loop.run()
     out = Outputs(r, keys)
     out.poll()
-    fig = audit("forward_raises_one_of_64", out, ids, batch_sizes=stats.batch_sizes, forward_calls=model.calls,
+    fig = audit("forward_raises_one_of_64", out, ids, batch_sizes=list(stats.batch_sizes), forward_calls=model.calls,
                 dead_reason=out.dead_reasons.get(ids[41]))
-    assert stats.batch_sizes == [64]
+    assert list(stats.batch_sizes) == [64]
     assert (fig.results, fig.dead_lettered, fig.duplicates, fig.lost) == (63, 1, 0, 0)
     assert out.dead_reasons[ids[41]] == "predict_failed" and out.dead[ids[41]] == 1
     assert model.calls <= 1 + 2 * 6  # bisection: two halves per level, log2(64) levels
@@ -83,7 +84,7 @@ def test_batch_slower_than_claim_idle_time(
     claim keeper, B never takes A's entries; without it (control), B reclaims and serves them and
     the publish script refuses A's late copies — still exactly one result each."""
     if not keeper:
-        monkeypatch.setattr(WorkerLoop, "_keep_claims", lambda self: None)
+        monkeypatch.setattr(ClaimKeeper, "start", lambda self: None)
     claim_idle_ms = 300
     keys = Keys(prefix, prefix)
     opts = {"burst": False, "claim_idle_ms": claim_idle_ms, "reclaim_interval_ms": 100, "max_batch": 64, "block_ms": 100}
@@ -97,7 +98,7 @@ def test_batch_slower_than_claim_idle_time(
     tb = _run_in_thread(b)
     try:
         out.wait_served(ids, 30)
-        wait_until(lambda: slow.calls >= 1 and not a._inflight, 10, "a to finish its batch")
+        wait_until(lambda: slow.calls >= 1 and not a._held, 10, "a to finish its batch")
         time.sleep(0.3)
     finally:
         a.stop.set()

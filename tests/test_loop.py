@@ -19,12 +19,12 @@ def test_batches_fill_up_to_max_batch(r: redis.Redis, redis_url: str, prefix: st
     Producer(r, keys).publish_many([np.zeros((20, 1), np.float32)] * 40)
     stats = loop.run()
     assert stats.results == 40
-    assert stats.batch_sizes == [16, 16, 8]
+    assert list(stats.batch_sizes) == [16, 16, 8]
 
 
 def test_batch_closes_after_max_wait(r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path) -> None:
     """With windows trickling in slower than max_wait, batches close on time, not on size."""
-    loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64, max_wait_ms=20, burst_idle_ms=600)
+    loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64, batch_wait="fixed", max_wait_ms=20, burst_idle_ms=600)
     keys = Keys(prefix, prefix)
     stats = run_with_trickle(loop, Producer(redis.Redis.from_url(redis_url), keys), 6, 0.1)
     assert stats.results == 6
@@ -40,7 +40,7 @@ def test_variable_length_windows_in_one_batch(r: redis.Redis, redis_url: str, pr
     windows = [rng.standard_normal((t, 1)).astype(np.float32) for t in (5, 20, 13, 40, 1)]
     ids = Producer(r, keys).publish_many(windows, ids=[f"c{i}" for i in range(5)])
     stats = loop.run()
-    assert stats.batch_sizes == [5]
+    assert list(stats.batch_sizes) == [5]
     results = {res.input_id: res for res in ResultsReader(r, keys).collect(5)}
     assert set(results) == set(ids)
     # Each window's probabilities equal those of the window served alone (padding changes nothing).

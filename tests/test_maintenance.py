@@ -10,7 +10,7 @@ import redis
 
 from producer.client import Producer
 from tests.helpers import make_loop
-from worker import streams
+from worker import reader
 from worker.keys import Keys
 from worker.maintenance import Maintenance
 
@@ -26,7 +26,7 @@ def _ids(r: redis.Redis, stream: str) -> list[str]:
 def test_trim_keeps_every_entry_some_group_still_needs(r: redis.Redis, prefix: str) -> None:
     keys = Keys(prefix, prefix)
     sk = keys.shard(0)
-    streams.ensure_groups(r, keys)
+    reader.ensure_groups(r, keys)
     ids = [r.xadd(sk.windows, {"i": i}).decode() for i in range(100)]
     r.xgroup_create(sk.windows, "audit", id="0")
     r.xreadgroup(prefix, "c1", {sk.windows: ">"}, count=60)  # 0..59 delivered to the main group
@@ -69,7 +69,7 @@ def test_worker_trims_as_a_periodic_duty_unless_disabled(r: redis.Redis, redis_u
 def test_reaper_removes_only_idle_consumers_with_nothing_pending(r: redis.Redis, prefix: str) -> None:
     keys = Keys(prefix, prefix)
     sk = keys.shard(0)
-    streams.ensure_groups(r, keys)
+    reader.ensure_groups(r, keys)
     ids = [r.xadd(sk.windows, {"i": i}).decode() for i in range(5)]
     r.xreadgroup(prefix, "crashed-with-work", {sk.windows: ">"}, count=1)
     r.xreadgroup(prefix, "crashed-empty", {sk.windows: ">"}, count=1)
@@ -96,7 +96,7 @@ def test_reclaim_cursor_reaches_idle_entries_behind_fresh_ones(
 ) -> None:
     keys = Keys(prefix, prefix)
     sk = keys.shard(0)
-    streams.ensure_groups(r, keys)
+    reader.ensure_groups(r, keys)
     pipe = r.pipeline()
     for i in range(750):
         pipe.xadd(sk.windows, {"i": i})
@@ -105,9 +105,9 @@ def test_reclaim_cursor_reaches_idle_entries_behind_fresh_ones(
     r.xclaim(sk.windows, prefix, "dead", 0, ids[700:], idle=60_000, justid=True)
     # XAUTOCLAIM COUNT 64 inspects 640 pending entries per call: the first pass finds nothing.
     loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64, claim_idle_ms=5000, reclaim_interval_ms=100)
-    got: list[streams.Entry] = []
+    got: list[reader.Entry] = []
     for _ in range(3):
-        got = loop.collect() or []
+        got = loop.collector.collect(loop.compute) or []
         if got:
             break
         time.sleep(0.12)

@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 from tests.conftest import ROOT
 from worker.keys import Keys
 from worker.metrics import StreamCollector, WorkerMetrics
-from worker.streams import ensure_groups
+from worker.reader import ensure_groups
 
 MON = ROOT / "monitoring"
 DASHBOARD = MON / "grafana" / "dashboards" / "bigru-stream.json"

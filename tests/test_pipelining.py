@@ -1,5 +1,7 @@
-"""Deferred publish replies and read-ahead: Redis works while the worker computes, nothing is lost."""
+"""Overlap: publish replies read later, the next batch collected while the model computes; nothing is lost."""
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,20 +10,20 @@ import redis
 from producer.client import Producer
 from producer.results import ResultsReader
 from tests.helpers import make_loop
-from worker import streams
+from worker import reader
 from worker.keys import Keys
-from worker.streams import Output, Publisher, ReadAhead
+from worker.publisher import Output, Publisher
 from worker.wire import Result, encode_result
 
 
-def _setup(r: redis.Redis, prefix: str, n: int) -> tuple[Keys, list[streams.Entry]]:
+def _setup(r: redis.Redis, prefix: str, n: int) -> tuple[Keys, list[reader.Entry]]:
     keys = Keys(prefix, prefix)
     Producer(r, keys).publish_many([np.zeros((20, 1), np.float32)] * n)
-    streams.ensure_groups(r, keys)
-    return keys, streams.read(r, keys, keys.shard(0), "c-0", n, None, False, 0)
+    reader.ensure_groups(r, keys)
+    return keys, reader.read(r, keys, keys.shard(0), "c-0", n, None, False, 0)
 
 
-def _outputs(entries: list[streams.Entry]) -> list[Output]:
+def _outputs(entries: list[reader.Entry]) -> list[Output]:
     res = Result("", "", "ok", 0, "a", [1.0, 0.0], "v", "c-0", 0, 0, 0, 0, 0, 1)
     return [Output(e, "r", encode_result(res)) for e in entries]
 
@@ -57,52 +59,83 @@ def test_reset_forgets_unanswered_sends_and_inputs_stay_pending(r: redis.Redis, 
     assert pub.send([]) == []
 
 
-def test_read_ahead_delivers_entries_with_fields(r: redis.Redis, prefix: str) -> None:
-    keys = Keys(prefix, prefix)
-    ids = Producer(r, keys).publish_many([np.full((3, 1), i, np.float32) for i in range(5)], ids=list("abcde"))
-    streams.ensure_groups(r, keys)
-    ra = ReadAhead(r, keys, "c-0")
-    assert ra.take(1) == [] and not ra.pending
-    ra.request(0, 3)
-    assert ra.pending
-    got = ra.take(42)
-    assert [e.id for e in got] == ids[:3] and all(e.read_us == 42 for e in got)
-    assert got[1].fields[b"cid"] == b"b"
-    assert r.xpending(keys.shard(0).windows, prefix)["pending"] == 3
-    ra.request(0, 10)
-    assert [e.id for e in ra.take(0)] == ids[3:]
-    ra.request(0, 10)
-    assert ra.take(0) == []
+class SlowModel:
+    """Wraps a predictor: each forward pass takes ``delay_s`` and records its span and thread."""
+
+    def __init__(self, inner: object, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+        self.version, self.classes, self.n_features = inner.version, inner.classes, inner.n_features  # type: ignore[attr-defined]
+        self.spans: list[tuple[int, int]] = []
+        self.threads: set[str] = set()
+
+    def predict(self, xs: list[np.ndarray]) -> np.ndarray:
+        t0 = time.time_ns() // 1000
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay_s)
+        out: np.ndarray = self.inner.predict(xs)  # type: ignore[attr-defined]
+        self.spans.append((t0, time.time_ns() // 1000))
+        return out
 
 
-def test_saturated_loop_reads_ahead_and_serves_each_window_once(
+def _trickle(prod: Producer, n: int, gap_s: float) -> threading.Thread:
+    def run() -> None:
+        for i in range(n):
+            prod.publish(np.zeros((20, 1), np.float32), id=f"t{i}")
+            time.sleep(gap_s)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_next_batch_is_read_while_the_model_computes(
     r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path
 ) -> None:
-    loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=16)
-    requests = []
-    real = loop.read_ahead.request
-    loop.read_ahead.request = lambda shard, count: (requests.append(count), real(shard, count))  # type: ignore[method-assign]
+    """Continuous batching: windows arriving during a 30 ms forward pass are read during it, form
+    the next batch (never waiting while the model is idle), and every window is served once."""
+    loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64, burst_idle_ms=300)
+    model = SlowModel(loop.models.current, 0.03)
+    loop.models.current = model  # type: ignore[misc]
     keys = Keys(prefix, prefix)
-    ids = Producer(r, keys).publish_many([np.zeros((20, 1), np.float32)] * 100)
+    t = _trickle(Producer(redis.Redis.from_url(redis_url), keys), 60, 0.002)
     stats = loop.run()
-    assert stats.results == 100 and sum(stats.batch_sizes) == 100
-    assert len(requests) >= 5
-    results = ResultsReader(r, keys).collect(100, timeout_s=5)
-    assert sorted(res.input_id for res in results) == sorted(ids)
+    t.join()
+    assert stats.results == 60 and max(stats.batch_sizes) > 1
+    assert model.threads == {"compute_0"}  # the forward pass ran off the loop thread
+    results = ResultsReader(r, keys).collect(60, timeout_s=5)
+    assert sorted(res.cid for res in results) == sorted(f"t{i}" for i in range(60))
+    # An entry of a later batch was read before the previous batch's forward pass ended.
+    read_at = {res.cid: res.ts_us - res.e2e_us + res.queue_us for res in results}
+    first_batch_end = model.spans[0][1]
+    later = [res for res in results if res.ts_us > first_batch_end + 1000]
+    assert any(read_at[res.cid] < first_batch_end for res in later)
     assert r.xpending(keys.shard(0).windows, prefix)["pending"] == 0
 
 
-def test_stop_serves_the_batch_already_read_ahead(
+def test_without_overlap_the_model_runs_on_the_loop_thread(
+    r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path
+) -> None:
+    loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=16, overlap=False)
+    model = SlowModel(loop.models.current, 0.0)
+    loop.models.current = model  # type: ignore[misc]
+    keys = Keys(prefix, prefix)
+    Producer(r, keys).publish_many([np.zeros((20, 1), np.float32)] * 40)
+    stats = loop.run()
+    assert list(stats.batch_sizes) == [16, 16, 8]
+    assert model.threads == {threading.current_thread().name}
+
+
+def test_stop_serves_the_batch_in_flight(
     r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path
 ) -> None:
     loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=8, burst=False)
     keys = Keys(prefix, prefix)
     Producer(r, keys).publish_many([np.zeros((20, 1), np.float32)] * 40)
-    streams.ensure_groups(r, keys)
+    reader.ensure_groups(r, keys)
     assert loop.step()
-    assert loop.read_ahead.pending
+    assert loop.compute.inflight and r.xlen(keys.shard(0).results) == 0  # computed, not yet published
     loop.stop.set()
     stats = loop.run()
-    assert stats.results == 16  # the first batch and the one read ahead, nothing more
+    assert stats.results == 8  # the batch in flight, nothing more
     assert r.xpending(keys.shard(0).windows, prefix)["pending"] == 0
-    assert r.xlen(keys.shard(0).results) == 16
+    assert r.xlen(keys.shard(0).results) == 8

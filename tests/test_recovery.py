@@ -13,7 +13,7 @@ import redis
 from producer.client import Producer
 from producer.results import ResultsReader
 from tests.helpers import make_loop, stream_entries
-from worker import streams
+from worker import reader
 from worker.keys import Keys
 
 W = np.zeros((20, 1), np.float32)
@@ -22,7 +22,7 @@ W = np.zeros((20, 1), np.float32)
 def test_reclaim_skips_entries_deleted_while_pending(r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path) -> None:
     keys = Keys(prefix, prefix)
     sk = keys.shard(0)
-    streams.ensure_groups(r, keys)
+    reader.ensure_groups(r, keys)
     ids = Producer(r, keys).publish_many([W] * 5)
     r.xreadgroup(prefix, "crashed", {sk.windows: ">"}, count=5)
     r.xdel(sk.windows, ids[2])
@@ -35,7 +35,7 @@ def test_reclaim_skips_entries_deleted_while_pending(r: redis.Redis, redis_url: 
 def test_entry_delivered_too_often_is_dead_lettered(r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path) -> None:
     keys = Keys(prefix, prefix)
     sk = keys.shard(0)
-    streams.ensure_groups(r, keys)
+    reader.ensure_groups(r, keys)
     poison, fine = Producer(r, keys).publish_many([W] * 2)
     r.xreadgroup(prefix, "crashed", {sk.windows: ">"}, count=2)
     r.xclaim(sk.windows, prefix, "crashed", 0, [poison], retrycount=5, justid=True)  # it killed 5 workers

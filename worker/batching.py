@@ -1,8 +1,11 @@
-"""How long a replica keeps filling a micro-batch: a fixed wait, or an SLO-aware one.
+"""How long a replica keeps filling a micro-batch once the model is idle.
 
-The loop reads the first entries of a batch, then asks its policy for a monotonic deadline after
-each read and keeps reading until that deadline or ``max_batch``. After publishing it reports the
-batch's service time (decode, inference, encode, publish) so the SLO policy can learn its cost curve.
+While the model computes a batch, the collector reads everything that arrives (up to
+``max_batch``): that costs no latency. Once the model is idle and entries are in hand, the policy
+decides whether to wait for more: ``continuous`` (the default) never waits, ``fixed`` waits up to
+``max_wait_ms`` after the first read, ``slo`` waits while the oldest window would still finish
+within the latency target. After publishing, the loop reports each batch's service time so the
+SLO policy can learn its cost curve.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 from typing import Protocol
 
 from worker.config import WorkerSettings
-from worker.streams import Entry
 
 
 class BatchWait(Protocol):
@@ -27,6 +29,17 @@ class BatchWait(Protocol):
     def observe(self, n: int, service_s: float) -> None:
         """Record that a batch of ``n`` entries took ``service_s`` from read to published."""
         ...
+
+
+class NoWait:
+    """Continuous batching: hand the batch to the idle model at once (it grew while the model was busy)."""
+
+    def fill_deadline(self, start: float, oldest_age_s: float, n: int) -> float:
+        """``start``: no waiting."""
+        return start
+
+    def observe(self, n: int, service_s: float) -> None:
+        """Nothing to learn."""
 
 
 class FixedWait:
@@ -107,15 +120,6 @@ def make_batch_wait(settings: WorkerSettings) -> BatchWait:
     """The policy named by ``settings.batch_wait``."""
     if settings.batch_wait == "slo":
         return SloWait(settings.slo_p99_ms / 1000)
-    return FixedWait(settings.max_wait_ms / 1000)
-
-
-def enqueued_us(entry: Entry) -> int:
-    """When a window entered the stream: its ``ts`` field, else the entry id's millisecond part."""
-    raw = entry.fields.get(b"ts")
-    if raw is not None and len(raw) <= 20:
-        try:
-            return int(raw)
-        except ValueError:
-            pass
-    return int(entry.id.split("-", 1)[0]) * 1000
+    if settings.batch_wait == "fixed":
+        return FixedWait(settings.max_wait_ms / 1000)
+    return NoWait()

@@ -31,9 +31,14 @@ class WorkerSettings(RedisConnSettings):
     replicas: int = Field(1, ge=1, le=256)
     torch_threads: int = Field(1, ge=0, description="intra-op threads per replica, torch or onnx (0: the runtime's default)")
     max_batch: int = Field(64, ge=1, le=65536)
-    max_wait_ms: float = Field(5.0, ge=0)
-    batch_wait: Literal["fixed", "slo"] = Field(
-        "fixed", description="fixed: fill for up to max_wait_ms; slo: fill while the oldest window still meets slo_p99_ms"
+    max_wait_ms: float = Field(5.0, ge=0, description="batch_wait=fixed: how long an idle model waits for a batch to fill")
+    batch_wait: Literal["continuous", "fixed", "slo"] = Field(
+        "continuous",
+        description="once the model is idle: continuous: serve what is in hand at once (the batch grew while the model "
+        "was busy); fixed: fill for up to max_wait_ms; slo: fill while the oldest window still meets slo_p99_ms",
+    )
+    overlap: bool = Field(
+        True, description="run the model in its own thread, so reading, decoding and publishing overlap the forward pass"
     )
     slo_p99_ms: float = Field(10.0, gt=0, description="end-to-end latency target of batch_wait=slo")
     block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK while idle")

@@ -27,8 +27,7 @@ from prometheus_client.registry import Collector
 
 from worker.keys import Keys
 from worker.loop import Observer
-from worker.streams import Output
-from worker.wire import Result
+from worker.stages import Batch
 
 #: Latency buckets in seconds (0.5 ms .. 30 s), shared by every latency histogram.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -81,24 +80,26 @@ class WorkerMetrics(Observer):
 
     # -- Observer hooks -------------------------------------------------------------------------
 
-    def batch(self, outputs: list[Output], results: list[Result], infer_s: float) -> None:
+    def batch(self, batch: Batch) -> None:
         """Record one published batch."""
         self.batches.inc()
         self.last_batch.set(time.time())
-        n_results = sum(o.kind == "r" for o in outputs)
-        if n_results > len(results):  # result outputs without a prediction are expired windows
-            self.expired.inc(n_results - len(results))
-        if not results:
+        if batch.expired:
+            self.expired.inc(batch.expired)
+        if not batch.served:
             return
-        self.served.inc(len(results))
-        self.infer.observe(infer_s)
-        self.batch_size.observe(results[0].batch)
-        for res in results:
-            self.e2e.observe(res.e2e_us / 1e6)
-            self.queue.observe(res.queue_us / 1e6)
-            self.wait.observe(res.wait_us / 1e6)
-        if results[-1].model != self._version:
-            self.model_version(results[-1].model)
+        self.served.inc(batch.served)
+        self.infer.observe(batch.infer_s)
+        self.batch_size.observe(len(batch.items))
+        pub, start = batch.pub_us, batch.batch_us
+        for i, (e, w) in enumerate(batch.items):
+            if batch.failed and i in batch.failed:
+                continue
+            self.e2e.observe(max(0, pub - w.ts_us) / 1e6)
+            self.queue.observe(max(0, e.read_us - w.ts_us) / 1e6)
+            self.wait.observe(max(0, start - e.read_us) / 1e6)
+        if batch.model.version != self._version:
+            self.model_version(batch.model.version)
 
     def dead(self, reason: str) -> None:
         """Count one dead-lettered entry."""

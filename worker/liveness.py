@@ -1,0 +1,85 @@
+"""What a replica tells the world while it serves: its heartbeat key, and claims kept fresh.
+
+The heartbeat (a key with a TTL plus an entry in the workers hash) is what ``bigru-worker --check``
+and ``status`` read. The claim keeper is a thread that resets the idle time of entries this replica
+holds, so a slow batch is not reclaimed by another consumer while it is still being served.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import structlog
+
+from worker.keys import Keys
+from worker.reader import Entry, refresh_claims
+
+
+class Heartbeat:
+    """Writes this replica's heartbeat at most every ``interval_s`` (or at once when forced)."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, consumer: str, ttl_s: float, interval_s: float,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.r, self.keys, self.consumer = r, keys, consumer
+        self.ttl_s, self.interval_s, self.monotonic = ttl_s, interval_s, monotonic
+        self.started = time.time()
+        self._next = 0.0
+
+    def beat(self, model: str, results: int, dead: int, force: bool = False) -> None:
+        """Refresh the heartbeat key (TTL) and the workers hash entry, if due."""
+        now = self.monotonic()
+        if not force and now < self._next:
+            return
+        self._next = now + self.interval_s
+        info: dict[str, Any] = {
+            "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(), "model": model,
+            "started": self.started, "ts": time.time(), "results": results, "dead": dead,
+        }
+        doc = json.dumps(info)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(self.keys.heartbeat(self.consumer), doc, ex=max(1, int(self.ttl_s)))
+        pipe.hset(self.keys.workers, self.consumer, doc)
+        pipe.execute()
+
+    def remove(self) -> None:
+        """Drop the heartbeat key and the workers hash entry (clean shutdown)."""
+        self.r.delete(self.keys.heartbeat(self.consumer))
+        self.r.hdel(self.keys.workers, self.consumer)
+
+
+class ClaimKeeper:
+    """A daemon thread refreshing the claims on entries held longer than ``claim_idle_ms / 3``."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, consumer: str, claim_idle_ms: int,
+                 held: Callable[[], list[tuple[float, list[Entry]]]], stop: threading.Event,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.r, self.keys, self.consumer, self.held, self.stop, self.monotonic = r, keys, consumer, held, stop, monotonic
+        self.interval = claim_idle_ms / 3000
+        self.log = structlog.get_logger("worker").bind(consumer=consumer)
+        self._thread = threading.Thread(target=self._run, name="claim-keeper", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread (it ends with ``stop``)."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """One pass: refresh the claims of every batch held at least one interval."""
+        now = self.monotonic()
+        entries = [e for since, es in self.held() if now - since >= self.interval for e in es]
+        if not entries:
+            return
+        try:
+            refresh_claims(self.r, self.keys, self.consumer, entries, int(self.interval * 1000))
+        except Exception as err:  # never let the keeper thread die
+            self.log.warning("claim_refresh_failed", error=str(err))

@@ -1,0 +1,140 @@
+"""The publish stage: results and dead letters written and their inputs acknowledged, atomically.
+
+The script runs per shard; its reply is read on the next call, so Redis runs it while the worker
+computes the next batch. An input whose script never ran stays pending and is read again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import msgpack
+import redis
+
+from worker.keys import Keys, ShardKeys
+from worker.reader import Entry
+
+# Each input's XACK return value gates its output XADD: an entry that another consumer already
+# acknowledged (after a reclaim) publishes nothing, so every input gets exactly one output.
+# KEYS = input, results, dead (one hash tag); ARGV = group, results maxlen, dead maxlen, and one
+# msgpack array of records [kind 'r'|'d', input id, [field, value, ...]]: a single argument, so the
+# client packs a batch in one C call instead of one protocol argument per field.
+PUBLISH_LUA = """
+local group = ARGV[1]
+local records = cmsgpack.unpack(ARGV[4])
+local published = 0
+for i = 1, #records do
+  local rec = records[i]
+  if redis.call('XACK', KEYS[1], group, rec[2]) == 1 then
+    local target, maxlen = KEYS[2], ARGV[2]
+    if rec[1] == 'd' then target, maxlen = KEYS[3], ARGV[3] end
+    redis.call('XADD', target, 'MAXLEN', '~', maxlen, '*', unpack(rec[3]))
+    published = published + 1
+  end
+end
+return published
+"""
+
+
+@dataclass
+class Output:
+    """What to publish for one input: a result (``kind='r'``) or a dead letter (``kind='d'``)."""
+
+    entry: Entry
+    kind: str
+    fields: dict[bytes, bytes]
+
+
+def own_connection(r: redis.Redis) -> Any:
+    """A connection with ``r``'s settings that is not in its pool (for replies read later)."""
+    pool = r.connection_pool
+    return pool.connection_class(**pool.connection_kwargs)
+
+
+class Publisher:
+    """Runs the atomic publish-and-acknowledge script, one call per shard.
+
+    :meth:`publish` waits for Redis; :meth:`send` only writes the command on a connection of its
+    own and collects the reply on the next call.
+    """
+
+    def __init__(self, r: redis.Redis, keys: Keys, results_maxlen: int, dead_maxlen: int) -> None:
+        self.r = r
+        self.keys = keys
+        self.results_maxlen = results_maxlen
+        self.dead_maxlen = dead_maxlen
+        self._script = r.register_script(PUBLISH_LUA)
+        self._packer = msgpack.Packer(use_bin_type=False)  # Redis' cmsgpack predates the bin types
+        self._conn: Any = None
+        self._unread: list[int] = []  # outputs per sent script whose reply is not read yet
+
+    def _calls(self, outputs: list[Output]) -> list[tuple[ShardKeys, list[Any], int]]:
+        by_shard: dict[int, list[Output]] = {}
+        for o in outputs:
+            by_shard.setdefault(o.entry.shard, []).append(o)
+        calls = []
+        for shard, outs in by_shard.items():
+            records = [[o.kind, o.entry.id, list(chain.from_iterable(o.fields.items()))] for o in outs]
+            args = [self.keys.group, self.results_maxlen, self.dead_maxlen, self._packer.pack(records)]
+            calls.append((self.keys.shard(shard), args, len(outs)))
+        return calls
+
+    def publish(self, outputs: list[Output]) -> int:
+        """Publish results/dead letters and XACK their inputs; returns how many were published."""
+        published = 0
+        for sk, args, _ in self._calls(outputs):
+            published += int(self._script(keys=[sk.windows, sk.results, sk.dead], args=args))
+        return published
+
+    def send(self, outputs: list[Output]) -> list[tuple[int, int]]:
+        """Publish without waiting; returns ``(outputs, published)`` of earlier sends now answered.
+
+        On a Redis Cluster client (no single connection pool) this publishes synchronously.
+        """
+        done = self.collect()
+        if not outputs:
+            return done
+        if not hasattr(self.r, "connection_pool"):
+            return done + [(len(outputs), self.publish(outputs))]
+        if self._conn is None:
+            # EVALSHA (what the worker's ACL user may run), so load the script first; after a
+            # Redis restart the cache is empty again and collect() reports that as an outage.
+            self.r.script_load(PUBLISH_LUA)
+            self._conn = own_connection(self.r)
+        try:
+            for sk, args, n in self._calls(outputs):
+                self._conn.send_command("EVALSHA", self._script.sha, 3, sk.windows, sk.results, sk.dead, *args)
+                self._unread.append(n)
+        except BaseException:
+            self.reset()
+            raise
+        return done
+
+    def collect(self) -> list[tuple[int, int]]:
+        """Read the replies of every earlier :meth:`send`."""
+        done = []
+        try:
+            while self._unread:
+                published = int(self._conn.read_response())
+                done.append((self._unread.pop(0), published))
+        except redis.ResponseError as e:
+            if "NOSCRIPT" in str(e):
+                # The server lost its script cache (restart): these inputs were not acknowledged
+                # and stay pending; treat it like an outage so the loop re-reads its pending list.
+                self.reset()
+                raise redis.ConnectionError("publish script missing on the server (restarted?)") from e
+            self._unread.pop(0)
+            raise
+        except BaseException:
+            self.reset()
+            raise
+        return done
+
+    def reset(self) -> None:
+        """Drop the connection and forget unanswered sends (their inputs stay pending)."""
+        self._unread.clear()
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._conn = None

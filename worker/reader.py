@@ -1,0 +1,270 @@
+"""The collect stage: reading input entries from the shard streams through the consumer group.
+
+Order of preference on every call: this consumer's own pending entries (after a start or an
+outage), entries idle too long at other consumers (XAUTOCLAIM), then new entries. While the model
+computes the previous batch, the collector keeps reading what arrives (continuous batching); while
+the model is idle it hands over whatever it has once the batch-wait policy allows.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+import structlog
+
+from worker.batching import BatchWait
+from worker.keys import Keys, ShardKeys
+
+#: Poll interval while a batch fills (Redis checks BLOCK timeouts only every 1/hz s, 100 ms at the
+#: default hz 10, so a short blocking read could overshoot the fill deadline by ~100 ms).
+FILL_POLL_S = 0.0005
+
+
+@dataclass
+class Entry:
+    """A stream entry read by this worker."""
+
+    shard: int
+    id: str
+    fields: dict[bytes, bytes]
+    read_us: int
+    deliveries: int = 1
+
+
+def ensure_groups(r: redis.Redis, keys: Keys) -> None:
+    """Create every shard's consumer group (from the stream's start, creating the stream)."""
+    for sk in keys.all_shards():
+        try:
+            r.xgroup_create(sk.windows, keys.group, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+
+def _entries(shard: int, raw: Sequence[Any], read_us: int) -> list[Entry]:
+    out = []
+    for eid, fields in raw:
+        if fields is None:  # deleted while pending (Redis < 7 reports these inline)
+            continue
+        out.append(Entry(shard, eid.decode() if isinstance(eid, bytes) else eid, fields, read_us))
+    return out
+
+
+def read(
+    r: redis.Redis, keys: Keys, sk: ShardKeys, consumer: str, count: int, block_ms: int | None, pending: bool,
+    read_us: int | Callable[[], int],
+) -> list[Entry]:
+    """XREADGROUP from one shard: new entries (``>``), or this consumer's own pending ones (``0``).
+
+    ``read_us`` stamps the entries; pass a clock function to stamp them when the reply arrives
+    (a blocking read may wait long for its first entry).
+    """
+    resp = r.xreadgroup(keys.group, consumer, {sk.windows: "0" if pending else ">"}, count=count, block=block_ms)
+    if not resp:
+        return []
+    return _entries(sk.shard, resp[0][1], read_us() if callable(read_us) else read_us)
+
+
+def autoclaim(
+    r: redis.Redis, keys: Keys, sk: ShardKeys, consumer: str, min_idle_ms: int, count: int, read_us: int,
+    cursor: str = "0-0",
+) -> tuple[list[Entry], list[str], str]:
+    """Claim entries idle longer than ``min_idle_ms`` from any consumer, scanning the group's pending
+    list from ``cursor``; returns (entries, deleted ids, next cursor).
+
+    XAUTOCLAIM inspects at most ``10 * count`` pending entries per call, so callers must carry the
+    cursor forward: restarting at ``0-0`` every time would never reach idle entries behind a long
+    run of fresh ones.
+    """
+    resp = r.xautoclaim(sk.windows, keys.group, consumer, min_idle_ms, cursor, count=count)
+    nxt = resp[0].decode() if isinstance(resp[0], bytes) else str(resp[0])
+    deleted = [d.decode() if isinstance(d, bytes) else d for d in (resp[2] if len(resp) > 2 else [])]
+    return _entries(sk.shard, resp[1], read_us), deleted, nxt
+
+
+def delivery_counts(r: redis.Redis, keys: Keys, entries: list[Entry]) -> None:
+    """Fill ``Entry.deliveries`` from XPENDING (one pipelined round trip)."""
+    if not entries:
+        return
+    pipe = r.pipeline(transaction=False)
+    for e in entries:
+        pipe.xpending_range(keys.shard(e.shard).windows, keys.group, min=e.id, max=e.id, count=1)
+    for e, rows in zip(entries, pipe.execute()):
+        if rows:
+            e.deliveries = int(rows[0]["times_delivered"])
+
+
+def refresh_claims(r: redis.Redis, keys: Keys, consumer: str, entries: list[Entry], min_idle_ms: int) -> None:
+    """Reset the idle time of in-flight entries so a slow batch is not reclaimed by another consumer."""
+    by_shard: dict[int, list[str]] = {}
+    for e in entries:
+        by_shard.setdefault(e.shard, []).append(e.id)
+    for shard, ids in by_shard.items():
+        r.xclaim(keys.shard(shard).windows, keys.group, consumer, min_idle_ms, ids, justid=True)
+
+
+def enqueued_us(entry: Entry) -> int:
+    """When a window entered the stream: its ``ts`` field, else the entry id's millisecond part."""
+    raw = entry.fields.get(b"ts")
+    if raw is not None and len(raw) <= 20:
+        try:
+            return int(raw)
+        except ValueError:
+            pass
+    return int(entry.id.split("-", 1)[0]) * 1000
+
+
+@dataclass
+class ReadPlan:
+    """What the collector reads and how long it blocks (from the worker settings)."""
+
+    shards: list[ShardKeys]
+    max_batch: int
+    block_ms: int
+    burst: bool
+    claim_idle_ms: int
+    reclaim_interval_ms: int
+
+
+class ModelBusy(Protocol):
+    """How the collector sees the model: busy or not, and a way to wait until it is idle."""
+
+    def busy(self) -> bool:
+        """Whether a batch is being computed."""
+        ...
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the model to become idle; True when it is."""
+        ...
+
+
+class Collector:
+    """The collect stage of one replica (see the module docstring)."""
+
+    def __init__(
+        self, r: redis.Redis, keys: Keys, consumer: str, plan: ReadPlan, policy: BatchWait,
+        monotonic: Callable[[], float], now_us: Callable[[], int], stop: threading.Event,
+        on_reclaimed: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self.r, self.keys, self.consumer, self.plan, self.policy = r, keys, consumer, plan, policy
+        self.monotonic, self.now_us, self.stop, self.on_reclaimed = monotonic, now_us, stop, on_reclaimed
+        self.log = structlog.get_logger("worker").bind(consumer=consumer)
+        self.pending_phase = True
+        self._claim_cursor: dict[int, str] = {}
+        self._next_reclaim = 0.0
+        self._rr = 0
+
+    def restart(self) -> None:
+        """After an outage or a lost group: re-read this consumer's own pending entries first."""
+        self.pending_phase = True
+
+    def _read(self, sk: ShardKeys, count: int, block_ms: int | None = None, pending: bool = False) -> list[Entry]:
+        return read(self.r, self.keys, sk, self.consumer, count, block_ms, pending,
+                    self.now_us if block_ms else self.now_us())
+
+    def _next_shard(self) -> ShardKeys:
+        sk = self.plan.shards[self._rr % len(self.plan.shards)]
+        self._rr += 1
+        return sk
+
+    def collect(self, model: ModelBusy) -> list[Entry] | None:
+        """Up to ``max_batch`` entries; ``[]`` when none came; ``None`` in burst mode once drained."""
+        got = self._own_pending() or self._reclaim_due()
+        if got:
+            return got
+        p = self.plan
+        batch: list[Entry] = []
+        for sk in p.shards:  # non-blocking pass over every shard
+            batch += self._read(sk, p.max_batch - len(batch))
+            if len(batch) >= p.max_batch:
+                return batch
+        if not batch:
+            if model.busy():
+                batch = self._poll_while_busy(model)
+            else:
+                batch = self._block_for_first()
+                if not batch:
+                    if not p.burst:
+                        return []
+                    # Drained: before exiting, take over whatever crashed consumers left idle (a
+                    # second pass in case the first one started mid-stream at the saved cursor).
+                    return self.reclaim() or self.reclaim() or None
+            if not batch:
+                return []
+        return self._fill(batch, model)
+
+    def _own_pending(self) -> list[Entry]:
+        if not self.pending_phase:
+            return []
+        for sk in self.plan.shards:
+            got = self._read(sk, self.plan.max_batch, pending=True)
+            if got:
+                delivery_counts(self.r, self.keys, got)
+                return got
+        self.pending_phase = False
+        return []
+
+    def _reclaim_due(self) -> list[Entry]:
+        return self.reclaim() if self.monotonic() >= self._next_reclaim else []
+
+    def _poll_while_busy(self, model: ModelBusy) -> list[Entry]:
+        """Nothing in hand and the model busy: read what arrives until the model is done."""
+        while not model.wait_idle(FILL_POLL_S) and not self.stop.is_set():
+            got = self._read(self._next_shard(), self.plan.max_batch)
+            if got:
+                return got
+        return []
+
+    def _block_for_first(self) -> list[Entry]:
+        p = self.plan
+        block = p.block_ms
+        if len(p.shards) == 1:
+            return self._read(p.shards[0], p.max_batch, block_ms=block)
+        deadline = self.monotonic() + block / 1000
+        while self.monotonic() < deadline and not self.stop.is_set():
+            got = self._read(self._next_shard(), p.max_batch, block_ms=10)
+            if got:
+                return got
+        return []
+
+    def _fill(self, batch: list[Entry], model: ModelBusy) -> list[Entry]:
+        """Grow the batch: freely while the model is busy, then as long as the policy allows."""
+        p = self.plan
+        start = self.monotonic()
+        oldest_age_s = max(0.0, (self.now_us() - enqueued_us(batch[0])) / 1e6)
+        while len(batch) < p.max_batch and not self.stop.is_set():
+            busy = model.busy()
+            if not busy:
+                remaining = self.policy.fill_deadline(start, oldest_age_s, len(batch)) - self.monotonic()
+                if remaining <= 0:
+                    break
+            got = self._read(self._next_shard(), p.max_batch - len(batch))
+            if got:
+                batch += got
+            elif busy:
+                model.wait_idle(FILL_POLL_S)
+            else:
+                self.stop.wait(min(remaining, FILL_POLL_S))
+        return batch
+
+    def reclaim(self) -> list[Entry]:
+        """Claim entries idle longer than ``claim_idle_ms`` from other consumers (XAUTOCLAIM)."""
+        p = self.plan
+        self._next_reclaim = self.monotonic() + p.reclaim_interval_ms / 1000
+        for sk in p.shards:
+            got, deleted, self._claim_cursor[sk.shard] = autoclaim(
+                self.r, self.keys, sk, self.consumer, p.claim_idle_ms, p.max_batch, self.now_us(),
+                self._claim_cursor.get(sk.shard, "0-0"),
+            )
+            if deleted:
+                self.log.warning("reclaim_deleted_entries", shard=sk.shard, ids=deleted[:10], count=len(deleted))
+            if got:
+                delivery_counts(self.r, self.keys, got)
+                self.on_reclaimed(len(got))
+                self.log.info("reclaimed", shard=sk.shard, count=len(got))
+                return got
+        return []

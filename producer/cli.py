@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+import numpy as np
 from pydantic import ValidationError
 
 from producer.backpressure import BackpressureError
@@ -16,6 +17,8 @@ from producer.config import ProducerSettings
 from producer.results import ResultsReader
 from producer.sources import LabeledWindow, from_file, synthetic
 from worker.security import settings_error
+from worker.wire import encode_window
+from worker.wire_multi import encode_windows_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--max-lag", type=int, help="refuse while the group's lag exceeds this (0: no limit)")
     pub.add_argument("--block", dest="backpressure", action="store_const", const="block",
                      help="over --max-lag, wait instead of refusing")
+    pub.add_argument("--per-entry", type=int, default=1, metavar="N",
+                     help="pack up to N consecutive equal-length windows into one multi-window entry (their "
+                          "client ids become the entry's cids; a window's meta.label is not sent with N > 1)")
     res = sub.add_parser("results", help="read the results stream")
     res.add_argument("--follow", action="store_true", help="keep reading new results")
     res.add_argument("--count", type=int, help="stop after this many results")
@@ -45,31 +51,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _paced(windows: Iterator[LabeledWindow], rate: float | None) -> Iterator[list[LabeledWindow]]:
-    """Chunks of windows due now: open loop at ``rate``/s, or chunks of 500 as fast as possible."""
-    if not rate:
-        chunk: list[LabeledWindow] = []
-        for w in windows:
-            chunk.append(w)
-            if len(chunk) >= 500:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-        return
+def _entries(windows: Iterable[LabeledWindow], per_entry: int) -> Iterator[list[LabeledWindow]]:
+    """The windows of each entry: consecutive equal-shape windows, up to ``per_entry`` at a time."""
+    group: list[LabeledWindow] = []
+    for w in windows:
+        if group and (w.x.shape != group[0].x.shape or len(group) >= per_entry):
+            yield group
+            group = []
+        group.append(w)
+    if group:
+        yield group
+
+
+def _paced(entries: Iterator[list[LabeledWindow]], rate: float | None) -> Iterator[list[list[LabeledWindow]]]:
+    """Chunks (up to 500 entries) of entries due now: open loop at ``rate`` windows/s (an entry
+    is due when its first window is), or as fast as possible."""
     t0 = time.perf_counter()
     sent = 0
-    chunk = []
-    for w in windows:
-        due = t0 + sent / rate
-        now = time.perf_counter()
-        if due > now:
-            if chunk:
-                yield chunk
-                chunk = []
-            time.sleep(due - now)
-        chunk.append(w)
-        sent += 1
+    chunk: list[list[LabeledWindow]] = []
+    for e in entries:
+        if rate:
+            due = t0 + sent / rate
+            now = time.perf_counter()
+            if due > now:
+                if chunk:
+                    yield chunk
+                    chunk = []
+                time.sleep(due - now)
+        chunk.append(e)
+        sent += len(e)
         if len(chunk) >= 500:
             yield chunk
             chunk = []
@@ -77,32 +87,42 @@ def _paced(windows: Iterator[LabeledWindow], rate: float | None) -> Iterator[lis
         yield chunk
 
 
+def _fields(entry: list[LabeledWindow], cids: list[str]) -> dict[bytes, bytes]:
+    if len(entry) == 1:
+        w = entry[0]
+        return encode_window(w.x, cid=cids[0], meta={"label": w.label} if w.label is not None else None)
+    return encode_windows_entry(np.stack([w.x for w in entry]), cids=cids)
+
+
 def cmd_publish(args: argparse.Namespace, s: ProducerSettings) -> int:
     """Publish the chosen source."""
+    if args.per_entry < 1:
+        print("bigru-producer: --per-entry must be at least 1", file=sys.stderr)
+        return 2
     producer = Producer.from_settings(s)
     if args.source == "synthetic":
         windows = synthetic(args.count or 1000, args.length, args.seed)
     else:
         windows = from_file(args.source, args.count)
     t0 = time.perf_counter()
-    n = 0
-    for chunk in _paced(iter(windows), args.rate):
-        ids = [f"{args.id_prefix}-{n + i}" for i in range(len(chunk))]
+    n = entries = 0
+    for chunk in _paced(_entries(windows, args.per_entry), args.rate):
         try:
             producer.gate()
         except BackpressureError as e:
-            print(json.dumps({"published": n, "error": str(e), "lag": e.lag, "max_lag": e.limit}))
+            print(json.dumps({"published": n, "entries": entries, "error": str(e), "lag": e.lag, "max_lag": e.limit}))
             return 3
         pipe = producer.r.pipeline(transaction=False)
-        for cid, w in zip(ids, chunk):
-            from worker.wire import encode_window
-
-            sk = s.keys.shard(producer.shard_for(cid))
-            pipe.xadd(sk.windows, encode_window(w.x, cid=cid, meta={"label": w.label} if w.label is not None else None))  # type: ignore[arg-type]
+        for entry in chunk:
+            cids = [f"{args.id_prefix}-{n + i}" for i in range(len(entry))]
+            sk = s.keys.shard(producer.shard_for(cids[0]))
+            pipe.xadd(sk.windows, _fields(entry, cids))  # type: ignore[arg-type]
+            n += len(entry)
         pipe.execute()
-        n += len(chunk)
+        entries += len(chunk)
     dt = time.perf_counter() - t0
-    print(json.dumps({"published": n, "seconds": round(dt, 3), "rate": round(n / dt, 1) if dt > 0 else None}))
+    print(json.dumps({"published": n, "entries": entries, "seconds": round(dt, 3),
+                      "rate": round(n / dt, 1) if dt > 0 else None}))
     return 0
 
 

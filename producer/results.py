@@ -2,51 +2,77 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import redis
 
 from worker.keys import Keys
-from worker.wire import Result, decode_result
+from worker.wire import Result
+from worker.wire_multi import decode_any_result
 
 
 class ResultsReader:
-    """Iterates results in stream order per shard, merging shards; keeps its position."""
+    """Iterates results in stream order per shard, merging shards; keeps its position.
+
+    Results are per window: a multi-window result entry (``worker/wire_multi.py``) yields one
+    :class:`Result` per window of its input (a ``WindowResult``, with ``index`` and ``reason``).
+    """
 
     def __init__(self, r: redis.Redis, keys: Keys, start: str = "0-0") -> None:
         self.r = r
         self.keys = keys
         self.positions = {sk.results: start for sk in keys.all_shards()}
+        self._pending: list[tuple[str, Result]] = []  # read from Redis but not yet handed out by iter()
 
     def poll(self, count: int = 1000, block_ms: int | None = None) -> list[tuple[str, Result]]:
-        """Read up to ``count`` new results per shard (blocking up to ``block_ms`` when given)."""
-        out: list[tuple[str, Result]] = []
+        """Read up to ``count`` new result entries per shard (blocking up to ``block_ms`` when given).
+
+        Returns (result entry id, result) per window, so a multi-window entry gives several items
+        with the same id. Items read but left over by an earlier :meth:`iter` come first (without
+        reading Redis).
+        """
+        if self._pending:
+            out, self._pending = self._pending, []
+            return out
+        out = []
         for stream, pos in self.positions.items():
             resp = self.r.xread({stream: pos}, count=count, block=block_ms)
             for _, entries in resp or []:
                 for eid, fields in entries:
                     sid = eid.decode()
                     self.positions[stream] = sid
-                    out.append((sid, decode_result(fields)))
+                    out.extend((sid, res) for res in decode_any_result(fields))
         return out
 
-    def iter(self, count: int | None = None, follow: bool = False, block_ms: int = 1000) -> Iterator[Result]:
-        """Yield results: all present ones (then stop), or keep following new ones."""
+    def iter(self, count: int | None = None, follow: bool = False, block_ms: int = 1000) -> Generator[Result, None, None]:
+        """Yield per-window results: all present ones (then stop), or keep following new ones.
+
+        ``count`` counts windows; windows read past ``count`` (or past where the caller stopped
+        iterating) are kept for the next read.
+        """
         seen = 0
-        while count is None or seen < count:
-            batch = self.poll(count=1000 if count is None else min(1000, count - seen), block_ms=block_ms if follow else None)
-            if not batch:
-                if not follow:
-                    return
-                continue
-            for _, res in batch:
-                yield res
-                seen += 1
-                if count is not None and seen >= count:
-                    return
+        batch: list[tuple[str, Result]] = []
+        j = 0  # items of batch handed out
+        try:
+            while count is None or seen < count:
+                batch = self.poll(count=1000 if count is None else min(1000, count - seen),
+                                  block_ms=block_ms if follow else None)
+                j = 0
+                if not batch:
+                    if not follow:
+                        return
+                    continue
+                for _, res in batch:
+                    j += 1
+                    yield res
+                    seen += 1
+                    if count is not None and seen >= count:
+                        return
+        finally:  # stopped at count, or the caller stopped early: keep the rest for the next read
+            self._pending = batch[j:] + self._pending
 
     def collect(self, n: int, timeout_s: float = 60.0) -> list[Result]:
-        """Block until ``n`` results have been read (or the timeout passes)."""
+        """Block until at least ``n`` per-window results have been read (or the timeout passes)."""
         import time
 
         deadline = time.monotonic() + timeout_s

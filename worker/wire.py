@@ -14,6 +14,8 @@ An input entry is a Redis stream entry whose fields are:
 ``dl``    optional deadline, unix microseconds, ASCII decimal
 ``meta``  optional msgpack map of string keys to scalar values, echoed in the result
 ========  ========================================================================
+
+An entry whose ``x`` has shape ``[N, T, F]`` carries N windows: see ``worker/wire_multi.py``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Limits:
     max_meta_bytes: int = 4096
     max_cid_bytes: int = 256
     allow_nonfinite: bool = False
+    max_windows_per_entry: int = 4096  # multi-window entries (worker/wire_multi.py)
 
 
 @dataclass
@@ -172,8 +175,8 @@ def _int_field(fields: Fields, key: bytes, required: bool) -> int | None:
 
 def decode_array(raw: bytes, limits: Limits, n_features: int | None = None) -> np.ndarray:
     """Decode and validate an ``x`` field into a float32 [T, F] array."""
-    dtype, t, f, data = _parse_x(raw, limits, n_features)
-    arr = np.frombuffer(data, dtype=DTYPES[dtype]).reshape(t, f)
+    dtype, shape, data = parse_x(raw, limits, n_features)
+    arr = np.frombuffer(data, dtype=DTYPES[dtype]).reshape(shape)
     if arr.dtype != np.float32:
         arr = arr.astype(np.float32)
     if not limits.allow_nonfinite and not np.isfinite(arr).all():
@@ -185,8 +188,12 @@ _X_KEYS = frozenset(("dtype", "shape", "data"))
 _ITEMSIZE = {name: np.dtype(code).itemsize for name, code in DTYPES.items()}
 
 
-def _parse_x(raw: bytes, limits: Limits, n_features: int | None) -> tuple[str, int, int, bytes]:
-    """Validate an ``x`` field without building the array: (dtype, T, F, data)."""
+def parse_x(raw: bytes, limits: Limits, n_features: int | None, ndim: int = 2) -> tuple[str, tuple[int, ...], bytes]:
+    """Validate an ``x`` field without building the array: (dtype, shape, data).
+
+    ``ndim`` 2: one window, shape ``[T, F]``; 3: a multi-window entry, ``[N, T, F]`` (see
+    ``worker/wire_multi.py``). Each form rejects the other's shape with ``bad_shape``.
+    """
     if len(raw) > limits.max_window_bytes + 256:
         raise WireError("too_large", f"x is {len(raw)} bytes, limit {limits.max_window_bytes}")
     obj = _unpack_limited(raw, limits.max_window_bytes, "x")
@@ -195,20 +202,27 @@ def _parse_x(raw: bytes, limits: Limits, n_features: int | None) -> tuple[str, i
     dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
     if dtype not in DTYPES:
         raise WireError("bad_dtype", f"dtype {dtype!r} not one of {sorted(DTYPES)}")
-    if not isinstance(shape, list) or len(shape) != 2 or type(shape[0]) is not int or type(shape[1]) is not int:
-        raise WireError("bad_shape", f"shape must be [T, F] integers, got {shape!r}")
-    t, f = shape
+    if (not isinstance(shape, list) or len(shape) != ndim or type(shape[0]) is not int or type(shape[1]) is not int
+            or (ndim == 3 and type(shape[2]) is not int)):
+        dims = "[T, F]" if ndim == 2 else "[N, T, F]"
+        raise WireError("bad_shape", f"shape must be {dims} integers, got {shape!r}")
+    t, f = shape[-2:]
+    n = shape[0] if ndim == 3 else 1
+    if ndim == 3 and n < 1:
+        raise WireError("empty", f"shape {shape} has no windows")
     if t < 1 or f < 1:
         raise WireError("empty", f"shape {shape} has no timesteps or no features")
+    if n > limits.max_windows_per_entry:
+        raise WireError("too_many_windows", f"N={n} exceeds max_windows_per_entry {limits.max_windows_per_entry}")
     if t > limits.max_length:
         raise WireError("too_long", f"T={t} exceeds max_length {limits.max_length}")
     if f > limits.max_features or (n_features is not None and f != n_features):
         raise WireError("bad_features", f"F={f}, the model expects {n_features}")
     if not isinstance(data, bytes):
         raise WireError("bad_x", "data must be msgpack bin")
-    if len(data) != t * f * _ITEMSIZE[dtype]:
-        raise WireError("bad_size", f"data has {len(data)} bytes, shape {shape} of {dtype} needs {t * f * _ITEMSIZE[dtype]}")
-    return dtype, t, f, data
+    if len(data) != n * t * f * _ITEMSIZE[dtype]:
+        raise WireError("bad_size", f"data has {len(data)} bytes, shape {shape} of {dtype} needs {n * t * f * _ITEMSIZE[dtype]}")
+    return dtype, tuple(shape), data
 
 
 def decode_window(fields: Fields, limits: Limits, n_features: int | None = None) -> Window:
@@ -238,7 +252,7 @@ def decode_windows(entries: Sequence[Fields], limits: Limits, n_features: int | 
             raw = fields.get(b"x")
             if raw is None:
                 raise WireError("missing_field", "field 'x' is required")
-            dtype, t, f, data = _parse_x(raw, limits, n_features)
+            dtype, (t, f), data = parse_x(raw, limits, n_features)
             out.append(_decode_fields(fields, limits))
         except WireError as e:
             out.append(e)

@@ -133,7 +133,7 @@ def saturated(url: str, checkpoint: Path, cfg: WorkerConfig, n: int, log_dir: Pa
     sk = keys.shard(0)
     prod = Producer(r, keys, pipeline_size=2000)
     if cfg.per_entry > 1:
-        prod.publish_many(windows(n, seed=7), per_entry=cfg.per_entry)  # type: ignore[call-arg]
+        prod.publish_many(windows(n, seed=7), per_entry=cfg.per_entry)
     else:
         prod.publish_many(windows(n, seed=7))
     r.xgroup_create(sk.windows, prefix, id="$")

@@ -61,7 +61,7 @@ def ceiling(url: str, n: int, procs: int, max_batch: int = 256, per_entry: int =
     prod = Producer(r, keys, pipeline_size=1000)
     xs = windows(n, seed=11)
     if per_entry > 1:
-        prod.publish_many(xs, per_entry=per_entry)  # type: ignore[call-arg]
+        prod.publish_many(xs, per_entry=per_entry)
     else:
         prod.publish_many(xs)
     r.xgroup_create(sk.windows, prefix, id="0")

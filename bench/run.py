@@ -139,11 +139,7 @@ def int8_available() -> bool:
     return "--precision" in (ROOT / "bench" / "model.py").read_text()
 
 
-def multi_available() -> bool:
-    """Whether producers can publish multi-window entries (wire format's multi-window form)."""
-    import inspect
 
-    return "per_entry" in inspect.signature(Producer.publish_many).parameters
 
 
 def _plain(o: Any) -> Any:
@@ -194,10 +190,10 @@ def phase_model_only(ckpt: Path, backends: list[str], plan: Plan, mb: int) -> li
 def phase_plumbing(url: str, plan: Plan) -> list[dict[str, Any]]:
     """The null-model ceiling: 1 and 2 replicas, single-window and multi-window entries."""
     rows = []
-    for per_entry in (1, PER_ENTRY) if multi_available() else (1,):
+    for per_entry in (1, PER_ENTRY):
         for procs in (1, 2):
             n = (20_000 if plan.quick else 200_000) * (1 if per_entry == 1 else 8)
-            row = ceiling(url, n, procs, max_batch=256 if per_entry == 1 else 4, per_entry=per_entry)
+            row = ceiling(url, n, procs, max_batch=256, per_entry=per_entry)
             print(f"plumbing {procs} proc(s), {per_entry}/entry: {row['windows_per_s']:.0f}/s "
                   f"(worker {row['worker_cpu_us_per_window']} us, redis {row['redis_cpu_us_per_window']} us per window)", flush=True)
             rows.append(row)
@@ -209,9 +205,7 @@ def phase_saturated(url: str, ckpt: Path, mo: list[dict[str, Any]], head: str, m
     """Pre-filled stream drained by real worker processes; the first two rows (and the multi-window
     ones) are compared with model-only runs right before and after them."""
     configs = [WorkerConfig(backend=head, replicas=1, max_batch=mb), WorkerConfig(backend=head, replicas=2, max_batch=mb)]
-    if multi_available():
-        # max_batch counts entries: one 64-window entry per forward pass, the model-only batch of 64
-        configs.append(WorkerConfig(backend=head, replicas=2, max_batch=1, per_entry=PER_ENTRY))
+    configs.append(WorkerConfig(backend=head, replicas=2, max_batch=mb, per_entry=PER_ENTRY))
     if not plan.quick:
         configs += [WorkerConfig(backend=head, replicas=1, max_batch=mb, overlap=False),
                     WorkerConfig(backend=head, replicas=1, threads=2, max_batch=mb),

@@ -117,8 +117,8 @@ class Counters:
         s.batches += 1
         s.results += b.served + b.expired
         s.expired += b.expired
-        s.windows += len(b.items)
-        s.batch_sizes.append(len(b.items))
+        s.windows += len(b.xs)
+        s.batch_sizes.append(len(b.xs))
         self.observer.batch(b)
 
     def dead(self, reason: str) -> None:
@@ -160,7 +160,7 @@ class LoopParts:
         return cls(
             collector=Collector(r, keys, consumer, plan, policy, clock.monotonic, clock.now_us, stop,
                                 on_reclaimed=counters.reclaimed),
-            stages=Stages(consumer, s.limits, s.max_deliveries, counters.dead, clock.now_us),
+            stages=Stages(consumer, s.limits, s.max_deliveries, counters.dead, clock.now_us, s.max_batch),
             publisher=Publisher(r, keys, s.results_maxlen, s.dead_maxlen),
             policy=policy,
             maintenance=Maintenance(r, keys, consumer, interval_s=s.maintenance_interval_ms / 1000, trim=s.trim_input,
@@ -229,6 +229,7 @@ class WorkerLoop:
         batch = self.stages.decode(entries, self.models.current) if entries else None
         if batch is not None:
             self._held[id(batch)] = (self.clock.monotonic(), batch.entries)
+            self.collector.observe_entries(len(batch.entries), len(batch.xs) + len(batch.outputs))
         previous = self.compute.take()  # waits for the batch computing now
         if batch is not None:
             batch.t_submit = time.perf_counter()

@@ -90,14 +90,14 @@ class WorkerMetrics(Observer):
             return
         self.served.inc(batch.served)
         self.infer.observe(batch.infer_s)
-        self.batch_size.observe(len(batch.items))
+        self.batch_size.observe(len(batch.xs))
         pub, start = batch.pub_us, batch.batch_us
-        for i, (e, w) in enumerate(batch.items):
-            if batch.failed and i in batch.failed:
-                continue
-            self.e2e.observe(max(0, pub - w.ts_us) / 1e6)
-            self.queue.observe(max(0, e.read_us - w.ts_us) / 1e6)
-            self.wait.observe(max(0, start - e.read_us) / 1e6)
+        stamps = [(e, w.ts_us, 1) for e, w in batch.items] + [(g.entry, g.mw.ts_us, len(g.good)) for g in batch.groups]
+        for e, ts, windows in stamps:  # a multi-window entry's windows share their timings
+            for _ in range(windows):
+                self.e2e.observe(max(0, pub - ts) / 1e6)
+                self.queue.observe(max(0, e.read_us - ts) / 1e6)
+                self.wait.observe(max(0, start - e.read_us) / 1e6)
         if batch.model.version != self._version:
             self.model_version(batch.model.version)
 

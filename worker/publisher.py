@@ -19,8 +19,9 @@ from worker.reader import Entry
 # Each input's XACK return value gates its output XADD: an entry that another consumer already
 # acknowledged (after a reclaim) publishes nothing, so every input gets exactly one output.
 # KEYS = input, results, dead (one hash tag); ARGV = group, results maxlen, dead maxlen, and one
-# msgpack array of records [kind 'r'|'d', input id, [field, value, ...]]: a single argument, so the
-# client packs a batch in one C call instead of one protocol argument per field.
+# msgpack array of records [kind 'r'|'d', input id, [field, value, ...]] (a multi-window result
+# with dead windows adds a dead letter: [kind 'r', input id, fields, dead fields]): a single
+# argument, so the client packs a batch in one C call instead of one protocol argument per field.
 PUBLISH_LUA = """
 local group = ARGV[1]
 local records = cmsgpack.unpack(ARGV[4])
@@ -31,6 +32,7 @@ for i = 1, #records do
     local target, maxlen = KEYS[2], ARGV[2]
     if rec[1] == 'd' then target, maxlen = KEYS[3], ARGV[3] end
     redis.call('XADD', target, 'MAXLEN', '~', maxlen, '*', unpack(rec[3]))
+    if rec[4] then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(rec[4])) end
     published = published + 1
   end
 end
@@ -40,11 +42,15 @@ return published
 
 @dataclass
 class Output:
-    """What to publish for one input: a result (``kind='r'``) or a dead letter (``kind='d'``)."""
+    """What to publish for one input: a result (``kind='r'``) or a dead letter (``kind='d'``).
+
+    ``dead`` is the dead letter that goes with a result: the dead windows of a multi-window entry.
+    """
 
     entry: Entry
     kind: str
     fields: dict[bytes, bytes]
+    dead: dict[bytes, bytes] | None = None
 
 
 def own_connection(r: redis.Redis) -> Any:
@@ -76,7 +82,8 @@ class Publisher:
             by_shard.setdefault(o.entry.shard, []).append(o)
         calls = []
         for shard, outs in by_shard.items():
-            records = [[o.kind, o.entry.id, list(chain.from_iterable(o.fields.items()))] for o in outs]
+            records = [[o.kind, o.entry.id, list(chain.from_iterable(o.fields.items()))]
+                       + ([list(chain.from_iterable(o.dead.items()))] if o.dead else []) for o in outs]
             args = [self.keys.group, self.results_maxlen, self.dead_maxlen, self._packer.pack(records)]
             calls.append((self.keys.shard(shard), args, len(outs)))
         return calls

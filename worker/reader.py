@@ -157,6 +157,17 @@ class Collector:
         self._claim_cursor: dict[int, str] = {}
         self._next_reclaim = 0.0
         self._rr = 0
+        self.entry_windows = 1.0  # windows per entry in the last batch (multi-window entries hold many)
+
+    def observe_entries(self, entries: int, windows: int) -> None:
+        """Learn how many windows an entry holds, so ``max_batch`` bounds windows, not entries."""
+        if entries:
+            self.entry_windows = max(1.0, windows / entries)
+
+    @property
+    def limit(self) -> int:
+        """Entries per batch: ``max_batch`` windows at the recent windows per entry (at least 1)."""
+        return max(1, round(self.plan.max_batch / self.entry_windows))
 
     def restart(self) -> None:
         """After an outage or a lost group: re-read this consumer's own pending entries first."""
@@ -179,8 +190,8 @@ class Collector:
         p = self.plan
         batch: list[Entry] = []
         for sk in p.shards:  # non-blocking pass over every shard
-            batch += self._read(sk, p.max_batch - len(batch))
-            if len(batch) >= p.max_batch:
+            batch += self._read(sk, self.limit - len(batch))
+            if len(batch) >= self.limit:
                 return batch
         if not batch:
             if model.busy():
@@ -201,7 +212,7 @@ class Collector:
         if not self.pending_phase:
             return []
         for sk in self.plan.shards:
-            got = self._read(sk, self.plan.max_batch, pending=True)
+            got = self._read(sk, self.limit, pending=True)
             if got:
                 delivery_counts(self.r, self.keys, got)
                 return got
@@ -214,7 +225,7 @@ class Collector:
     def _poll_while_busy(self, model: ModelBusy) -> list[Entry]:
         """Nothing in hand and the model busy: read what arrives until the model is done."""
         while not model.wait_idle(FILL_POLL_S) and not self.stop.is_set():
-            got = self._read(self._next_shard(), self.plan.max_batch)
+            got = self._read(self._next_shard(), self.limit)
             if got:
                 return got
         return []
@@ -223,26 +234,25 @@ class Collector:
         p = self.plan
         block = p.block_ms
         if len(p.shards) == 1:
-            return self._read(p.shards[0], p.max_batch, block_ms=block)
+            return self._read(p.shards[0], self.limit, block_ms=block)
         deadline = self.monotonic() + block / 1000
         while self.monotonic() < deadline and not self.stop.is_set():
-            got = self._read(self._next_shard(), p.max_batch, block_ms=10)
+            got = self._read(self._next_shard(), self.limit, block_ms=10)
             if got:
                 return got
         return []
 
     def _fill(self, batch: list[Entry], model: ModelBusy) -> list[Entry]:
         """Grow the batch: freely while the model is busy, then as long as the policy allows."""
-        p = self.plan
         start = self.monotonic()
         oldest_age_s = max(0.0, (self.now_us() - enqueued_us(batch[0])) / 1e6)
-        while len(batch) < p.max_batch and not self.stop.is_set():
+        while len(batch) < self.limit and not self.stop.is_set():
             busy = model.busy()
             if not busy:
                 remaining = self.policy.fill_deadline(start, oldest_age_s, len(batch)) - self.monotonic()
                 if remaining <= 0:
                     break
-            got = self._read(self._next_shard(), p.max_batch - len(batch))
+            got = self._read(self._next_shard(), self.limit - len(batch))
             if got:
                 batch += got
             elif busy:
@@ -257,7 +267,7 @@ class Collector:
         self._next_reclaim = self.monotonic() + p.reclaim_interval_ms / 1000
         for sk in p.shards:
             got, deleted, self._claim_cursor[sk.shard] = autoclaim(
-                self.r, self.keys, sk, self.consumer, p.claim_idle_ms, p.max_batch, self.now_us(),
+                self.r, self.keys, sk, self.consumer, p.claim_idle_ms, self.limit, self.now_us(),
                 self._claim_cursor.get(sk.shard, "0-0"),
             )
             if deleted:

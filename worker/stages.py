@@ -19,7 +19,8 @@ import structlog
 
 from worker.publisher import Output
 from worker.reader import Entry
-from worker.wire import WIRE_VERSION, Limits, Result, Window, WireError, decode_windows, encode_dead, encode_result
+from worker.wire import WIRE_VERSION, Limits, Result, Window, WireError, encode_dead, encode_result
+from worker.wire_multi import MultiWindow, WindowOutcome, decode_entries, encode_dead_windows, encode_multi_result
 
 
 class Predictor(Protocol):
@@ -37,15 +38,31 @@ class BatchMismatch(RuntimeError):
 
 
 @dataclass
+class Group:
+    """A multi-window entry in a batch: its good windows are ``xs[offset:offset + len(good)]``."""
+
+    entry: Entry
+    mw: MultiWindow
+    good: list[int]
+    offset: int
+
+
+@dataclass
 class Batch:
-    """One batch through the stages (see the module docstring)."""
+    """One batch through the stages (see the module docstring).
+
+    The model sees ``xs``: the single-window entries' windows (``items``, in order) followed by the
+    good windows of each multi-window entry (``groups``).
+    """
 
     entries: list[Entry]
     model: Predictor
-    items: list[tuple[Entry, Window]] = field(default_factory=list)  # what the model sees
+    items: list[tuple[Entry, Window]] = field(default_factory=list)  # single-window entries
+    groups: list[Group] = field(default_factory=list)  # multi-window entries
+    xs: list[np.ndarray] = field(default_factory=list)  # what the model sees
     outputs: list[Output] = field(default_factory=list)  # dead letters/expired at decode, then results
-    probs: np.ndarray | None = None  # [len(items), C]; rows of failed windows are NaN
-    failed: dict[int, BaseException] = field(default_factory=dict)  # item index -> error, after bisection
+    probs: np.ndarray | None = None  # [len(xs), C]; rows of failed windows are NaN
+    failed: dict[int, BaseException] = field(default_factory=dict)  # xs index -> error, after bisection
     batch_us: int = 0  # the forward pass began (unix µs)
     infer_s: float = 0.0
     pub_us: int = 0  # outputs encoded, about to be published (unix µs)
@@ -55,7 +72,7 @@ class Batch:
     @property
     def served(self) -> int:
         """Windows classified (not failed)."""
-        return len(self.items) - len(self.failed)
+        return len(self.xs) - len(self.failed)
 
 
 DeadHook = Callable[[str], None]
@@ -65,8 +82,9 @@ class Stages:
     """Decode, predict and encode for one replica (consumer ``consumer``)."""
 
     def __init__(self, consumer: str, limits: Limits, max_deliveries: int, on_dead: DeadHook,
-                 now_us: Callable[[], int]) -> None:
+                 now_us: Callable[[], int], max_batch: int = 1 << 30) -> None:
         self.consumer = consumer
+        self.max_batch = max_batch
         self.limits = limits
         self.max_deliveries = max_deliveries
         self.on_dead = on_dead
@@ -87,29 +105,41 @@ class Stages:
                 batch.outputs.append(self.dead(e, "max_deliveries", f"delivered {e.deliveries} times"))
             else:
                 todo.append(e)
-        decoded = decode_windows([e.fields for e in todo], self.limits, model.n_features)
+        decoded = decode_entries([e.fields for e in todo], self.limits, model.n_features)
+        multi: list[tuple[Entry, MultiWindow]] = []
         for e, w in zip(todo, decoded):
             if isinstance(w, WireError):
                 batch.outputs.append(self.dead(e, w.reason, w.detail))
             elif w.deadline_us is not None and now > w.deadline_us:
-                batch.outputs.append(Output(e, "r", encode_result(self._expired(e, w, model, now))))
-                batch.expired += 1
-            else:
+                batch.outputs.append(self._expired(e, w, model, now))
+                batch.expired += 1 if isinstance(w, Window) else w.n - len(w.bad)
+            elif isinstance(w, Window):
                 batch.items.append((e, w))
+            else:
+                multi.append((e, w))
+        batch.xs = [w.x for _, w in batch.items]
+        for e, mw in multi:
+            good = mw.good
+            batch.groups.append(Group(e, mw, good, len(batch.xs)))
+            batch.xs += list(mw.x[good]) if len(good) < mw.n else list(mw.x)
         return batch
 
     # -- predict --------------------------------------------------------------------------------
 
     def predict(self, batch: Batch) -> Batch:
-        """Forward the batch (runs on the compute thread); a failure is isolated by bisection."""
+        """Forward the batch (runs on the compute thread) in passes of at most ``max_batch`` windows
+        (multi-window entries can overshoot it); a failure is isolated by bisection."""
         batch.batch_us = self.now_us()
         t0 = time.perf_counter()
-        if batch.items:
-            xs = [w.x for _, w in batch.items]
+        parts = []
+        for lo in range(0, len(batch.xs), self.max_batch):
+            xs = batch.xs[lo: lo + self.max_batch]
             try:
-                batch.probs = self._forward(batch.model, xs)
+                parts.append(self._forward(batch.model, xs))
             except Exception as err:  # any model failure: find the failing windows by bisection
-                batch.probs = self._split(batch.model, xs, 0, batch.failed, err)
+                parts.append(self._split(batch.model, xs, lo, batch.failed, err))
+        if parts:
+            batch.probs = parts[0] if len(parts) == 1 else np.concatenate(parts)
         batch.infer_s = time.perf_counter() - t0
         return batch
 
@@ -143,17 +173,17 @@ class Stages:
         Byte-identical to :func:`worker.wire.encode_result` per window; the fields every result of
         the batch shares, and each class's label fields, are encoded once.
         """
-        if not batch.items:
+        if not batch.xs:
             return batch.outputs
         model, probs = batch.model, batch.probs
         assert probs is not None
-        if len(probs) != len(batch.items):
-            raise BatchMismatch(f"{len(probs)} outputs for {len(batch.items)} inputs")
+        if len(probs) != len(batch.xs):
+            raise BatchMismatch(f"{len(probs)} outputs for {len(batch.xs)} inputs")
         pub_us = batch.pub_us = self.now_us()
         batch_us = batch.batch_us
         v = str(WIRE_VERSION).encode()
         ok, model_b, worker_b = b"ok", model.version.encode(), self._consumer_b
-        infer_b, ts_b, size_b = str(int(batch.infer_s * 1e6)).encode(), str(pub_us).encode(), str(len(batch.items)).encode()
+        infer_b, ts_b, size_b = str(int(batch.infer_s * 1e6)).encode(), str(pub_us).encode(), str(len(batch.xs)).encode()
         classes = [(str(i).encode(), c.encode()) for i, c in enumerate(model.classes)]
         labels = np.argmax(np.nan_to_num(probs, nan=-1.0), axis=1).tolist()
         rows = probs.astype(np.float64).tolist()
@@ -176,7 +206,42 @@ class Stages:
             if w.meta:
                 fields[b"meta"] = pack(w.meta)
             out.append(Output(e, "r", fields))
+        for g in batch.groups:
+            out.append(self._group_output(batch, g, rows, labels))
         return out
+
+    def _group_output(self, batch: Batch, g: Group, rows: list[list[float]], labels: list[int]) -> Output:
+        """The one result (plus a dead letter when some windows are dead) of a multi-window entry."""
+        e, mw, classes = g.entry, g.mw, batch.model.classes
+        outcomes: list[WindowOutcome] = []
+        bad = dict(mw.bad)
+        k = g.offset
+        for i in range(mw.n):
+            if i in mw.bad:
+                outcomes.append(WindowOutcome("dead", reason=mw.bad[i]))
+                continue
+            if k in batch.failed:
+                bad[i] = "predict_failed"
+                outcomes.append(WindowOutcome("dead", reason="predict_failed"))
+            else:
+                outcomes.append(WindowOutcome("ok", labels[k], classes[labels[k]], rows[k]))
+            k += 1
+        fields = encode_multi_result(
+            e.id, outcomes, cid=mw.cid, cids=mw.cids, model=batch.model.version, worker=self.consumer,
+            queue_us=max(0, e.read_us - mw.ts_us), wait_us=max(0, batch.batch_us - e.read_us),
+            infer_us=int(batch.infer_s * 1e6), e2e_us=max(0, batch.pub_us - mw.ts_us), ts_us=batch.pub_us,
+            batch=len(batch.xs), meta=mw.meta,
+        )
+        return Output(e, "r", fields, self._dead_windows(e, bad))
+
+    def _dead_windows(self, e: Entry, bad: dict[int, str]) -> dict[bytes, bytes] | None:
+        if not bad:
+            return None
+        fields = encode_dead_windows(e.fields, input_id=e.id, bad=bad, worker=self.consumer, deliveries=e.deliveries)
+        reason = fields[b"dead.reason"].decode()
+        self.on_dead(reason)
+        self.log.warning("dead_letter_windows", id=e.id, reason=reason, windows=sorted(bad)[:20], count=len(bad))
+        return fields
 
     # -- early outputs --------------------------------------------------------------------------
 
@@ -187,9 +252,18 @@ class Stages:
         return Output(e, "d", encode_dead(e.fields, input_id=e.id, reason=reason, detail=detail,
                                           worker=self.consumer, deliveries=e.deliveries))
 
-    def _expired(self, e: Entry, w: Window, model: Predictor, now: int) -> Result:
-        return Result(
-            input_id=e.id, cid=w.cid, status="expired", label=-1, class_name="", probs=[],
-            model=model.version, worker=self.consumer, queue_us=max(0, e.read_us - w.ts_us),
-            wait_us=0, infer_us=0, e2e_us=max(0, now - w.ts_us), ts_us=now, batch=0, meta=w.meta,
+    def _expired(self, e: Entry, w: Window | MultiWindow, model: Predictor, now: int) -> Output:
+        """The ``expired`` result of an entry whose deadline passed before batching."""
+        if isinstance(w, Window):
+            return Output(e, "r", encode_result(Result(
+                input_id=e.id, cid=w.cid, status="expired", label=-1, class_name="", probs=[],
+                model=model.version, worker=self.consumer, queue_us=max(0, e.read_us - w.ts_us),
+                wait_us=0, infer_us=0, e2e_us=max(0, now - w.ts_us), ts_us=now, batch=0, meta=w.meta,
+            )))
+        rows = [WindowOutcome("dead", reason=w.bad[i]) if i in w.bad else WindowOutcome("expired") for i in range(w.n)]
+        fields = encode_multi_result(
+            e.id, rows, cid=w.cid, cids=w.cids, model=model.version, worker=self.consumer,
+            queue_us=max(0, e.read_us - w.ts_us), wait_us=0, infer_us=0, e2e_us=max(0, now - w.ts_us), ts_us=now,
+            batch=0, meta=w.meta,
         )
+        return Output(e, "r", fields, self._dead_windows(e, dict(w.bad)))

@@ -65,7 +65,8 @@ def ceiling(url: str, n: int, procs: int, max_batch: int = 256, per_entry: int =
     else:
         prod.publish_many(xs)
     r.xgroup_create(sk.windows, prefix, id="0")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
     args = [sys.executable, "-m", "bench.plumbing", "--redis-url", url, "--prefix", prefix, "--max-batch", str(max_batch)]
     children = [subprocess.Popen([*args, "--consumer", f"null-{i}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env) for i in range(procs)]

@@ -63,7 +63,7 @@ class Plan:
             plan = cls(True, "cpu", (1, 64), (20,), 0.05, (1, 64), 2000, 256, 2, 240.0)
         else:
             plan = cls(False, "cuda", (1, 64, 256, 1024, 4096), (20, 150), 0.25, (1, 64, 256, 1024),
-                       200_000, 1024, None, 380.0)
+                       200_000, 1024, None, 440.0)
         return cls(
             plan.dry, plan.device, plan.batches, plan.lengths, plan.min_s, plan.onnx_batches,
             int(env.get("DEVICE_CHECK_PIPELINE_WINDOWS", plan.pipeline_windows)),
@@ -542,26 +542,28 @@ def step_pipeline(ctx: Ctx) -> dict[str, Any]:
     root = bm.build_checkpoint(Path(tempfile.mkdtemp(prefix="devchk-pipe-")))
     logs = Path(tempfile.mkdtemp(prefix="devchk-logs-"))
     plan = ctx.plan
-    configs = [(plan.device, "torch", 1), (plan.device, "torch", 2)]
+    # (device, backend, replicas, windows per entry): single-window entries, then 64-window entries
+    configs = [(plan.device, "torch", 1, 1), (plan.device, "torch", 2, 1), (plan.device, "torch", 2, 64)]
     if not plan.dry:
-        configs.append(("cpu", "onnx", 4))  # the CPU serving path on the same machine, for the ratio
+        configs += [(plan.device, "torch", 4, 64), ("cpu", "onnx", 4, 1)]  # CPU serving on the same machine
     runs: list[dict[str, Any]] = []
     server: dict[str, Any] = {}
     try:
         with LocalRedis() as srv:
             info = srv.client().info("server")
             server = {k: info.get(k) for k in ("redis_version", "valkey_version", "server_name", "executable") if k in info}
-            for i, (device, backend, replicas) in enumerate(configs):
+            for i, (device, backend, replicas, per_entry) in enumerate(configs):
                 if ctx.left() < 25:
-                    runs.append({"device": device, "backend": backend, "replicas": replicas,
+                    runs.append({"device": device, "backend": backend, "replicas": replicas, "per_entry": per_entry,
                                  "status": "skipped (no time left)"})
                     continue
                 max_batch = plan.pipeline_max_batch if device == "cuda" else 64
                 n = plan.pipeline_windows if device == "cuda" or plan.dry else min(plan.pipeline_windows, 50_000)
+                n *= 4 if per_entry > 1 else 1
                 try:
                     # Each config gets its share of the time left; a slow drain stops early with a partial rate.
                     until = time.monotonic() + (ctx.left() - 8) / (len(configs) - i)
-                    runs.append(drain(srv.url, root, device, backend, replicas, max_batch, n, logs, until))
+                    runs.append(drain(srv.url, root, device, backend, replicas, max_batch, n, logs, until, per_entry))
                 except Exception as e:  # noqa: BLE001 - recorded, next config still runs
                     runs.append({"device": device, "backend": backend, "replicas": replicas, "status": "failed",
                                  "error": f"{type(e).__name__}: {e}"[-800:]})
@@ -583,7 +585,7 @@ class StepSkipped(RuntimeError):
 
 
 def drain(url: str, checkpoint: Path, device: str, backend: str, replicas: int, max_batch: int, n: int,
-          log_dir: Path, deadline: float) -> dict[str, Any]:
+          log_dir: Path, deadline: float, per_entry: int = 1) -> dict[str, Any]:
     """Pre-fill ``n`` windows, start the replicas, rewind the group, wait for every result (or the deadline).
 
     The same protocol as ``bench.pipeline.saturated`` with a deadline: windows/s over the middle
@@ -604,14 +606,15 @@ def drain(url: str, checkpoint: Path, device: str, backend: str, replicas: int, 
     keys = Keys(prefix, prefix)
     sk = keys.shard(0)
     t_fill = time.perf_counter()
-    Producer(r, keys, pipeline_size=2000).publish_many(windows(n, seed=7))
+    Producer(r, keys, pipeline_size=2000).publish_many(windows(n, seed=7), per_entry=per_entry)
     fill_s = time.perf_counter() - t_fill
     r.xgroup_create(sk.windows, prefix, id="$")
-    cfg = WorkerConfig(backend=backend, replicas=replicas, threads=1, max_batch=max_batch, max_wait_ms=2.0,
+    entries = -(-n // per_entry)
+    cfg = WorkerConfig(backend=backend, replicas=replicas, threads=1, max_batch=max_batch, per_entry=per_entry,
                        # bench.pipeline sets PYTHONPATH to the repo alone; keep the carried wheels' /tmp/site.
                        extra_env={"BIGRU_DEVICE": device, "PYTHONPATH": child_env()["PYTHONPATH"]})
     row: dict[str, Any] = {"device": device, "backend": backend, "replicas": replicas, "max_batch": max_batch,
-                           "windows_sent": n, "prefill_s": round(fill_s, 2)}
+                           "per_entry": per_entry, "windows_sent": n, "prefill_s": round(fill_s, 2)}
     try:
         t_start = time.perf_counter()
         with Workers(url, prefix, checkpoint, cfg, log_dir) as w:
@@ -619,7 +622,7 @@ def drain(url: str, checkpoint: Path, device: str, backend: str, replicas: int, 
             r.xgroup_setid(sk.windows, prefix, id="0")
             t0 = time.perf_counter()
             done = 0
-            while done < n and time.monotonic() < deadline:
+            while done < entries and time.monotonic() < deadline:
                 if w.proc is not None and w.proc.poll() is not None:
                     raise RuntimeError(f"workers exited during the run: {w.tail()[-800:]}")
                 time.sleep(0.02)
@@ -629,17 +632,40 @@ def drain(url: str, checkpoint: Path, device: str, backend: str, replicas: int, 
     finally:
         r.delete(sk.windows, sk.results, sk.dead, keys.workers)
         r.close()
-    row.update(status="ok" if len(res) >= n else "partial (deadline)", windows=len(res),
-               drain_wall_s=round(wall, 2), drain_windows_per_s=round(len(res) / max(wall, 1e-6), 1))
+    served = sum(int(f.get(b"n", b"1")) for f in res)  # a multi-window entry's one result counts its windows
+    row.update(status="ok" if len(res) >= entries else "partial (deadline)", windows=served,
+               drain_wall_s=round(wall, 2), drain_windows_per_s=round(served / max(wall, 1e-6), 1))
     if len(res) >= 20:
         ts = np.sort(np.array([int(f[b"ts"]) for f in res], dtype=np.int64))
         lo, hi = int(0.05 * len(ts)), int(0.95 * len(ts)) - 1
-        row["windows_per_s"] = round(float((hi - lo) / max(1e-6, (ts[hi] - ts[lo]) / 1e6)), 1)
+        row["windows_per_s"] = round(float((hi - lo) * served / len(res) / max(1e-6, (ts[hi] - ts[lo]) / 1e6)), 1)
         batches = np.array([int(f[b"batch"]) for f in res])
         row["mean_batch"] = round(float(batches.mean()), 1)
         row["replicas_serving"] = len({f[b"worker"] for f in res})
         row["infer_ms_mean"] = round(float(np.mean([int(f[b"infer_us"]) for f in res])) / 1000, 3)
     return row
+
+
+def step_plumbing(ctx: Ctx) -> dict[str, Any]:
+    """The null-model ceiling on this machine's CPUs: 1, 2 and 4 replicas, 1 and 64 windows per entry."""
+    if shutil.which("redis-server") is None:
+        raise StepSkipped("no redis-server on PATH")
+    from bench.plumbing import ceiling
+    from scripts.localredis import LocalRedis
+
+    rows: list[dict[str, Any]] = []
+    n1 = 4_000 if ctx.plan.dry else 200_000
+    with LocalRedis() as srv:
+        for per_entry in (1, 64):
+            for procs in (1, 2) if ctx.plan.dry else (1, 2, 4):
+                if ctx.left() < 10:
+                    break
+                try:
+                    rows.append(ceiling(srv.url, n1 * (8 if per_entry > 1 else 1), procs, 256, per_entry))
+                except Exception as e:  # noqa: BLE001 - recorded, the next size still runs
+                    rows.append({"procs": procs, "per_entry": per_entry, "error": f"{type(e).__name__}: {e}"[-500:]})
+                log(f"plumbing: {rows[-1]}")
+    return {"rows": rows}
 
 
 @dataclass(frozen=True)
@@ -664,8 +690,9 @@ STEPS: list[Step] = [
     Step("env", step_env, 45, 45),
     Step("pytest_gpu", step_pytest_gpu, 110, 120),
     Step("model", step_model, 60, 40),
+    Step("pipeline", step_pipeline, 150, 90),
+    Step("plumbing", step_plumbing, 50, 60),
     Step("train", _train_step(None, False), 140, 60),
-    Step("pipeline", step_pipeline, 130, 90),
     Step("onnx_cpu", step_onnx_cpu, 45, 40),
     Step("train_cpu", _train_step("cpu", True), 70, 40, optional=True, gpu_only=True),
 ]
@@ -859,18 +886,24 @@ def render_md(report: dict[str, Any]) -> str:
     prow = res.get("pipeline", {}).get("runs", [])
     if prow:
         lines += ["## Pipeline (saturated: pre-filled stream, local Redis, `python -m worker.cli`)", ""]
-        lines += _table(["device", "backend", "replicas", "max batch", "status", "windows", "windows/s (mid 90 %)",
-                         "drain windows/s", "mean batch", "startup s"], [
-            [r.get("device"), r.get("backend"), r.get("replicas"), r.get("max_batch"), r.get("status"),
+        lines += _table(["device", "backend", "replicas", "windows/entry", "max batch", "status", "windows",
+                         "windows/s (mid 90 %)", "drain windows/s", "mean batch", "startup s"], [
+            [r.get("device"), r.get("backend"), r.get("replicas"), r.get("per_entry", 1), r.get("max_batch"), r.get("status"),
              r.get("windows"), r.get("windows_per_s"), r.get("drain_windows_per_s"), r.get("mean_batch"),
              r.get("startup_s")] for r in prow]) + [""]
+    plumb = res.get("plumbing", {}).get("rows", [])
+    if plumb:
+        lines += ["## Plumbing ceiling (the real loop, null model, one Redis, this machine's CPUs)", ""]
+        lines += _table(["processes", "windows/entry", "windows/s", "worker CPU µs/window", "redis CPU µs/window", "error"], [
+            [r.get("procs"), r.get("per_entry"), r.get("windows_per_s"), r.get("worker_cpu_us_per_window"),
+             r.get("redis_cpu_us_per_window"), r.get("error", "")] for r in plumb]) + [""]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m scripts.device_check [--out DIR]`` (the parent) or ``--step NAME`` (a child)."""
     p = argparse.ArgumentParser(prog="device_check", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=os.environ.get("OUT", "/tmp/device-out"))
+    p.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "results" / "bench-gpu")))
     p.add_argument("--dry", action="store_true", help="CPU, tiny sizes (default: when DEVICE_CHECK_DRY=1 or no CUDA)")
     p.add_argument("--step", help="run one step (child process)")
     p.add_argument("--result", help="child: JSON result file")

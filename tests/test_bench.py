@@ -12,36 +12,57 @@ from scripts.localredis import LocalRedis
 
 
 def _doc() -> dict[str, Any]:
-    sat = [dict(backend="onnx", replicas=r, threads=1, max_batch=64, label=f"onnx {r}x1t", windows_per_s=v,
-                mean_batch=64, replicas_serving=r) for r, v in ((1, 900.0), (2, 1530.0))]
+    sat = [dict(backend="onnx", replicas=r, threads=1, max_batch=64, per_entry=pe, label=f"onnx {r}x1t x{pe}",
+                windows_per_s=v, mean_batch=64, replicas_serving=r) for r, pe, v in ((1, 1, 900.0), (2, 1, 1530.0), (2, 64, 1960.0))]
     mo = [dict(backend="onnx", threads=1, batch=64, processes=p, windows_per_s=v, latency_ms_p50=1, cpu_us_per_window=1)
           for p, v in ((1, 1000.0), (2, 2000.0))]
-    ol = [dict(config="onnx fixed 5 ms", load=f, rate_achieved=450.0, windows=100, e2e_ms=dict(p50=2, p95=4, p99=p99, max=9),
-               breakdown_ms_mean=dict(queued=0, batch_wait=1, inference=1, decode_encode=0, publish=0), batch=dict(mean=3))
-          for f, p99 in ((0.25, 5.0), (0.5, 12.0))]
+    ol = [dict(config=cfg, load=f, rate_achieved=450.0, windows=100, e2e_ms=dict(p50=p50, p95=4, p99=p99, max=20),
+               breakdown_ms_mean=dict(queued=0, batch_wait=1, inference=1, decode_encode=0, publish=0), batch=dict(mean=3),
+               load_generator_cpu_share=0.1)
+          for cfg, f, p50, p99 in (("onnx continuous", 0.1, 1.5, 3.0), ("onnx continuous", 0.5, 2.0, 12.0),
+                                   ("onnx slo 10 ms", 0.1, 4.0, 6.0), ("onnx slo 10 ms", 0.5, 4.0, 7.0))]
+    plumbing = [dict(procs=p, per_entry=pe, max_batch=256, windows_per_s=v, worker_cpu_us_per_window=10.0,
+                     redis_cpu_us_per_window=5.0, mean_batch=256) for p, pe, v in
+                ((1, 1, 30_000.0), (2, 1, 45_000.0), (1, 64, 150_000.0), (2, 64, 190_000.0))]
     return {"saturated": sat, "model_only": mo, "naive": [dict(backend="torch", windows_per_s=50.0)], "open_loop": ol,
-            "config": {"headline": {"backend": "onnx", "max_batch": 64}, "model": "m", "gpu": "none"},
+            "plumbing": plumbing,
+            "config": {"headline": {"backend": "onnx", "max_batch": 64, "per_entry": 64}, "model": "m", "gpu": "none"},
             "machine": dict(cpus=2, cpu_model="x", platform="p", python="3", torch="t", onnxruntime="o", redis="7",
                             loadavg_before=[0], loadavg_after=[0]), "seconds": 1.0}
 
 
+def _by_name(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {t["measure"]: t for t in rows}
+
+
 def test_targets_compute_ratios_and_verdicts() -> None:
     rows = report.targets(_doc())
-    got = {t["measure"].split(" (")[0]: t for t in rows}
-    one, two_vs_model = rows[0], rows[1]
-    assert one["value"] == 0.9 and one["pass"] is True
-    assert two_vs_model["value"] == 0.765 and two_vs_model["target"] == "info"
-    assert got["saturated pipeline ÷ naive worker"]["value"] == pytest.approx(30.6) and got["saturated pipeline ÷ naive worker"]["pass"]
-    p99 = got["p99 end to end at 50 % load"]
-    assert p99["value"] == 12.0 and p99["pass"] is False
-    two = got["2 replicas ÷ 1 replica, saturated"]
-    assert two["value"] == 1.7 and two["pass"] is True
+    got = _by_name(rows)
+    p99 = got["e2e p99 at 50 % load, open loop (onnx continuous, the default)"]
+    assert p99["value"] == 12.0 and p99["pass"] is False and p99["target"] == "≤ 10 ms"
+    assert got["e2e p99 at 50 % load, open loop (onnx slo 10 ms)"]["target"] == "info"
+    p50 = got["e2e p50 at 10 % load (onnx continuous, the default)"]
+    assert p50["value"] == 1.5 and p50["pass"] is True
+    two = got["saturated pipeline ÷ model-only, 2 replicas vs 2 model processes, single-window entries"]
+    assert two["value"] == 0.765 and two["pass"] is False
+    multi = got["the same with multi-window entries (64 per entry)"]
+    assert multi["value"] == 0.98 and multi["pass"] is True
+    single = [t for t in rows if "single-window entries (best" in t["measure"]][0]
+    assert single["value"] == 45_000.0 and single["pass"] is True and "2 process" in single["detail"]
+    many = [t for t in rows if "64-window entries (best" in t["measure"]][0]
+    assert many["value"] == 190_000.0 and many["pass"] is False
+    assert got["saturated pipeline ÷ naive worker"]["value"] == pytest.approx(39.2)
+    assert got["2 replicas ÷ 1 replica, saturated"]["value"] == 1.7
+    assert got["saturated pipeline ÷ model-only (1 replica, 1 thread, same batch)"]["value"] == 0.9
+    gpu = got["GPU machine, end to end, multi-window entries"]
+    assert gpu["value"] is None and gpu["pass"] is None
 
 
 def test_targets_prefer_the_adjacent_model_only_runs() -> None:
     doc = _doc()
-    doc["saturated"][0]["model_only_adjacent_windows_per_s"] = 1800.0
-    assert report.targets(doc)[0]["value"] == 0.5
+    doc["saturated"][1]["model_only_adjacent_windows_per_s"] = 3060.0
+    two = [t for t in report.targets(doc) if t["measure"].startswith("saturated pipeline ÷ model-only, 2 replicas")][0]
+    assert two["value"] == 0.5
 
 
 def test_targets_not_measured_are_reported_as_such() -> None:
@@ -57,6 +78,7 @@ def test_markdown_and_plots(tmp_path: Path) -> None:
     plots = report.plot(doc, tmp_path)
     md = report.markdown(doc, plots)
     assert "| 2 replicas ÷ 1 replica, saturated | ≥ 1.7× | 1.7 | pass |" in md
+    assert "## Plumbing ceiling" in md and "| 2 | 64 | 256 | 190000 |" in md
     assert "**miss**" in md
     for p in plots:
         assert Path(p).stat().st_size > 1000 and f"({Path(p).name})" in md
@@ -73,3 +95,14 @@ def test_tiny_saturated_and_open_loop_run(tmp_path: Path) -> None:
     assert pt["windows"] == 100 == pt["sent"]
     assert 0 < pt["e2e_ms"]["p50"] <= pt["e2e_ms"]["p99"] <= pt["e2e_ms"]["max"]
     assert sum(pt["batch"]["windows_by_size"].values()) == 100
+
+
+@pytest.mark.slow
+def test_plumbing_ceiling_serves_every_window_of_both_forms() -> None:
+    from bench.plumbing import ceiling
+
+    with LocalRedis() as srv:
+        single = ceiling(srv.url, 3000, 1, max_batch=256)
+        multi = ceiling(srv.url, 3200, 2, max_batch=256, per_entry=64)
+    assert single["windows"] == 3000 and single["windows_per_s"] > 0 and single["worker_cpu_us_per_window"] > 0
+    assert multi["windows"] == 3200 and multi["per_entry"] == 64 and multi["redis_cpu_us_per_window"] >= 0

@@ -128,7 +128,14 @@ def test_dry_run_end_to_end(tmp_path: Path) -> None:
     assert report["dry_run"] is True
     expected_pipeline = "ok" if shutil.which("redis-server") else "skipped"
     assert status == {"env": "ok", "pytest_gpu": "ok", "model": "ok", "train": "ok", "pipeline": expected_pipeline,
-                      "onnx_cpu": "ok", "train_cpu": "skipped"}, (out / "steps.log").read_text()[-3000:]
+                      "plumbing": expected_pipeline, "onnx_cpu": "ok", "train_cpu": "skipped"}, (out / "steps.log").read_text()[-3000:]
+    if expected_pipeline == "ok":
+        runs = report["steps"]["pipeline"]["result"]["runs"]
+        assert [(r["replicas"], r["per_entry"], r["status"]) for r in runs] == [(1, 1, "ok"), (2, 1, "ok"), (2, 64, "ok")]
+        assert runs[2]["windows"] == 2400  # 600 x 4 windows in 64-window entries, each counted
+        plumbing = report["steps"]["plumbing"]["result"]["rows"]
+        assert [(r["procs"], r["per_entry"]) for r in plumbing] == [(1, 1), (2, 1), (1, 64), (2, 64)]
+        assert all(r["windows_per_s"] > 0 for r in plumbing)
     train = report["steps"]["train"]["result"]["runs"][0]
     assert 0 <= train["test_accuracy"] <= 1 and train["wall_s"] > 0
     assert {"env.txt", "pytest-gpu.log", "steps.log", "device.md"} <= {f.name for f in out.iterdir()}

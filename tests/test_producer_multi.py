@@ -16,7 +16,7 @@ from producer.backpressure import Backpressure, BackpressureError
 from producer.cli import main as cli_main
 from producer.client import Producer
 from producer.results import ResultsReader
-from worker import streams
+from worker import reader
 from worker.keys import Keys
 from worker.wire import Limits, Result, decode_window, encode_result, encode_window
 from worker.wire_multi import WindowOutcome, decode_multi, encode_multi_result, is_multi
@@ -99,7 +99,7 @@ def test_entries_are_routed_by_their_first_id(r: redis.Redis, prefix: str) -> No
 
 def test_backpressure_counts_entries(r: redis.Redis, prefix: str) -> None:
     keys = Keys(prefix, prefix)
-    streams.ensure_groups(r, keys)
+    reader.ensure_groups(r, keys)
     gated = Producer(r, keys, pipeline_size=2, backpressure=Backpressure(r, keys, max_lag=5, check_interval_s=0))
     with pytest.raises(BackpressureError) as ei:
         gated.publish_many(_ws(5, 40), per_entry=4)

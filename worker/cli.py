@@ -24,7 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, help="worker processes to run")
     p.add_argument("--device", help="cpu, cuda or auto")
     p.add_argument("--max-batch", type=int)
-    p.add_argument("--max-wait-ms", type=float)
+    p.add_argument("--batch-wait", choices=["continuous", "fixed", "slo"], help="batch-fill policy once the model is idle")
+    p.add_argument("--max-wait-ms", type=float, help="--batch-wait fixed: longest fill wait")
+    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the forward pass on its own thread (default: on)")
     p.add_argument("--torch-threads", type=int)
     p.add_argument("--worker-name")
     p.add_argument("--claim-idle-ms", type=int)

@@ -2,6 +2,8 @@
 
 ``python -m bench.model --checkpoint C --backend onnx --threads 1 --batches 1,2,4`` prints one JSON
 line per batch size; it runs in its own process so thread settings match a worker replica's.
+``--precision int8`` serves the int8 graph (onnx backend only; :func:`training.quantize.onnx_int8_bytes`),
+which is calibrated on the checkpoint's golden batch: build the checkpoint with ``golden=`` > 0.
 """
 
 from __future__ import annotations
@@ -19,8 +21,13 @@ import numpy as np
 T, F = 20, 1
 
 
-def build_checkpoint(root: Path, seed: int = 0, length: int = T) -> Path:
-    """Save the default model for [length, F] windows and 2 classes (what ``bigru-train`` builds), random weights."""
+def build_checkpoint(root: Path, seed: int = 0, length: int = T, golden: int = 0) -> Path:
+    """Save the default model for [length, F] windows and 2 classes (what ``bigru-train`` builds), random weights.
+
+    ``golden`` > 0 adds a golden batch of that many random windows labelled with the model's own fp32
+    predictions (fp32 golden accuracy 1.0, so an int8 graph's golden accuracy is its label agreement);
+    the int8 graph needs it to calibrate. Without one (the default), ``BIGRU_PRECISION=auto`` serves fp32.
+    """
     import torch
 
     from training.checkpoint import Checkpoint, save_checkpoint
@@ -33,6 +40,11 @@ def build_checkpoint(root: Path, seed: int = 0, length: int = T) -> Path:
     ckpt = Checkpoint(cfg, ["0", "1"], np.zeros(F, np.float32), np.ones(F, np.float32),
                       {k: v.detach().clone() for k, v in model.state_dict().items()},
                       metrics={"note": "random weights (speed benchmark)"})
+    if golden > 0:
+        gx = np.stack(windows(golden, seed=seed + 1, length=length))
+        with torch.inference_mode():
+            gy = ckpt.build_model("cpu")(torch.from_numpy(gx)).argmax(-1).numpy()
+        ckpt.golden_x, ckpt.golden_lengths, ckpt.golden_y = gx, np.full(golden, length, np.int64), gy.astype(np.int64)
     save_checkpoint(ckpt, root)
     return root
 
@@ -48,10 +60,10 @@ def describe_model() -> str:
             "2 classes, random weights")
 
 
-def windows(n: int, seed: int = 0) -> list[np.ndarray]:
-    """``n`` random [T, F] float32 windows."""
+def windows(n: int, seed: int = 0, length: int = T) -> list[np.ndarray]:
+    """``n`` random [length, F] float32 windows."""
     rng = np.random.default_rng(seed)
-    return list(rng.standard_normal((n, T, F)).astype(np.float32))
+    return list(rng.standard_normal((n, length, F)).astype(np.float32))
 
 
 def time_batches(pred: Any, threads: int, batches: list[int], min_s: float) -> list[dict[str, object]]:
@@ -69,7 +81,8 @@ def time_batches(pred: Any, threads: int, batches: list[int], min_s: float) -> l
         cpu = time.process_time() - cpu0
         total = sum(calls)
         out.append({
-            "backend": pred.backend, "threads": threads, "batch": b, "calls": len(calls),
+            "backend": pred.backend, "precision": pred.precision, "threads": threads,
+            "batch": b, "calls": len(calls),
             "windows_per_s": round(b * len(calls) / total, 1),
             "latency_ms_p50": round(float(np.percentile(calls, 50)) * 1e3, 3),
             "latency_ms_p99": round(float(np.percentile(calls, 99)) * 1e3, 3),
@@ -83,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.model")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--backend", default="torch")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="int8: the int8 graph (onnx backend only; needs the checkpoint's golden batch)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batches", default="1,64")
     p.add_argument("--min-s", type=float, default=0.3)
@@ -95,7 +110,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    pred = make_predictor(load_checkpoint(a.checkpoint), "cpu", a.backend, a.threads)
+    from worker.logs import configure
+    from worker.onnx_backend import BackendError
+
+    configure("INFO")  # structlog to stderr: stdout carries only 'ready' and the JSON rows
+    try:
+        pred = make_predictor(load_checkpoint(a.checkpoint), "cpu", a.backend, a.threads, a.precision)
+    except BackendError as e:
+        print(f"bench.model: {e}", file=sys.stderr)
+        return 2
     if a.wait_go:  # parallel copies start timing together
         print("ready", flush=True)
         sys.stdin.readline()

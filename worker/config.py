@@ -28,6 +28,10 @@ class WorkerSettings(RedisConnSettings):
     backend: Literal["torch", "onnx", "auto"] = Field(
         "auto", description="model runtime: torch, onnx (ONNX Runtime, CPU) or auto (onnx on CPU when installed)"
     )
+    precision: Literal["fp32", "int8", "auto"] = Field(
+        "auto", description="onnx backend: fp32, int8 (int8 convolutions, forced) or auto (int8 when its golden-batch "
+        "accuracy is within reload_max_drop of fp32's, else fp32); torch serves fp32"
+    )
     replicas: int = Field(1, ge=1, le=256)
     torch_threads: int = Field(1, ge=0, description="intra-op threads per replica, torch or onnx (0: the runtime's default)")
     max_batch: int = Field(64, ge=1, le=65536)

@@ -6,15 +6,27 @@ ONNX cannot export ``pack_padded_sequence``, so the exported graph is the model'
 (normalization, model and softmax in one graph, dynamic batch and time axes). A batch with unequal
 lengths is split into one run per distinct length; every window is then computed exactly as it would
 be alone, which is what the packed torch path computes too.
+
+Precision (``BIGRU_PRECISION``): ``fp32`` serves that graph. ``auto`` and ``int8`` also build the int8
+graph (:func:`training.quantize.onnx_int8_bytes`, int8 convolutions calibrated on the golden batch) and
+run the checkpoint's golden batch through both sessions. ``auto`` serves int8 only when its golden
+accuracy is at least fp32's minus ``max_drop`` (``BIGRU_RELOAD_MAX_DROP``), and fp32 otherwise: when
+int8 falls short (a warning names both accuracies), when the checkpoint has no golden batch, or when
+quantization fails. ``int8`` serves int8 even over the drop (with a warning) and refuses to start
+(:class:`BackendError`) when there is no int8 graph (no golden batch, quantizer failure).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import structlog
 
 from training.checkpoint import Checkpoint
+
+#: Requested serving precision (the ``precision`` worker setting).
+Precision = Literal["fp32", "int8", "auto"]
 
 
 class BackendError(RuntimeError):
@@ -33,48 +45,105 @@ def onnx_available() -> bool:
 class OnnxPredictor:
     """Runs a checkpoint through ONNX Runtime on CPU for lists of [T_i, F] windows.
 
-    ``graph`` holds the served ONNX bytes (identical to ``bigru-train export --onnx``'s ``model.onnx``).
+    ``graph`` holds the served ONNX bytes: with ``precision`` ``fp32`` (what it serves, ``fp32`` or
+    ``int8``) they are identical to ``bigru-train export --onnx``'s ``model.onnx``; with ``int8`` they are
+    :func:`training.quantize.onnx_int8_bytes`. ``golden_accuracy`` holds the golden-batch accuracy of
+    each graph that was compared (empty when no comparison ran).
     """
 
     backend = "onnx"
     device = "cpu"
 
-    def __init__(self, ckpt: Checkpoint, threads: int = 1) -> None:
+    def __init__(self, ckpt: Checkpoint, threads: int = 1, precision: Precision = "fp32",
+                 max_drop: float = 0.02) -> None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError as e:
             raise BackendError("backend 'onnx' needs onnxruntime (pip install 'bigru-stream[onnx]')") from e
-        from training.export import ExportError, onnx_bytes, onnx_session
+        from training.export import ExportError, onnx_bytes
 
         self.checkpoint = ckpt
         self.version = ckpt.version
         self.classes = list(ckpt.classes)
         self.n_features = ckpt.input_dim
+        self.threads = threads
+        self.precision: Literal["fp32", "int8"] = "fp32"
+        self.golden_accuracy: dict[str, float] = {}
         try:
             self.graph = onnx_bytes(ckpt)
         except ExportError as e:
             raise BackendError(str(e)) from e
+        self.session: Any = self._session(self.graph)
+        if precision != "fp32":
+            self._choose_int8(precision == "int8", max_drop)
+
+    def _session(self, graph: bytes) -> Any:
+        from training.export import onnx_session
+
         try:
-            self.session: Any = onnx_session(self.graph, threads)
+            return onnx_session(graph, self.threads)
         except Exception as e:  # onnxruntime raises its own error types
             raise BackendError(f"onnxruntime refused the exported graph: {e}") from e
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self.session.run(["probs"], {"x": x})[0]
-        return out
+    def _choose_int8(self, force: bool, max_drop: float) -> None:
+        """Build the int8 session and serve it when its golden accuracy allows (always when ``force``)."""
+        from training.quantize import QuantizeError, onnx_int8_bytes
+        from worker.gate import golden_windows  # here: worker.gate imports worker.backends, which imports this module
 
-    def predict(self, xs: list[np.ndarray]) -> np.ndarray:
-        """Class probabilities [B, C] for the windows ``xs`` (one run per distinct length)."""
+        log = structlog.get_logger("worker").bind(version=self.version)
+        golden = golden_windows(self.checkpoint)
+        if golden is None:
+            if force:
+                raise BackendError(f"precision 'int8' needs a golden batch to calibrate on; checkpoint {self.version} "
+                                   "has none (use precision 'auto' or 'fp32')")
+            log.info("int8_skipped_serving_fp32", reason="no_golden_batch")
+            return
+        try:
+            graph = onnx_int8_bytes(self.checkpoint, self.graph)
+            session = self._session(graph)
+        except (QuantizeError, BackendError, ImportError) as e:  # ImportError: onnx (the quantizer) missing
+            if force:
+                raise BackendError(f"precision 'int8': {e}") from e
+            log.warning("int8_unavailable_serving_fp32", error=str(e))
+            return
+        xs, names = golden
+        fp32 = self._accuracy(self.session, xs, names)
+        int8 = self._accuracy(session, xs, names)
+        self.golden_accuracy = {"fp32": fp32, "int8": int8}
+        within = int8 >= fp32 - max_drop
+        if not within and not force:
+            log.warning("int8_rejected_serving_fp32", fp32_accuracy=fp32, int8_accuracy=int8, max_drop=max_drop,
+                        golden=len(xs))
+            return
+        if not within:
+            log.warning("int8_forced_over_drop", fp32_accuracy=fp32, int8_accuracy=int8, max_drop=max_drop,
+                        golden=len(xs))
+        self.graph, self.session, self.precision = graph, session, "int8"
+        log.info("int8_serving", fp32_accuracy=fp32, int8_accuracy=int8, max_drop=max_drop, golden=len(xs))
+
+    def _accuracy(self, session: Any, xs: list[np.ndarray], names: list[str], batch: int = 256) -> float:
+        hits = 0
+        for i in range(0, len(xs), batch):
+            labels = self._predict(session, xs[i : i + batch]).argmax(axis=1)
+            hits += sum(self.classes[int(k)] == n for k, n in zip(labels, names[i : i + batch]))
+        return hits / len(xs)
+
+    def _predict(self, session: Any, xs: list[np.ndarray]) -> np.ndarray:
         t0 = xs[0].shape[0]
         if all(x.shape[0] == t0 for x in xs):
-            return self._run(np.stack(xs))
+            out: np.ndarray = session.run(["probs"], {"x": np.stack(xs)})[0]
+            return out
         groups: dict[int, list[int]] = {}
         for i, x in enumerate(xs):
             groups.setdefault(x.shape[0], []).append(i)
         out = np.empty((len(xs), len(self.classes)), dtype=np.float32)
         for idx in groups.values():
-            out[idx] = self._run(np.stack([xs[i] for i in idx]))
+            out[idx] = session.run(["probs"], {"x": np.stack([xs[i] for i in idx])})[0]
         return out
+
+    def predict(self, xs: list[np.ndarray]) -> np.ndarray:
+        """Class probabilities [B, C] for the windows ``xs`` (one run per distinct length)."""
+        return self._predict(self.session, xs)
 
     def warmup(self) -> None:
         """One run so the first real batch does not pay for lazy initialisation."""

@@ -22,9 +22,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 class TorchPredictor:
-    """Runs a checkpoint's model on a device for lists of [T_i, F] windows."""
+    """Runs a checkpoint's model on a device for lists of [T_i, F] windows (always fp32: ``precision``)."""
 
     backend = "torch"
+    precision = "fp32"
 
     def __init__(self, ckpt: Checkpoint, device: str = "cpu") -> None:
         self.checkpoint = ckpt

@@ -182,7 +182,8 @@ class ReloadingSource:
                 raise Refused("version_mismatch", f"pointer names {cand.version}, file holds {ckpt.version}")
             check_schema(ckpt, serving, self.rules)
             try:
-                pred = make_predictor(ckpt, self.s.device, self.s.backend, self.s.torch_threads)
+                pred = make_predictor(ckpt, self.s.device, self.s.backend, self.s.torch_threads,
+                                      self.s.precision, self.s.reload_max_drop)
             except Exception as e:  # e.g. weights that cannot run on this device
                 raise Refused("load_failed", f"{type(e).__name__}: {e}") from e
             verdict = evaluate(ckpt, pred, serving, self.rules)
@@ -256,7 +257,8 @@ def initial_predictor(settings: WorkerSettings, r: redis.Redis) -> ServingPredic
             ckpt = from_bytes(registry.fetch(r, settings.keys, ptr.version)[1])
         except registry.RegistryError as e2:
             raise CheckpointError(f"no usable checkpoint: {e}; registry: {e2}") from e2
-    return make_predictor(ckpt, settings.device, settings.backend, settings.torch_threads)
+    return make_predictor(ckpt, settings.device, settings.backend, settings.torch_threads, settings.precision,
+                          settings.reload_max_drop)
 
 
 def open_source(settings: WorkerSettings, r: redis.Redis, consumer: str, observer: Observer | None = None) -> ModelSource:

@@ -48,7 +48,7 @@ class WorkerConfig:
     slo_p99_ms: float = 10.0
     overlap: bool = True
     per_entry: int = 1  # windows per input entry (1: single-window entries)
-    precision: str = "fp32"
+    precision: str = "fp32"  # the bench pins fp32 unless a row says otherwise (the worker's default is auto)
     device: str = "cpu"
     extra_env: dict[str, str] = field(default_factory=dict)
 

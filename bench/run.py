@@ -134,11 +134,6 @@ def _rate(rows: list[dict[str, Any]], backend: str, batch: int) -> float:
                  and r["threads"] == 1 and r["processes"] == 1 and r.get("precision", "fp32") == "fp32"), 1000.0)
 
 
-def int8_available() -> bool:
-    """Whether the model-only child can time an int8 graph (``bench.model --precision``)."""
-    return "--precision" in (ROOT / "bench" / "model.py").read_text()
-
-
 
 
 
@@ -177,7 +172,7 @@ def phase_model_only(ckpt: Path, backends: list[str], plan: Plan, mb: int) -> li
     for b in backends:
         mo += model_only(ckpt, b, 1, plan.batches, plan.min_s)
         print(f"model-only {b}: " + ", ".join(f"b{r['batch']}={r['windows_per_s']:.0f}/s" for r in mo if r["backend"] == b), flush=True)
-    if "onnx" in backends and int8_available():
+    if "onnx" in backends:
         rows = model_only(ckpt, "onnx", 1, plan.batches, plan.min_s, precision="int8")
         print("model-only onnx int8: " + ", ".join(f"b{r['batch']}={r['windows_per_s']:.0f}/s" for r in rows), flush=True)
         mo += rows
@@ -210,7 +205,7 @@ def phase_saturated(url: str, ckpt: Path, mo: list[dict[str, Any]], head: str, m
         configs += [WorkerConfig(backend=head, replicas=1, max_batch=mb, overlap=False),
                     WorkerConfig(backend=head, replicas=1, threads=2, max_batch=mb),
                     WorkerConfig(backend=head, replicas=1, max_batch=256)]
-        if head == "onnx" and int8_available():
+        if head == "onnx":
             configs.append(WorkerConfig(backend=head, replicas=2, max_batch=mb, precision="int8"))
         if head != "torch":
             configs += [WorkerConfig(backend="torch", replicas=1, max_batch=mb),
@@ -234,6 +229,7 @@ def phase_open_loop(url: str, ckpt: Path, head: str, mb: int, base: float, plan:
     """Latency at fractions of one replica's saturated rate, per batch-wait policy."""
     rates = [f * base for f in LOADS]
     policies = [WorkerConfig(backend=head, max_batch=mb),
+                WorkerConfig(backend=head, max_batch=mb, precision="auto"),
                 WorkerConfig(backend=head, max_batch=mb, overlap=False),
                 WorkerConfig(backend=head, max_batch=mb, batch_wait="fixed", max_wait_ms=5.0),
                 WorkerConfig(backend=head, max_batch=mb, batch_wait="slo", slo_p99_ms=10.0)]
@@ -268,7 +264,7 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="bigru-bench-") as tmp, LocalRedis() as srv:
         tmpdir = Path(tmp)
-        ckpt = build_checkpoint(tmpdir / "ckpt")
+        ckpt = build_checkpoint(tmpdir / "ckpt", golden=256)  # the golden batch calibrates and judges int8
         print(f"redis-server on port {srv.port}; checkpoint in {ckpt}", flush=True)
         doc["model_only"] = mo = phase_model_only(ckpt, backends, plan, mb)
         doc["naive"] = [naive(srv.url, ckpt, b, 1.0 if quick else 4.0, _rate(mo, b, 1)) for b in backends]

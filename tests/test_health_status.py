@@ -44,6 +44,7 @@ def test_status_after_traffic(r: redis.Redis, redis_url: str, prefix: str, check
     assert sum(s["lag"] for s in doc["shards"]) == 5 and sum(s["pending"] for s in doc["shards"]) == 0
     (c,) = doc["consumers"]
     assert c["name"] == "test-0" and c["alive"] and c["model"] == loop.models.current.version
+    assert c["precision"] == "fp32"  # what the replica serves (a torch predictor: fp32)
     assert 0 <= c["heartbeat_age_s"] < 5 and c["pending"] == 0
     rec = doc["recent"]
     assert rec["results"] == 120 and rec["throughput_per_s"] == pytest.approx(2.0, abs=0.1)  # 120 in the last 60 s

@@ -32,7 +32,7 @@ class Heartbeat:
         self.started = time.time()
         self._next = 0.0
 
-    def beat(self, model: str, results: int, dead: int, force: bool = False) -> None:
+    def beat(self, model: str, results: int, dead: int, force: bool = False, precision: str = "fp32") -> None:
         """Refresh the heartbeat key (TTL) and the workers hash entry, if due."""
         now = self.monotonic()
         if not force and now < self._next:
@@ -40,7 +40,7 @@ class Heartbeat:
         self._next = now + self.interval_s
         info: dict[str, Any] = {
             "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(), "model": model,
-            "started": self.started, "ts": time.time(), "results": results, "dead": dead,
+            "precision": precision, "started": self.started, "ts": time.time(), "results": results, "dead": dead,
         }
         doc = json.dumps(info)
         pipe = self.r.pipeline(transaction=False)

@@ -210,7 +210,8 @@ class WorkerLoop:
 
     def heartbeat(self, force: bool = False) -> None:
         """Refresh this replica's heartbeat (when due, or now with ``force``)."""
-        self.beats.beat(self.models.current.version, self.stats.results, self.stats.dead, force)
+        model = self.models.current
+        self.beats.beat(model.version, self.stats.results, self.stats.dead, force, getattr(model, "precision", "fp32"))
 
     # -- driver -------------------------------------------------------------------------------
 

@@ -86,7 +86,8 @@ def snapshot(r: redis.Redis, keys: Keys, window_s: float = 60.0) -> dict[str, An
     beats = {_s(k): json.loads(v) for k, v in r.hgetall(keys.workers).items()}
     for name, hb in beats.items():
         c = per_consumer.setdefault(name, {"name": name, "pending": 0, "idle_ms": None})
-        c.update(host=hb.get("host"), pid=hb.get("pid"), model=hb.get("model"), served=hb.get("results"),
+        c.update(host=hb.get("host"), pid=hb.get("pid"), model=hb.get("model"), precision=hb.get("precision"),
+                 served=hb.get("results"),
                  dead=hb.get("dead"), heartbeat_age_s=round(now - float(hb.get("ts", 0)), 1))
     for name, c in per_consumer.items():
         c["alive"] = bool(r.exists(keys.heartbeat(name)))
@@ -118,8 +119,9 @@ def render(doc: dict[str, Any]) -> str:
     for c in doc["consumers"]:
         idle = "-" if c["idle_ms"] is None else f"{c['idle_ms'] / 1000:.1f}s"
         state = "ready" if c["alive"] else "stale"
+        precision = f" ({c['precision']})" if c.get("precision") else ""
         lines.append(f"{c['name']:<24} {state:<6} {c['pending']:>8} {idle:>9} {_fmt(c['heartbeat_age_s'], 's'):>10}  "
-                     f"{_fmt(c['model'])}")
+                     f"{_fmt(c['model'])}{precision}")
     rec = doc["recent"]
     lines += ["", f"last {rec['window_s']:.0f}s: {rec['results']} results, {rec['throughput_per_s']}/s, "
                   f"e2e p50 {_fmt(rec['e2e_ms_p50'], ' ms')}, p99 {_fmt(rec['e2e_ms_p99'], ' ms')}"]

@@ -4,6 +4,7 @@ FROM python:3.11-slim AS base
 WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY pyproject.toml README.md ./
+COPY protocol ./protocol
 COPY worker ./worker
 COPY producer ./producer
 COPY training ./training

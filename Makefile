@@ -30,7 +30,7 @@ test-fast: venv redis
 	$(PY) -m pytest -q -m "not chaos and not slow"
 
 lint: venv
-	$(VENV)/bin/ruff check worker producer training tests scripts bench
+	$(VENV)/bin/ruff check protocol worker producer training tests scripts bench
 	$(VENV)/bin/mypy
 
 bench: venv redis

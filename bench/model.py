@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    from worker.logs import configure
+    from protocol.logs import configure
     from worker.onnx_backend import BackendError
 
     configure("INFO")  # structlog to stderr: stdout carries only 'ready' and the JSON rows

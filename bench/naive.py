@@ -18,10 +18,10 @@ def run(url: str, prefix: str, checkpoint: str, backend: str, threads: int, seco
     """Serve windows one at a time for ``seconds``; returns the throughput."""
     import torch
 
+    from protocol.keys import Keys
+    from protocol.wire import Limits, Result, decode_window, encode_result, now_us
     from training.checkpoint import load_checkpoint
     from worker.backends import make_predictor
-    from worker.keys import Keys
-    from worker.wire import Limits, Result, decode_window, encode_result, now_us
 
     if threads:
         torch.set_num_threads(threads)

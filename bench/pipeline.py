@@ -24,9 +24,9 @@ import redis
 
 from bench.model import windows
 from producer.client import Producer
+from protocol.keys import Keys
+from protocol.wire import now_us
 from worker.health import live_replicas
-from worker.keys import Keys
-from worker.wire import now_us
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -52,7 +52,7 @@ def ceiling(url: str, n: int, procs: int, max_batch: int = 256, per_entry: int =
     """Drain ``n`` pre-filled windows with ``procs`` null-model replicas; windows/s and CPU per window."""
     from bench.model import windows
     from producer.client import Producer
-    from worker.keys import Keys
+    from protocol.keys import Keys
 
     r = redis.Redis.from_url(url)
     prefix = f"pl{uuid.uuid4().hex[:8]}"
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--consumer", default="null-0")
     p.add_argument("--max-batch", type=int, default=256)
     a = p.parse_args(argv)
-    from worker.logs import configure
+    from protocol.logs import configure
 
     configure("WARNING", True)
     print(json.dumps(_serve(a.redis_url, a.prefix, a.consumer, a.max_batch)), flush=True)

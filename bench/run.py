@@ -34,8 +34,8 @@ from bench.model import build_checkpoint, describe_model, windows  # noqa: E402
 from bench.pipeline import WorkerConfig, open_loop, saturated  # noqa: E402
 from bench.plumbing import ceiling  # noqa: E402
 from producer.client import Producer  # noqa: E402
+from protocol.keys import Keys  # noqa: E402
 from scripts.localredis import LocalRedis  # noqa: E402
-from worker.keys import Keys  # noqa: E402
 from worker.onnx_backend import onnx_available  # noqa: E402
 
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]

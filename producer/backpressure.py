@@ -13,7 +13,7 @@ from typing import Literal
 
 import redis
 
-from worker.keys import Keys, ShardKeys
+from protocol.keys import Keys, ShardKeys
 
 
 class BackpressureError(RuntimeError):

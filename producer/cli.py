@@ -16,9 +16,9 @@ from producer.client import Producer
 from producer.config import ProducerSettings
 from producer.results import ResultsReader
 from producer.sources import LabeledWindow, from_file, synthetic
-from worker.security import settings_error
-from worker.wire import encode_window
-from worker.wire_multi import encode_windows_entry
+from protocol.security import settings_error
+from protocol.wire import encode_window
+from protocol.wire_multi import encode_windows_entry
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,9 +12,9 @@ import redis
 
 from producer.backpressure import Backpressure, BackpressureError
 from producer.config import ProducerSettings
-from worker.keys import Keys
-from worker.wire import encode_window
-from worker.wire_multi import encode_windows_entry
+from protocol.keys import Keys
+from protocol.wire import encode_window
+from protocol.wire_multi import encode_windows_entry
 
 
 class Producer:

@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from worker.keys import Keys
-from worker.redisconn import RedisConnSettings
+from protocol.keys import Keys
+from protocol.redisconn import RedisConnSettings
 
 
 class ProducerSettings(RedisConnSettings):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.wire import Result
+from protocol.wire import Result
 
 
 class PlotError(RuntimeError):

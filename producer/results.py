@@ -6,15 +6,15 @@ from collections.abc import Generator
 
 import redis
 
-from worker.keys import Keys
-from worker.wire import Result
-from worker.wire_multi import decode_any_result
+from protocol.keys import Keys
+from protocol.wire import Result
+from protocol.wire_multi import decode_any_result
 
 
 class ResultsReader:
     """Iterates results in stream order per shard, merging shards; keeps its position.
 
-    Results are per window: a multi-window result entry (``worker/wire_multi.py``) yields one
+    Results are per window: a multi-window result entry (``protocol/wire_multi.py``) yields one
     :class:`Result` per window of its input (a ``WindowResult``, with ``index`` and ``reason``).
     """
 

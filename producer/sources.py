@@ -28,7 +28,7 @@ def synthetic(count: int, length: int = 20, seed: int = 0) -> Iterator[LabeledWi
 
 def from_file(path: str, count: int | None = None) -> Iterator[LabeledWindow]:
     """Windows of a ``.npz`` or UCR ``.ts`` file, cycling when ``count`` exceeds the file."""
-    from training.data import load_dataset  # numpy-only loaders; no torch import
+    from training.formats import load_dataset  # numpy-only loaders; no torch import
 
     ds = load_dataset(path)
     n = len(ds) if count is None else count

@@ -599,7 +599,7 @@ def drain(url: str, checkpoint: Path, device: str, backend: str, replicas: int, 
     from bench.model import windows
     from bench.pipeline import WorkerConfig, Workers, _results_since
     from producer.client import Producer
-    from worker.keys import Keys
+    from protocol.keys import Keys
 
     r = redis.Redis.from_url(url)
     prefix = f"dc{uuid.uuid4().hex[:8]}"

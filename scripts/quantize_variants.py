@@ -66,13 +66,15 @@ def main(argv: list[str]) -> int:
     from onnxruntime.quantization import CalibrationDataReader
 
     from training.checkpoint import load_checkpoint
-    from training.data import align_classes, load_dataset
-    from training.export import golden_windows, median_seconds, onnx_bytes, onnx_session
+    from training.data import align_classes
+    from training.export import median_seconds
+    from training.formats import load_dataset
+    from training.onnx import onnx_bytes, onnx_session
     from training.quantize import calibration_batches, onnx_int8_bytes
 
     logging.disable(logging.WARNING)
     ckpt = load_checkpoint(a.checkpoint)
-    gw, gy = golden_windows(ckpt), np.asarray(ckpt.golden_y)
+    gw, gy = ckpt.golden_windows(), np.asarray(ckpt.golden_y)
     test = align_classes(load_dataset(a.data), list(ckpt.classes)) if a.data else None
 
     class Golden(CalibrationDataReader):  # type: ignore[misc]

@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 from producer.client import Producer  # noqa: E402
 from producer.results import ResultsReader  # noqa: E402
 from producer.sources import synthetic  # noqa: E402
+from protocol.keys import Keys  # noqa: E402
+from protocol.redisconn import connect  # noqa: E402
 from scripts.localcluster import LocalCluster  # noqa: E402
 from scripts.localredis import LocalRedis  # noqa: E402
 from worker.health import check  # noqa: E402
-from worker.keys import Keys  # noqa: E402
-from worker.redisconn import connect  # noqa: E402
 
 
 def _checkpoint() -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from worker.keys import Keys
+from protocol.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "results" / "chaos"

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from protocol.keys import Keys
+from protocol.redisconn import connect
 from worker.health import check
-from worker.keys import Keys
-from worker.redisconn import connect
 
 
 def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:

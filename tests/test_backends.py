@@ -66,8 +66,8 @@ def test_auto_falls_back_to_torch_when_export_fails(checkpoint_root: Path, monke
 
 @needs_onnx
 def test_onnx_backend_serves_training_export_and_wraps_its_failures(checkpoint_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import training.export
-    from training.export import ExportError, onnx_bytes
+    import training.onnx
+    from training.onnx import ExportError, onnx_bytes
 
     ckpt = load_checkpoint(checkpoint_root)
     assert OnnxPredictor(ckpt).graph == onnx_bytes(ckpt)
@@ -75,7 +75,7 @@ def test_onnx_backend_serves_training_export_and_wraps_its_failures(checkpoint_r
     def broken(c: object) -> bytes:
         raise ExportError("export of checkpoint x failed: boom")
 
-    monkeypatch.setattr(training.export, "onnx_bytes", broken)
+    monkeypatch.setattr(training.onnx, "onnx_bytes", broken)
     with pytest.raises(BackendError, match="boom") as e:
         OnnxPredictor(ckpt)
     assert isinstance(e.value.__cause__, ExportError)

@@ -15,9 +15,9 @@ import redis
 
 from producer.backpressure import Backpressure, BackpressureError, group_lag
 from producer.client import Producer
+from protocol.keys import Keys
 from tests.helpers import make_loop
 from worker import reader
-from worker.keys import Keys
 
 W = np.zeros((20, 1), np.float32)
 

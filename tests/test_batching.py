@@ -8,10 +8,10 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
+from protocol.keys import Keys
 from tests.helpers import make_loop, run_with_trickle
 from worker.batching import CostModel, FixedWait, NoWait, SloWait, make_batch_wait
 from worker.config import WorkerSettings
-from worker.keys import Keys
 from worker.reader import Entry, enqueued_us
 
 

@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from producer.client import Producer
+from protocol.keys import Keys
 from tests.chaos_support import Outputs, audit, wait_until
 from tests.helpers import make_loop
 from training.checkpoint import load_checkpoint
-from worker.keys import Keys
 from worker.liveness import ClaimKeeper
 from worker.loop import Predictor, WorkerLoop
 from worker.predictor import TorchPredictor

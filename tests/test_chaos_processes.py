@@ -16,6 +16,9 @@ import pytest
 import redis
 
 from producer.client import Producer
+from protocol.keys import Keys
+from protocol.redisconn import connect
+from protocol.wire import encode_array, encode_window
 from scripts.localredis import LocalRedis
 from tests.chaos_support import (
     Outputs,
@@ -28,9 +31,6 @@ from tests.chaos_support import (
     stop,
     wait_until,
 )
-from worker.keys import Keys
-from worker.redisconn import connect
-from worker.wire import encode_array, encode_window
 
 pytestmark = pytest.mark.chaos
 

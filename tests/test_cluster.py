@@ -18,17 +18,17 @@ import redis
 from producer.client import Producer
 from producer.results import ResultsReader
 from producer.sources import synthetic
+from protocol.cluster import is_cluster, key_slot, shard_nodes
+from protocol.keys import Keys
+from protocol.redisconn import connect
 from scripts.localcluster import LocalCluster
 from scripts.localredis import free_port
 from tests.conftest import ROOT
 from tests.ops_helpers import scrape, start_worker, stop, value, wait_ready
 from training.checkpoint import load_checkpoint
-from worker.cluster import is_cluster, key_slot, shard_nodes
 from worker.config import WorkerSettings
-from worker.keys import Keys
 from worker.loop import StaticModel, WorkerLoop
 from worker.predictor import TorchPredictor
-from worker.redisconn import connect
 from worker.status import snapshot
 
 pytestmark = pytest.mark.cluster

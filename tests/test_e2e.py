@@ -14,8 +14,8 @@ import redis
 from producer.client import Producer
 from producer.results import ResultsReader
 from producer.sources import synthetic
+from protocol.keys import Keys
 from worker.health import live_replicas
-from worker.keys import Keys
 
 
 def _start_workers(env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:

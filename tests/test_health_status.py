@@ -17,9 +17,9 @@ import redis
 from producer.client import Producer
 from producer.results import ResultsReader
 from producer.sources import synthetic
+from protocol.keys import Keys
 from tests.helpers import make_loop
 from worker.health import check
-from worker.keys import Keys
 from worker.status import render, snapshot
 
 

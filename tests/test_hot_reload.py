@@ -27,12 +27,13 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
+from protocol import registry
+from protocol.keys import Keys
 from tests.helpers import wait_for
 from tests.zoo import Zoo, zoo_fixture  # noqa: F401  (the session's tiny checkpoints)
-from training import registry
 from training.checkpoint import FILENAME, load_checkpoint, set_latest_version, to_bytes
+from training.publish import publish_checkpoint
 from worker.health import live_replicas
-from worker.keys import Keys
 
 GATE = {"BIGRU_RELOAD_MIN_ACCURACY": "0.7", "BIGRU_RELOAD_MAX_DROP": "0.1", "BIGRU_LOG_LEVEL": "INFO"}
 
@@ -132,7 +133,7 @@ def test_publishes_under_load_lose_nothing_refuse_bad_and_roll_back(
         swaps = {}
         for g in zoo.good:  # three new checkpoints in a row, each followed by every replica
             t0 = time.monotonic()
-            entry, _ = registry.publish(r, keys, Zoo.data(g))
+            entry, _ = publish_checkpoint(r, keys, Zoo.data(g))
             swaps[entry.version] = round(converge(r, keys, entry.version, 2, t0), 3)
             time.sleep(0.7)
         # Three bad ones: wrong feature count and shuffled labels through the registry, a truncated
@@ -145,8 +146,8 @@ def test_publishes_under_load_lose_nothing_refuse_bad_and_roll_back(
             assert wait_for(lambda: len(registry.refusals(r, keys, version)) == 2, 20), registry.refusals(r, keys, version)
             assert {n["reason"] for n in registry.refusals(r, keys, version).values()} == {reason}
 
-        refused_by_both(registry.publish(r, keys, Zoo.data(zoo.wrong_features))[0].version, "incompatible_features")
-        refused_by_both(registry.publish(r, keys, Zoo.data(zoo.shuffled))[0].version, "below_floor")
+        refused_by_both(publish_checkpoint(r, keys, Zoo.data(zoo.wrong_features))[0].version, "incompatible_features")
+        refused_by_both(publish_checkpoint(r, keys, Zoo.data(zoo.shuffled))[0].version, "below_floor")
         ckpt = load_checkpoint(zoo.good[2])
         ckpt.version = ""
         data = to_bytes(ckpt)  # same weights, a newer version id
@@ -224,7 +225,7 @@ def test_replicas_on_different_directories_converge_through_the_registry(
         t1 = time.monotonic()
         converge(r, keys, new, 2, t1)
         # A move nobody announced is found on SIGHUP.
-        registry.publish(r, keys, Zoo.data(zoo.good[1]), set_latest=False)  # registered, not yet latest
+        publish_checkpoint(r, keys, Zoo.data(zoo.good[1]), set_latest=False)  # registered, not yet latest
         registry.promote(r, keys, Zoo.version(zoo.good[1]), notify=False)
         time.sleep(1.5)
         assert list(serving(r, keys).values()) == [new] * 2

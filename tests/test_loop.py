@@ -8,9 +8,9 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
+from protocol.keys import Keys
+from protocol.wire import encode_window
 from tests.helpers import make_loop, run_with_trickle, stream_entries
-from worker.keys import Keys
-from worker.wire import encode_window
 
 
 def test_batches_fill_up_to_max_batch(r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path) -> None:

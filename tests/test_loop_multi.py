@@ -9,9 +9,9 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
+from protocol.keys import Keys
+from protocol.wire_multi import decode_multi_result, encode_windows_entry
 from tests.helpers import make_loop, stream_entries
-from worker.keys import Keys
-from worker.wire_multi import decode_multi_result, encode_windows_entry
 
 
 def _windows(n: int, t: int = 20, seed: int = 0) -> np.ndarray:

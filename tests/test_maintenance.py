@@ -9,9 +9,9 @@ import numpy as np
 import redis
 
 from producer.client import Producer
+from protocol.keys import Keys
 from tests.helpers import make_loop
 from worker import reader
-from worker.keys import Keys
 from worker.maintenance import Maintenance
 
 

@@ -25,13 +25,13 @@ from prometheus_client import generate_latest
 from producer.client import Producer
 from producer.results import ResultsReader
 from producer.sources import synthetic
+from protocol.keys import Keys
+from protocol.wire import encode_window
 from scripts.localredis import LocalRedis, free_port
 from tests.conftest import ROOT
 from tests.helpers import make_loop
 from tests.ops_helpers import parse, scrape, start_worker, stop, value, wait_ready
-from worker.keys import Keys
 from worker.metrics import LATENCY_BUCKETS, StreamCollector, WorkerMetrics
-from worker.wire import encode_window
 
 
 def test_observer_counts_served_dead_expired_and_latency(

@@ -14,8 +14,8 @@ import redis
 import yaml
 from prometheus_client import generate_latest
 
+from protocol.keys import Keys
 from tests.conftest import ROOT
-from worker.keys import Keys
 from worker.metrics import StreamCollector, WorkerMetrics
 from worker.reader import ensure_groups
 

@@ -9,11 +9,11 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
+from protocol.keys import Keys
+from protocol.wire import Result, encode_result
 from tests.helpers import make_loop
 from worker import reader
-from worker.keys import Keys
 from worker.publisher import Output, Publisher
-from worker.wire import Result, encode_result
 
 
 def _setup(r: redis.Redis, prefix: str, n: int) -> tuple[Keys, list[reader.Entry]]:

@@ -17,16 +17,16 @@ from structlog.testing import capture_logs
 from bench import model as bench_model
 from producer.client import Producer
 from producer.results import ResultsReader
+from protocol.keys import Keys
 from tests.zoo import Zoo, zoo_fixture  # noqa: F401  (the session's tiny checkpoints)
-from training import registry
 from training.checkpoint import Checkpoint, load_checkpoint
-from training.export import onnx_bytes, onnx_session
+from training.onnx import onnx_bytes, onnx_session
+from training.publish import publish_checkpoint
 from training.quantize import QuantizeError, onnx_int8_bytes, quantized_ops
 from worker import backends, cli
 from worker.backends import make_predictor
 from worker.config import WorkerSettings
-from worker.gate import GateRules, accuracy, evaluate, golden_windows
-from worker.keys import Keys
+from worker.gate import GateRules, accuracy, evaluate
 from worker.loop import WorkerLoop
 from worker.onnx_backend import BackendError, OnnxPredictor, onnx_available
 from worker.reload import ReloadingSource, initial_predictor
@@ -65,7 +65,7 @@ def test_int8_graph_quantizes_the_convolutions_and_keeps_the_golden_labels(check
     ops = quantized_ops(int8)
     # each of the 3 Convs: Q->DQ on its input and output (fused into QLinearConv by ORT), DQ of weight and bias
     assert ops == {"QuantizeLinear": 6, "DequantizeLinear": 12}, ops
-    golden = golden_windows(ckpt)
+    golden = ckpt.golden_batch()
     assert golden is not None
     xs, _ = golden
     p32, p8 = _labels(fp32, xs), _labels(int8, xs)
@@ -83,7 +83,7 @@ def test_auto_serves_int8_within_the_drop_and_the_gate_judges_the_served_graph(c
     acc = pred.golden_accuracy
     assert acc["int8"] >= acc["fp32"] - 0.02
     assert [e["event"] for e in logs if e["event"].startswith("int8")] == ["int8_serving"]
-    golden = golden_windows(ckpt)
+    golden = ckpt.golden_batch()
     assert golden is not None
     served = pred.predict(golden[0])  # the session serving is the int8 graph's, not fp32's
     assert np.allclose(served, _labels(onnx_int8_bytes(ckpt), golden[0]), atol=1e-6)
@@ -105,7 +105,7 @@ def test_int8_window_is_the_same_alone_and_in_any_batch(checkpoint_root: Path) -
 
 def test_auto_falls_back_to_fp32_when_int8_loses_golden_accuracy(checkpoint_root: Path) -> None:
     ckpt = _near_boundary(load_checkpoint(checkpoint_root))
-    golden = golden_windows(ckpt)
+    golden = ckpt.golden_batch()
     assert golden is not None and len(golden[0]) >= 50
     xs, _ = golden
     int8_acc = float((_labels(onnx_int8_bytes(ckpt), xs).argmax(1) == ckpt.golden_y).mean())
@@ -163,7 +163,7 @@ def test_precision_setting_default_and_bad_value_named_at_start(monkeypatch: pyt
 def test_reload_builds_the_candidate_at_the_configured_precision(r: redis.Redis, redis_url: str, prefix: str,
                                                                  zoo: Zoo) -> None:
     keys = Keys(prefix, prefix)
-    entry, _ = registry.publish(r, keys, Zoo.data(zoo.good[0]))
+    entry, _ = publish_checkpoint(r, keys, Zoo.data(zoo.good[0]))
     served: dict[str, str] = {}
     for precision in ("auto", "fp32"):
         s = WorkerSettings(redis_url=redis_url, prefix=prefix, group=prefix, checkpoint=str(zoo.base), backend="onnx",

@@ -16,10 +16,10 @@ from producer.backpressure import Backpressure, BackpressureError
 from producer.cli import main as cli_main
 from producer.client import Producer
 from producer.results import ResultsReader
+from protocol.keys import Keys
+from protocol.wire import Limits, Result, decode_window, encode_result, encode_window
+from protocol.wire_multi import WindowOutcome, decode_multi, encode_multi_result, is_multi
 from worker import reader
-from worker.keys import Keys
-from worker.wire import Limits, Result, decode_window, encode_result, encode_window
-from worker.wire_multi import WindowOutcome, decode_multi, encode_multi_result, is_multi
 
 
 def _ws(t: int, n: int, start: int = 0) -> list[np.ndarray]:

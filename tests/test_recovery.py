@@ -12,9 +12,9 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
+from protocol.keys import Keys
 from tests.helpers import make_loop, stream_entries
 from worker import reader
-from worker.keys import Keys
 
 W = np.zeros((20, 1), np.float32)
 

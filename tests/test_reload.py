@@ -14,14 +14,16 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
+from protocol import registry
+from protocol.keys import Keys
 from tests.helpers import wait_for
 from tests.zoo import Zoo, zoo_fixture  # noqa: F401  (the session's tiny checkpoints)
-from training import registry, registry_cli
+from training import registry_cli
 from training.checkpoint import FILENAME, CheckpointError, set_latest_version
+from training.publish import entry_for, publish_checkpoint
 from worker.config import WorkerSettings
 from worker.gate import GateRules, Refused, judge
 from worker.health import status
-from worker.keys import Keys
 from worker.loop import WorkerLoop
 from worker.reload import ReloadingSource, initial_predictor
 
@@ -60,7 +62,7 @@ def test_published_version_is_served_from_the_next_batch(r: redis.Redis, redis_u
     keys = Keys(prefix, prefix)
     src = make_source(zoo.base)
     base = src.current.version
-    entry, ptr = registry.publish(r, keys, Zoo.data(zoo.good[0]))
+    entry, ptr = publish_checkpoint(r, keys, Zoo.data(zoo.good[0]))
     assert ptr is not None and ptr.version == entry.version == Zoo.version(zoo.good[0])
     assert src.check() == entry.version
     assert src.current.version == base  # verified off the hot path; not swapped until the loop polls
@@ -80,7 +82,7 @@ def test_bad_checkpoints_are_refused_and_noted(r: redis.Redis, prefix: str, zoo:
     base = src.current.version
     cases = {zoo.wrong_features: "incompatible_features", zoo.shuffled: "below_floor"}
     for root, reason in cases.items():
-        entry, _ = registry.publish(r, keys, Zoo.data(root))
+        entry, _ = publish_checkpoint(r, keys, Zoo.data(root))
         assert src.check() is None
         src.poll()
         assert src.current.version == base
@@ -88,7 +90,7 @@ def test_bad_checkpoints_are_refused_and_noted(r: redis.Redis, prefix: str, zoo:
         assert registry.refusals(r, keys, entry.version)["test-0"]["reason"] == reason
     # Bytes truncated in the registry after publishing: the sha256 check refuses them.
     data = Zoo.data(zoo.good[1])
-    entry, _ = registry.publish(r, keys, data)
+    entry, _ = publish_checkpoint(r, keys, data)
     r.set(keys.model_blob(entry.version), data[: len(data) // 2])
     assert src.check() is None and src.refused[entry.version] == "sha256_mismatch"
     events = [(f[b"event"], f[b"version"].decode()) for _, f in r.xrange(keys.model_events)]
@@ -98,7 +100,7 @@ def test_bad_checkpoints_are_refused_and_noted(r: redis.Redis, prefix: str, zoo:
     # The pointer is unchanged, so nothing is retried until it moves again.
     assert src.check() is None
     # Serving continues and a good version is still accepted afterwards.
-    good, _ = registry.publish(r, keys, Zoo.data(zoo.good[2]))
+    good, _ = publish_checkpoint(r, keys, Zoo.data(zoo.good[2]))
     assert src.check() == good.version
     src.poll()
     assert src.current.version == good.version
@@ -131,11 +133,11 @@ def test_versions_move_forward_unless_promoted(r: redis.Redis, prefix: str, zoo:
     src = make_source(zoo.base)
     v0, v1, v2 = (Zoo.version(g) for g in zoo.good)
     for root in (zoo.good[0], zoo.good[2]):
-        registry.publish(r, keys, Zoo.data(root))
+        publish_checkpoint(r, keys, Zoo.data(root))
         src.check()
         src.poll()
     assert src.current.version == v2
-    registry.publish(r, keys, Zoo.data(zoo.good[1]))  # an older version published later: not followed
+    publish_checkpoint(r, keys, Zoo.data(zoo.good[1]))  # an older version published later: not followed
     assert src.check() is None
     src.poll()
     assert src.current.version == v2
@@ -155,16 +157,16 @@ def test_announcement_periodic_check_and_forced_check(r: redis.Redis, prefix: st
 
     slow = make_source(zoo.base).start()  # periodic check once an hour
     time.sleep(0.3)  # the watcher is blocking on the events stream
-    registry.publish(r, keys, Zoo.data(zoo.good[0]))
+    publish_checkpoint(r, keys, Zoo.data(zoo.good[0]))
     assert wait_for(lambda: served(slow, Zoo.version(zoo.good[0])), 10), "announcement did not trigger a check"
-    registry.publish(r, keys, Zoo.data(zoo.good[1]), notify=False)  # a missed announcement
+    publish_checkpoint(r, keys, Zoo.data(zoo.good[1]), notify=False)  # a missed announcement
     time.sleep(1.0)
     assert served(slow, Zoo.version(zoo.good[0]))
     slow.request_check()  # what SIGHUP does
     assert wait_for(lambda: served(slow, Zoo.version(zoo.good[1])), 10)
     fast = make_source(zoo.base, reload_interval_s=0.3).start()
     assert wait_for(lambda: served(fast, Zoo.version(zoo.good[1])), 10)
-    registry.publish(r, keys, Zoo.data(zoo.good[2]), notify=False)
+    publish_checkpoint(r, keys, Zoo.data(zoo.good[2]), notify=False)
     assert wait_for(lambda: served(fast, Zoo.version(zoo.good[2])), 10), "periodic check did not find the version"
 
 
@@ -184,11 +186,11 @@ def test_registry_rejects_bad_publishes_and_unknown_promotes(r: redis.Redis, red
                                                              tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     keys = Keys(prefix, prefix)
     data = Zoo.data(zoo.good[0])
-    entry = registry.entry_for(data)
+    entry = entry_for(data)
     assert registry.register(r, keys, data, entry) is True
     assert registry.register(r, keys, data, entry) is False  # idempotent
     with pytest.raises(registry.RegistryError, match="not a valid checkpoint"):
-        registry.publish(r, keys, data[:-500])
+        publish_checkpoint(r, keys, data[:-500])
     with pytest.raises(registry.RegistryError, match="not registered"):
         registry.promote(r, keys, "v19700101T000000000-deadbeef")
     assert registry.read_pointer(r, keys) is None  # nothing above moved latest
@@ -209,7 +211,7 @@ def test_worker_without_a_local_checkpoint_starts_from_the_registry(r: redis.Red
     s = settings(redis_url, prefix, tmp_path / "missing")
     with pytest.raises(CheckpointError):
         initial_predictor(s, r)  # nothing local, nothing registered
-    registry.publish(r, Keys(prefix, prefix), Zoo.data(zoo.good[1]))
+    publish_checkpoint(r, Keys(prefix, prefix), Zoo.data(zoo.good[1]))
     assert initial_predictor(s, r).version == Zoo.version(zoo.good[1])
     with pytest.raises(CheckpointError):
         initial_predictor(settings(redis_url, prefix, tmp_path / "missing", reload=False), r)

@@ -10,9 +10,9 @@ import redis
 from producer.client import Producer
 from producer.results import ResultsReader
 from producer.sources import synthetic
+from protocol.keys import Keys
 from tests.ops_helpers import start_worker, stop, wait_ready
 from worker.health import check
-from worker.keys import Keys
 
 
 @pytest.mark.slow

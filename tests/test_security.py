@@ -21,13 +21,13 @@ from producer.backpressure import Backpressure
 from producer.client import Producer
 from producer.config import ProducerSettings
 from producer.results import ResultsReader
+from protocol.keys import Keys
+from protocol.security import Role, acl_rules, acl_setuser, settings_error
 from scripts.localredis import LocalRedis
 from tests.helpers import make_loop
 from tests.tlscerts import make_tls_set
 from training.checkpoint import CheckpointError, load_checkpoint
 from worker.config import WorkerSettings
-from worker.keys import Keys
-from worker.security import Role, acl_rules, acl_setuser, settings_error
 
 ROOT = Path(__file__).resolve().parents[1]
 DENIED = redis.exceptions.NoPermissionError
@@ -237,7 +237,7 @@ def test_pickle_checkpoint_is_refused_without_running_it(tmp_path: Path, monkeyp
 
 
 def test_redacted_hides_passwords_in_userinfo_and_query() -> None:
-    from worker.redisconn import redacted
+    from protocol.redisconn import redacted
 
     assert redacted("rediss://bigru-worker:s3cret@h:6380/0") == "rediss://bigru-worker:***@h:6380/0"
     assert redacted("unix:///run/redis.sock?db=0&password=s3cret") == "unix:///run/redis.sock?db=0&password=***"

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import DataError, align_classes, load_dataset, normalization, stratified_split, synthetic
+from training.data import DataError, align_classes, normalization, stratified_split, synthetic
+from training.formats import load_dataset
 
 DATA = Path(__file__).parent / "data"
 

@@ -14,17 +14,9 @@ from torch import nn
 
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.data import pad, synthetic
-from training.export import (
-    ExportError,
-    golden_windows,
-    onnx_bytes,
-    onnx_session,
-    parity,
-    quantize,
-    quantized_layers,
-    serialized_size,
-)
 from training.export import main as export_main
+from training.export import quantize, quantized_layers, serialized_size
+from training.onnx import ExportError, onnx_bytes, onnx_session, parity
 
 pytest.importorskip("onnxruntime")
 
@@ -43,7 +35,7 @@ def _windows(lengths: list[int], seed: int = 0) -> list[np.ndarray]:
 @pytest.mark.slow
 def test_onnx_matches_torch_on_random_and_real_windows(checkpoint_root: Path, graph: bytes) -> None:
     ckpt = load_checkpoint(checkpoint_root)
-    real = golden_windows(ckpt) + synthetic(50, 33, seed=9).X  # a length the export never saw
+    real = ckpt.golden_windows() + synthetic(50, 33, seed=9).X  # a length the export never saw
     res = parity(ckpt, onnx_session(graph), real)
     assert res["real_windows"] == len(real) > 0
     assert res["random_max_abs_diff"] < 1e-4, res

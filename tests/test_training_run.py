@@ -11,7 +11,8 @@ import torch
 
 from training.checkpoint import load_checkpoint
 from training.cli import COMMANDS, main
-from training.data import load_dataset, normalization, stratified_split, synthetic
+from training.data import normalization, stratified_split, synthetic
+from training.formats import load_dataset
 
 DATA = Path(__file__).parent / "data"
 TINY = ["--hidden", "16", "--layers", "1", "--no-plots"]

@@ -5,7 +5,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from worker.wire import (
+from protocol.wire import (
     Limits,
     Result,
     WireError,

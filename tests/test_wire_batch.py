@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from worker.wire import (
+from protocol.wire import (
     Limits,
     Result,
     Window,

@@ -1,4 +1,4 @@
-"""Multi-window entries (worker/wire_multi.py): codec, errors, results, dead letters, the doc's hex."""
+"""Multi-window entries (protocol/wire_multi.py): codec, errors, results, dead letters, the doc's hex."""
 
 import re
 from pathlib import Path
@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from worker.wire import (
+from protocol.wire import (
     Limits,
     Result,
     Window,
@@ -19,7 +19,7 @@ from worker.wire import (
     encode_result,
     encode_window,
 )
-from worker.wire_multi import (
+from protocol.wire_multi import (
     MultiWindow,
     WindowOutcome,
     WindowResult,

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from training.data import DataError, Dataset, align_classes, load_dataset, synthetic
+from training.data import DataError, Dataset, align_classes, synthetic
+from training.formats import load_dataset
 
 PAIR_MODE_CELLS = 4096  # DP cells per pair above which per-pair early abandoning beats the matrix
 MAX_TEST_WINDOWS = 5000  # default cap on scored test windows (seeded subsample above it)

@@ -66,6 +66,18 @@ class Checkpoint:
         """Number of features F a window must have."""
         return self.config.input_dim
 
+    def golden_windows(self) -> list[np.ndarray]:
+        """The golden batch as unpadded raw [T_i, F] windows (empty when the checkpoint has none)."""
+        if self.golden_x is None or self.golden_lengths is None:
+            return []
+        return [self.golden_x[i, : int(n)] for i, n in enumerate(self.golden_lengths)]
+
+    def golden_batch(self) -> tuple[list[np.ndarray], list[str]] | None:
+        """The golden batch as unpadded windows and their class names, or None when absent."""
+        if self.golden_y is None or len(self.golden_y) == 0 or self.golden_x is None:
+            return None
+        return self.golden_windows(), [self.classes[int(y)] for y in self.golden_y]
+
     def build_model(self, device: str | torch.device = "cpu") -> SequenceClassifier:
         """Instantiate the module with these weights, in eval mode."""
         model = SequenceClassifier(self.config)

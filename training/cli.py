@@ -169,7 +169,7 @@ def resolve_device(device: str) -> str:
 def train_main(argv: list[str]) -> int:
     """The ``train`` subcommand."""
     args = build_parser().parse_args(argv)
-    from worker.logs import configure
+    from protocol.logs import configure
 
     configure()  # events on stderr (JSON when it is not a terminal), so stdout keeps only the summary
     try:

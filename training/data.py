@@ -1,4 +1,4 @@
-"""Datasets: the tutorial's synthetic task, splits, normalization and the file loaders' entry point.
+"""Datasets: the tutorial's synthetic task, splits and normalization (file parsers: :mod:`training.formats`).
 
 This module (and :mod:`training.formats`) imports only numpy: the producer uses it to read dataset
 files without pulling in torch.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,21 +142,3 @@ def align_classes(ds: Dataset, classes: list[str]) -> Dataset:
         raise DataError(f"{ds.name}: labels {unknown} do not occur in the training classes {classes}")
     y = np.array([index[ds.classes[int(v)]] for v in ds.y], dtype=np.int64)
     return Dataset(ds.X, y, list(classes), ds.name, dict(ds.meta), ds.labeled)
-
-
-def load_dataset(path: str | Path, label_column: str = "label", features: int = 1) -> Dataset:
-    """Load a dataset file by extension: UCR/UEA ``.ts``, ``.npz`` or ``.csv``.
-
-    ``label_column`` and ``features`` apply to ``.csv`` only (see :func:`training.formats.load_csv`).
-    """
-    from training import formats  # numpy-only; imported here to keep this module free of cycles
-
-    p = str(path)
-    suffix = Path(p).suffix.lower()
-    if suffix == ".ts":
-        return formats.load_ts(p)
-    if suffix == ".npz":
-        return formats.load_npz(p)
-    if suffix == ".csv":
-        return formats.load_csv(p, label_column=label_column, features=features)
-    raise DataError(f"{p}: unsupported extension {suffix!r} (expected .ts, .npz or .csv)")

@@ -1,13 +1,8 @@
-"""``bigru-train export``: the one ONNX exporter (served and parity-checked), int8, serving cost.
+"""``bigru-train export``: write the served ONNX graph and check it, int8 size/accuracy, serving cost.
 
-:func:`onnx_bytes` is the only ONNX export in the project: ``bigru-train export --onnx`` writes its
-bytes to ``model.onnx`` and checks parity on a session built from them, and the worker's ONNX
-backend (:class:`worker.onnx_backend.OnnxPredictor`) builds its session from the same bytes at start.
-The graph takes raw windows ``x`` [batch, time, F] (both axes dynamic), applies the checkpoint's
-normalization and returns ``logits`` and ``probs``. Every window of one call must have the same length
-(ONNX has no packed sequences); batch unequal windows by length, or run them one by one. Parity is
-checked against the torch model on random windows of several shapes and on real windows (the
-checkpoint's golden batch and, with ``--data``, a dataset file).
+The graph is :func:`training.onnx.onnx_bytes` (the one exporter). Parity is checked against the torch
+model on random windows of several shapes and on real windows (the checkpoint's golden batch and,
+with ``--data``, a dataset file).
 """
 
 from __future__ import annotations
@@ -29,121 +24,12 @@ import torch
 from torch import nn
 
 from training.checkpoint import Checkpoint, load_checkpoint
-from training.data import Dataset, load_dataset
+from training.data import Dataset
+from training.formats import load_dataset
 from training.metrics import report
+from training.onnx import INPUT, OPSET, ExportError, RawInputModel, onnx_bytes, onnx_session, parity
 
-#: ONNX opset of the served graph (the TorchScript exporter maps nn.GRU/nn.LSTM onto ONNX's GRU/LSTM ops).
-OPSET = 17
-INPUT = "x"
-OUTPUTS = ("logits", "probs")
-RANDOM_SHAPES = ((1, 1), (1, 20), (3, 7), (8, 20), (32, 57), (5, 150))
 TIMING_BATCHES = (1, 64)
-
-
-class ExportError(RuntimeError):
-    """The checkpoint's model cannot be exported to ONNX."""
-
-
-class RawInputModel(nn.Module):
-    """Normalization + classifier: raw equal-length windows [B, T, F] -> (logits, probs).
-
-    The classifier is called as ``model(x)`` only (no lengths: its equal-length path), so any module
-    whose forward maps [B, T, F] to logits [B, C] can be exported.
-    """
-
-    def __init__(self, ckpt: Checkpoint, model: nn.Module | None = None) -> None:
-        super().__init__()
-        self.model = model if model is not None else ckpt.build_model("cpu")
-        self.mean: torch.Tensor
-        self.inv_std: torch.Tensor
-        self.register_buffer("mean", torch.from_numpy(np.asarray(ckpt.mean, np.float32)))
-        self.register_buffer("inv_std", torch.from_numpy((1.0 / np.asarray(ckpt.std)).astype(np.float32)))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and class probabilities of raw windows ``x``."""
-        logits = self.model((x - self.mean) * self.inv_std)
-        return logits, torch.softmax(logits, dim=-1)
-
-
-def onnx_bytes(ckpt: Checkpoint) -> bytes:
-    """The served ONNX graph of ``ckpt``: raw ``x`` [batch, time, F] -> ``logits``, ``probs`` [batch, C].
-
-    TorchScript-based exporter (``dynamo=False``), opset :data:`OPSET`: recurrent layers become ONNX
-    GRU/LSTM operators, which onnxruntime runs fast; the bytes are deterministic for a checkpoint and
-    the export takes well under a second. (The dynamo exporter measured the same ONNX Runtime forward
-    time, but its bytes differ run to run and it takes seconds; torch deprecates the TorchScript
-    exporter, and the parity tests say when switching becomes necessary.) Raises :class:`ExportError`
-    when the exporter fails.
-    """
-    wrapper = RawInputModel(ckpt).eval()
-    example = torch.zeros((2, 8, ckpt.input_dim), dtype=torch.float32)
-    axes = {INPUT: {0: "batch", 1: "time"}, **{name: {0: "batch"} for name in OUTPUTS}}
-    buf = io.BytesIO()
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            # The annotation says path; with dynamo=False the exporter writes to file objects too.
-            torch.onnx.export(wrapper, (example,), buf,  # type: ignore[arg-type]
-                              input_names=[INPUT], output_names=list(OUTPUTS), dynamic_axes=axes,
-                              opset_version=OPSET, dynamo=False)
-    except Exception as e:  # the exporter raises many types (torch, onnx, onnxscript)
-        raise ExportError(f"ONNX export of checkpoint {ckpt.version} failed: {type(e).__name__}: {e}") from e
-    return buf.getvalue()
-
-
-def onnx_session(graph: bytes, threads: int = 1) -> Any:
-    """An onnxruntime CPU session for ``graph`` with the worker's settings (``threads`` intra-op threads).
-
-    Raises ``ImportError`` without onnxruntime and onnxruntime's own errors for a graph it refuses.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning intra-op threads burn the cores that Redis and the other replicas need.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
-
-
-def _groups_by_length(windows: list[np.ndarray]) -> list[np.ndarray]:
-    by_len: dict[int, list[np.ndarray]] = {}
-    for w in windows:
-        by_len.setdefault(w.shape[0], []).append(w)
-    return [np.stack(v).astype(np.float32) for v in by_len.values()]
-
-
-def golden_windows(ckpt: Checkpoint) -> list[np.ndarray]:
-    """The checkpoint's golden batch as a list of raw [T_i, F] windows."""
-    if ckpt.golden_x is None or ckpt.golden_lengths is None:
-        return []
-    return [ckpt.golden_x[i, : int(n)] for i, n in enumerate(ckpt.golden_lengths)]
-
-
-def parity(ckpt: Checkpoint, session: Any, real: list[np.ndarray], seed: int = 0) -> dict[str, Any]:
-    """Max |onnx - torch| over logits, on random windows and on ``real`` windows (grouped by length)."""
-    wrapper = RawInputModel(ckpt).eval()
-    rng = np.random.default_rng(seed)
-    rand = [(rng.standard_normal((b, t, ckpt.input_dim)) * ckpt.std + ckpt.mean).astype(np.float32) for b, t in RANDOM_SHAPES]
-
-    def max_diff(batches: list[np.ndarray]) -> float:
-        worst = 0.0
-        for xb in batches:
-            with torch.inference_mode():
-                ref = wrapper(torch.from_numpy(xb))[0].numpy()
-            got = session.run(["logits"], {INPUT: xb})[0]
-            worst = max(worst, float(np.abs(got - ref).max()))
-        return worst
-
-    real_batches = _groups_by_length(real)
-    return {
-        "random_max_abs_diff": max_diff(rand),
-        "random_shapes": [list(s) for s in RANDOM_SHAPES],
-        "real_max_abs_diff": max_diff(real_batches) if real_batches else None,
-        "real_windows": len(real),
-    }
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 9, target: float = 0.05) -> float:
@@ -238,7 +124,7 @@ def eval_set(ckpt: Checkpoint, data: str | None) -> Dataset:
         from training.data import align_classes
 
         return align_classes(load_dataset(data), list(ckpt.classes))
-    windows = golden_windows(ckpt)
+    windows = ckpt.golden_windows()
     if not windows or ckpt.golden_y is None:
         raise ValueError("the checkpoint has no golden batch; pass --data to measure accuracy")
     return Dataset(windows, np.asarray(ckpt.golden_y, dtype=np.int64), list(ckpt.classes), name="golden batch")
@@ -261,7 +147,7 @@ def measure(ckpt: Checkpoint, file: Path, ds: Dataset, onnx: bool, quant: bool,
         export_s = time.perf_counter() - t0
         session = onnx_session(graph)
         res["onnx"] = {"bytes": len(graph), "sha256": hashlib.sha256(graph).hexdigest(), "opset": OPSET,
-                       "export_seconds": export_s, **parity(ckpt, session, golden_windows(ckpt) + list(ds.X))}
+                       "export_seconds": export_s, **parity(ckpt, session, ckpt.golden_windows() + list(ds.X))}
         res["timing"] = forward_times(ckpt, session, length)
     if quant:
         q = quantize(model)

@@ -292,3 +292,19 @@ def load_csv(path: str, label_column: str = "label", features: int = 1) -> Datas
         raise DataError(f"{path}: no data rows after the header")
     classes, y = _classes_for(labels, None, path)
     return Dataset(X, y, classes, name=Path(path).stem, meta={"file": str(path)})
+
+
+def load_dataset(path: str | Path, label_column: str = "label", features: int = 1) -> Dataset:
+    """Load a dataset file by extension: UCR/UEA ``.ts``, ``.npz`` or ``.csv``.
+
+    ``label_column`` and ``features`` apply to ``.csv`` only (see :func:`training.load_csv`).
+    """
+    p = str(path)
+    suffix = Path(p).suffix.lower()
+    if suffix == ".ts":
+        return load_ts(p)
+    if suffix == ".npz":
+        return load_npz(p)
+    if suffix == ".csv":
+        return load_csv(p, label_column=label_column, features=features)
+    raise DataError(f"{p}: unsupported extension {suffix!r} (expected .ts, .npz or .csv)")

@@ -31,7 +31,7 @@ import numpy as np
 import structlog
 
 from training.checkpoint import Checkpoint
-from training.export import INPUT, ExportError, golden_windows, onnx_bytes
+from training.onnx import INPUT, ExportError, onnx_bytes
 
 #: ONNX op types quantized in the served int8 graph.
 INT8_OPS = ("Conv",)
@@ -46,7 +46,7 @@ class QuantizeError(ExportError):
 def calibration_batches(ckpt: Checkpoint) -> list[np.ndarray]:
     """The golden batch grouped by window length: one [n, T, F] float32 array per distinct length."""
     by_len: dict[int, list[np.ndarray]] = {}
-    for w in golden_windows(ckpt):
+    for w in ckpt.golden_windows():
         by_len.setdefault(w.shape[0], []).append(w)
     return [np.stack(v).astype(np.float32) for _, v in sorted(by_len.items())]
 

@@ -17,10 +17,11 @@ from typing import Any
 import redis
 from pydantic import Field, ValidationError
 
-from training import registry
-from worker.keys import Keys
-from worker.redisconn import RedisConnSettings, redacted
-from worker.security import settings_error
+from protocol import registry
+from protocol.keys import Keys
+from protocol.redisconn import RedisConnSettings, redacted
+from protocol.security import settings_error
+from training.publish import publish_checkpoint
 
 COMMANDS = ("publish", "promote", "models")
 
@@ -64,7 +65,7 @@ def publish_path(s: RegistrySettings, path: str | Path, *, set_latest: bool = Tr
         data = file.read_bytes()
     except (CheckpointError, OSError) as e:
         raise registry.RegistryError(f"cannot read a checkpoint at {path}: {e}") from e
-    entry, ptr = registry.publish(s.client(), s.keys, data, source=str(file), set_latest=set_latest)
+    entry, ptr = publish_checkpoint(s.client(), s.keys, data, source=str(file), set_latest=set_latest)
     return {
         "version": entry.version, "sha256": entry.sha256, "bytes": entry.size, "params": entry.params,
         "val_accuracy": entry.metrics.get("val_accuracy"), "golden": entry.golden_size,

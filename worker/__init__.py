@@ -1,4 +1,5 @@
-"""Worker role: wire format, key names and the batching consumer loop.
+"""Worker role: the batching consumer service (collect, decode, predict, encode, publish).
 
-Importing this package must not import torch (the producer imports ``worker.wire``).
+It stands on ``protocol`` (wire format, key names, connections) and on ``training``'s model and
+checkpoint format. Importing this package must not import torch.
 """

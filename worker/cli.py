@@ -7,8 +7,8 @@ import sys
 
 from pydantic import ValidationError
 
+from protocol.security import settings_error
 from worker.config import WorkerSettings
-from worker.security import settings_error
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from worker.cluster import parse_shards
-from worker.keys import Keys
-from worker.redisconn import RedisConnSettings
-from worker.wire import Limits
+from protocol.cluster import parse_shards
+from protocol.keys import Keys
+from protocol.redisconn import RedisConnSettings
+from protocol.wire import Limits
 
 
 class WorkerSettings(RedisConnSettings):

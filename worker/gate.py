@@ -64,14 +64,6 @@ def check_schema(ckpt: Checkpoint, serving: ServingPredictor, rules: GateRules) 
         raise Refused("incompatible_classes", f"classes {ckpt.classes}, serving {serving.classes}")
 
 
-def golden_windows(ckpt: Checkpoint) -> tuple[list[np.ndarray], list[str]] | None:
-    """The golden batch as unpadded windows and their class names, or None when absent."""
-    if ckpt.golden_x is None or ckpt.golden_lengths is None or ckpt.golden_y is None or len(ckpt.golden_y) == 0:
-        return None
-    xs = [ckpt.golden_x[i, : int(n)] for i, n in enumerate(ckpt.golden_lengths)]
-    return xs, [ckpt.classes[int(y)] for y in ckpt.golden_y]
-
-
 def accuracy(pred: ServingPredictor, xs: list[np.ndarray], names: list[str], batch: int = 256) -> float:
     """Share of windows whose predicted class name equals the label's."""
     hits = 0
@@ -92,7 +84,7 @@ def judge(acc: float, serving_acc: float | None, rules: GateRules) -> None:
 
 def evaluate(ckpt: Checkpoint, candidate: ServingPredictor, serving: ServingPredictor, rules: GateRules) -> Verdict:
     """Run both models on the candidate's golden batch and judge; raises :class:`Refused`."""
-    golden = golden_windows(ckpt)
+    golden = ckpt.golden_batch()
     if golden is None:
         if rules.require_golden:
             raise Refused("no_golden_batch", "checkpoint carries no golden batch")

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from worker.keys import Keys
+from protocol.keys import Keys
 
 
 def heartbeat(r: redis.Redis, keys: Keys, consumer: str) -> dict[str, Any] | None:
@@ -67,7 +67,7 @@ def status(r: redis.Redis, keys: Keys) -> dict[str, Any]:
 
 def models(r: redis.Redis, keys: Keys, replicas: list[dict[str, Any]]) -> dict[str, Any]:
     """The registry's ``latest`` pointer and the version each live replica serves."""
-    from training.registry import read_pointer
+    from protocol.registry import read_pointer
 
     ptr = read_pointer(r, keys)
     serving = {str(rep.get("consumer")): rep.get("model") for rep in replicas}

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 import structlog
 
-from worker.keys import Keys
+from protocol.keys import Keys
 from worker.reader import Entry, refresh_claims
 
 

@@ -23,6 +23,8 @@ from typing import Protocol
 import redis
 import structlog
 
+from protocol.redisconn import TRANSIENT
+from protocol.wire import now_us
 from worker.batching import BatchWait, make_batch_wait
 from worker.compute import Compute
 from worker.config import WorkerSettings
@@ -30,9 +32,7 @@ from worker.liveness import ClaimKeeper, Heartbeat
 from worker.maintenance import Maintenance
 from worker.publisher import Publisher
 from worker.reader import Collector, Entry, ReadPlan, ensure_groups
-from worker.redisconn import TRANSIENT
 from worker.stages import Batch, BatchMismatch, Predictor, Stages
-from worker.wire import now_us
 
 __all__ = ["BatchMismatch", "Clock", "LoopParts", "LoopStats", "ModelSource", "Observer", "Predictor",
            "StaticModel", "WorkerLoop"]

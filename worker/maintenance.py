@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import redis
 import structlog
 
-from worker.keys import Keys
+from protocol.keys import Keys
 
 # Redis 7.0 has no ACKED trimming (that is 8.2's XTRIM ... ACKED), so compute the oldest entry any
 # group still needs: the group's oldest pending id, or the first id after its last-delivered id.

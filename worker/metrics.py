@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from worker.keys import Keys
+from protocol.keys import Keys
 from worker.loop import Observer
 from worker.stages import Batch
 

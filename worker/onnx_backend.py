@@ -60,7 +60,7 @@ class OnnxPredictor:
             import onnxruntime  # noqa: F401
         except ImportError as e:
             raise BackendError("backend 'onnx' needs onnxruntime (pip install 'bigru-stream[onnx]')") from e
-        from training.export import ExportError, onnx_bytes
+        from training.onnx import ExportError, onnx_bytes
 
         self.checkpoint = ckpt
         self.version = ckpt.version
@@ -78,7 +78,7 @@ class OnnxPredictor:
             self._choose_int8(precision == "int8", max_drop)
 
     def _session(self, graph: bytes) -> Any:
-        from training.export import onnx_session
+        from training.onnx import onnx_session
 
         try:
             return onnx_session(graph, self.threads)
@@ -88,10 +88,9 @@ class OnnxPredictor:
     def _choose_int8(self, force: bool, max_drop: float) -> None:
         """Build the int8 session and serve it when its golden accuracy allows (always when ``force``)."""
         from training.quantize import QuantizeError, onnx_int8_bytes
-        from worker.gate import golden_windows  # here: worker.gate imports worker.backends, which imports this module
 
         log = structlog.get_logger("worker").bind(version=self.version)
-        golden = golden_windows(self.checkpoint)
+        golden = self.checkpoint.golden_batch()
         if golden is None:
             if force:
                 raise BackendError(f"precision 'int8' needs a golden batch to calibrate on; checkpoint {self.version} "

@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 import redis
 
-from worker.keys import Keys, ShardKeys
+from protocol.keys import Keys, ShardKeys
 from worker.reader import Entry
 
 # Each input's XACK return value gates its output XADD: an entry that another consumer already

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import redis
 import structlog
 
+from protocol.keys import Keys, ShardKeys
 from worker.batching import BatchWait
-from worker.keys import Keys, ShardKeys
 
 #: Poll interval while a batch fills (Redis checks BLOCK timeouts only every 1/hz s, 100 ms at the
 #: default hz 10, so a short blocking read could overshoot the fill deadline by ~100 ms).

@@ -24,13 +24,13 @@ from typing import Any
 import redis
 import structlog
 
-from training import registry
+from protocol import registry
+from protocol.redisconn import TRANSIENT
 from training.checkpoint import FILENAME, LATEST, CheckpointError, from_bytes, load_checkpoint
 from worker.backends import ServingPredictor, make_predictor
 from worker.config import WorkerSettings
 from worker.gate import GateRules, Refused, check_schema, evaluate, parse
 from worker.loop import ModelSource, Observer, Predictor, StaticModel
-from worker.redisconn import TRANSIENT
 
 
 @dataclass(frozen=True)

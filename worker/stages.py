@@ -17,10 +17,10 @@ import msgpack
 import numpy as np
 import structlog
 
+from protocol.wire import WIRE_VERSION, Limits, Result, Window, WireError, encode_dead, encode_result
+from protocol.wire_multi import MultiWindow, WindowOutcome, decode_entries, encode_dead_windows, encode_multi_result
 from worker.publisher import Output
 from worker.reader import Entry
-from worker.wire import WIRE_VERSION, Limits, Result, Window, WireError, encode_dead, encode_result
-from worker.wire_multi import MultiWindow, WindowOutcome, decode_entries, encode_dead_windows, encode_multi_result
 
 
 class Predictor(Protocol):
@@ -170,7 +170,7 @@ class Stages:
     def encode(self, batch: Batch) -> list[Output]:
         """Append one result (or dead letter) per predicted window to ``batch.outputs``.
 
-        Byte-identical to :func:`worker.wire.encode_result` per window; the fields every result of
+        Byte-identical to :func:`protocol.wire.encode_result` per window; the fields every result of
         the batch shares, and each class's label fields, are encoded once.
         """
         if not batch.xs:

@@ -16,9 +16,9 @@ from typing import Any, TextIO
 import numpy as np
 import redis
 
-from worker.cluster import shard_nodes
+from protocol.cluster import shard_nodes
+from protocol.keys import Keys
 from worker.health import models
-from worker.keys import Keys
 
 
 def _s(v: Any) -> Any:

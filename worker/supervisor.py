@@ -15,8 +15,8 @@ from types import FrameType
 
 import structlog
 
+from protocol.logs import configure
 from worker.config import WorkerSettings
-from worker.logs import configure
 
 #: A supervised child can get one SIGTERM twice: from a process-group kill (systemd, `kill -- -PGID`)
 #: and forwarded by its supervisor. A repeat this soon after the first is that echo, not a second signal.
@@ -47,9 +47,9 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     _install_stop_handlers(stop, supervised)
     import torch
 
+    from protocol.redisconn import TRANSIENT
     from worker.loop import WorkerLoop
     from worker.metrics import start_metrics
-    from worker.redisconn import TRANSIENT
     from worker.reload import install_sighup, open_source
 
     if settings.torch_threads:

@@ -1,11 +1,11 @@
 """Multi-window entries (wire format v1, optional extension): one stream entry carrying N windows.
 
 Specified in ``docs/wire-format.md`` ("Multi-window entries"): the fields of a single-window entry
-(``worker/wire.py``) with ``x.shape`` ``[N, T, F]`` and an optional ``cids`` field (msgpack array of
+(``protocol/wire.py``) with ``x.shape`` ``[N, T, F]`` and an optional ``cids`` field (msgpack array of
 N strings); ``ts``, ``dl``, ``meta`` and ``cid`` are shared by the entry. Entry-level problems raise
-:class:`~worker.wire.WireError`; NaN/inf windows are listed in :attr:`MultiWindow.bad`. Each input
+:class:`~protocol.wire.WireError`; NaN/inf windows are listed in :attr:`MultiWindow.bad`. Each input
 gets ONE result entry (:func:`encode_multi_result`), plus one dead-letter entry when some windows
-are dead (:func:`encode_dead_windows`). Imports only numpy and msgpack, like ``worker/wire.py``.
+are dead (:func:`encode_dead_windows`). Imports only numpy and msgpack, like ``protocol/wire.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import msgpack
 import numpy as np
 
-from worker.wire import (
+from protocol.wire import (
     DTYPES,
     WIRE_VERSION,
     Fields,
@@ -78,7 +78,7 @@ class MultiWindow:
 def encode_windows_array(xs: np.ndarray) -> bytes:
     """Encode an ``[N, T, F]`` (or ``[N, T]``, treated as F=1) float array as a multi-window ``x``.
 
-    dtype rules as :func:`worker.wire.encode_array`: float64 and float16 are kept, anything else
+    dtype rules as :func:`protocol.wire.encode_array`: float64 and float16 are kept, anything else
     is sent as float32.
     """
     arr = np.asarray(xs)
@@ -224,7 +224,7 @@ def decode_entries(
 ) -> list[Window | MultiWindow | WireError]:
     """Decode input entries of both forms: each item is a :class:`Window`, a :class:`MultiWindow`,
     or the :class:`WireError` its entry raised. Single-window entries go through
-    :func:`worker.wire.decode_windows` (batched), so they decode exactly as before."""
+    :func:`protocol.wire.decode_windows` (batched), so they decode exactly as before."""
     kinds = [is_multi(f) for f in entries]
     if not any(kinds):
         return list(decode_windows(entries, limits, n_features))
@@ -390,7 +390,7 @@ def encode_dead_windows(
     max_field_bytes: int = 64 * 1024,
 ) -> dict[bytes, bytes]:
     """The dead-letter entry for the bad windows of a multi-window input whose other windows were
-    answered: :func:`worker.wire.encode_dead` of the original fields plus ``dead.windows``
+    answered: :func:`protocol.wire.encode_dead` of the original fields plus ``dead.windows``
     (msgpack array of the bad indices, ascending) and ``dead.reasons`` (msgpack map index ->
     reason). ``dead.reason`` is the reason the bad windows share, or ``mixed``.
     """

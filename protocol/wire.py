@@ -15,7 +15,7 @@ An input entry is a Redis stream entry whose fields are:
 ``meta``  optional msgpack map of string keys to scalar values, echoed in the result
 ========  ========================================================================
 
-An entry whose ``x`` has shape ``[N, T, F]`` carries N windows: see ``worker/wire_multi.py``.
+An entry whose ``x`` has shape ``[N, T, F]`` carries N windows: see ``protocol/wire_multi.py``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Limits:
     max_meta_bytes: int = 4096
     max_cid_bytes: int = 256
     allow_nonfinite: bool = False
-    max_windows_per_entry: int = 4096  # multi-window entries (worker/wire_multi.py)
+    max_windows_per_entry: int = 4096  # multi-window entries (protocol/wire_multi.py)
 
 
 @dataclass
@@ -192,7 +192,7 @@ def parse_x(raw: bytes, limits: Limits, n_features: int | None, ndim: int = 2) -
     """Validate an ``x`` field without building the array: (dtype, shape, data).
 
     ``ndim`` 2: one window, shape ``[T, F]``; 3: a multi-window entry, ``[N, T, F]`` (see
-    ``worker/wire_multi.py``). Each form rejects the other's shape with ``bad_shape``.
+    ``protocol/wire_multi.py``). Each form rejects the other's shape with ``bad_shape``.
     """
     if len(raw) > limits.max_window_bytes + 256:
         raise WireError("too_large", f"x is {len(raw)} bytes, limit {limits.max_window_bytes}")

@@ -115,11 +115,11 @@ def connect(url: str, *, retries: int = 3, socket_timeout: float | None = None, 
     """A client for ``url`` (``redis://``, ``rediss://``, ``unix://``) that retries transient errors.
 
     ``redis+cluster://`` / ``rediss+cluster://`` URLs give a Redis Cluster client (see
-    ``worker.cluster``); it offers the same commands for the single-slot keys this system uses.
+    ``protocol.cluster``); it offers the same commands for the single-slot keys this system uses.
     TLS options (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``), ``username`` and ``password``
     may be passed through ``kwargs`` (see :meth:`RedisConnSettings.connection_kwargs`).
     """
-    from worker.cluster import connect_cluster, is_cluster_url
+    from protocol.cluster import connect_cluster, is_cluster_url
 
     retry = Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries)
     if is_cluster_url(url):

@@ -1,6 +1,6 @@
 """The model registry in Redis: checkpoint bytes, one entry per version, a ``latest`` pointer, events.
 
-Layout (key names from :class:`worker.keys.Keys`)::
+Layout (key names from :class:`protocol.keys.Keys`)::
 
     models                 hash   version -> entry JSON (sha256, size, config summary, metrics, ...)
     model:<version>        string the checkpoint file's bytes (a few hundred KB)
@@ -12,8 +12,8 @@ Writes go blob -> entry -> pointer -> announcement, so whoever sees the pointer 
 bytes. The pointer moves in one Lua call on one key, which bumps ``seq``; workers compare ``seq`` to
 know that the pointer moved even when it moved back to an older version (``promote``).
 
-This module imports torch only when it has to parse a checkpoint (``publish``), so status views can use
-the read side cheaply.
+This module never parses a checkpoint (that is ``training.publish``), so it imports neither torch nor
+any role package: workers, status views and the training CLI all use it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from worker.keys import Keys
+from protocol.keys import Keys
 
 EVENTS_MAXLEN = 10_000
 
@@ -90,25 +90,6 @@ def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def entry_for(data: bytes, source: str = "") -> Entry:
-    """Parse checkpoint bytes (fully: weights must fit the config) into a registry entry."""
-    from training.checkpoint import CheckpointError, from_bytes
-
-    try:
-        ckpt = from_bytes(data)
-    except CheckpointError as e:
-        raise RegistryError(f"not a valid checkpoint: {e}") from e
-    if not ckpt.version:
-        raise RegistryError("checkpoint has no version")
-    params = sum(int(v.numel()) for v in ckpt.state_dict.values())
-    return Entry(
-        version=ckpt.version, sha256=hashlib.sha256(data).hexdigest(), size=len(data), created_at=ckpt.created_at,
-        published_at=time.time(), input_dim=ckpt.input_dim, classes=list(ckpt.classes), config=ckpt.config.to_dict(),
-        params=params, metrics=dict(ckpt.metrics), golden_size=0 if ckpt.golden_y is None else len(ckpt.golden_y),
-        data_fingerprint=ckpt.data_fingerprint, wire_version=ckpt.wire_version, source=source,
-    )
-
-
 def announce(r: redis.Redis, keys: Keys, event: str, version: str, **fields: Any) -> str:
     """Append an event to the announcement stream; returns its id."""
     doc = {"event": event, "version": version, "ts": repr(time.time()), **{k: str(v) for k, v in fields.items()}}
@@ -137,14 +118,14 @@ def register(r: redis.Redis, keys: Keys, data: bytes, entry: Entry) -> bool:
     return True
 
 
-def publish(r: redis.Redis, keys: Keys, data: bytes, *, source: str = "", set_latest: bool = True,
+def publish(r: redis.Redis, keys: Keys, data: bytes, entry: Entry, *, set_latest: bool = True,
             notify: bool = True) -> tuple[Entry, Pointer | None]:
-    """Register checkpoint bytes, move ``latest`` to them and announce it.
+    """Register checkpoint bytes with their ``entry``, move ``latest`` to them and announce it.
 
-    The bytes are parsed first, so a corrupt file is rejected here with :class:`RegistryError`.
-    ``notify=False`` skips the announcement (workers then find the version by their periodic check).
+    ``training.publish.publish_checkpoint`` parses the bytes into the entry first (so a corrupt file
+    is rejected before anything is written). ``notify=False`` skips the announcement (workers then
+    find the version by their periodic check).
     """
-    entry = entry_for(data, source)
     register(r, keys, data, entry)
     if not set_latest:
         return entry, None

@@ -1,6 +1,6 @@
 """Redis Cluster support: cluster URLs, the cluster client, shard assignment and shard placement.
 
-A logical stream is split into ``shards`` shard streams (see :class:`worker.keys.Keys`); the
+A logical stream is split into ``shards`` shard streams (see :class:`protocol.keys.Keys`); the
 input, results and dead-letter streams of one shard share a hash tag, so every command the
 system sends touches one slot (the publish script's three keys included). Cluster mode is
 chosen by the URL scheme: ``redis+cluster://host:port`` (``rediss+cluster://`` for TLS) names any
@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.cluster import RedisCluster
 
-from worker.keys import Keys
+from protocol.keys import Keys
 
 #: URL schemes that select cluster mode, and the plain scheme each stands for.
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}

@@ -129,13 +129,36 @@ def test_stop_serves_the_batch_in_flight(
     r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path
 ) -> None:
     loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=8, burst=False)
+    loop.models.current = SlowModel(loop.models.current, 0.3)  # type: ignore[misc]
     keys = Keys(prefix, prefix)
     Producer(r, keys).publish_many([np.zeros((20, 1), np.float32)] * 40)
     reader.ensure_groups(r, keys)
     assert loop.step()
-    assert loop.compute.inflight and r.xlen(keys.shard(0).results) == 0  # computed, not yet published
+    assert loop.compute.inflight == 1 and r.xlen(keys.shard(0).results) == 0  # computing, not yet published
     loop.stop.set()
     stats = loop.run()
     assert stats.results == 8  # the batch in flight, nothing more
     assert r.xpending(keys.shard(0).windows, prefix)["pending"] == 0
     assert r.xlen(keys.shard(0).results) == 8
+
+
+def test_a_lone_window_is_published_at_once_not_after_the_next_block(
+    r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path
+) -> None:
+    """A computed batch is never held while the collector blocks for new entries (block_ms 3 s)."""
+    keys = Keys(prefix, prefix)
+    reader.ensure_groups(r, keys)
+    for overlap in (True, False):
+        loop = make_loop(redis_url, prefix, checkpoint_root, burst=False, block_ms=3000, overlap=overlap)
+        t = threading.Thread(target=loop.run, daemon=True)
+        t.start()
+        try:
+            time.sleep(0.3)  # the loop is blocking on an empty stream
+            t0 = time.monotonic()
+            Producer(r, keys).publish(np.zeros((20, 1), np.float32), id=f"lone-{overlap}")
+            got = ResultsReader(r, keys).collect(2 if not overlap else 1, timeout_s=2.5)
+            assert any(res.cid == f"lone-{overlap}" for res in got)
+            assert time.monotonic() - t0 < 1.0, f"overlap={overlap}: result held back"
+        finally:
+            loop.stop.set()
+            t.join(5)

@@ -4,8 +4,8 @@ Each stage lives in one named place: collect in :class:`worker.reader.Collector`
 batch-wait policy of ``worker.batching``), decode/predict/encode in :class:`worker.stages.Stages`
 around one :class:`worker.stages.Batch`, the predict stage's thread in :class:`worker.compute.Compute`,
 publish in :class:`worker.publisher.Publisher`. This module only drives them: batch ``k + 1`` is
-collected and decoded while batch ``k`` computes, then ``k + 1`` starts computing and ``k`` is
-encoded and published. The collaborators (Redis client, model source, clock, observer, stop event
+collected and decoded while batch ``k`` computes and queued behind it, then ``k`` is encoded and
+published while ``k + 1`` computes. The collaborators (Redis client, model source, clock, observer, stop event
 and the stage objects) are passed in, so tests drive the real loop against a real Redis.
 """
 
@@ -216,7 +216,7 @@ class WorkerLoop:
     # -- driver -------------------------------------------------------------------------------
 
     def step(self) -> bool:
-        """One cycle: collect (while the previous batch computes), start it, publish the previous one.
+        """One cycle: collect (while the previous batch computes), queue it, publish what is computed.
 
         Returns False when burst mode found the stream drained.
         """
@@ -227,16 +227,16 @@ class WorkerLoop:
         entries = self.collector.collect(self.compute)
         if entries is None and not self.compute.inflight:
             return False
-        batch = self.stages.decode(entries, self.models.current) if entries else None
-        if batch is not None:
+        if entries:
+            batch = self.stages.decode(entries, self.models.current)
             self._held[id(batch)] = (self.clock.monotonic(), batch.entries)
             self.collector.observe_entries(len(batch.entries), len(batch.xs) + len(batch.outputs))
-        previous = self.compute.take()  # waits for the batch computing now
-        if batch is not None:
             batch.t_submit = time.perf_counter()
             self.compute.submit(batch)
-        if previous is not None:
-            self.finish(previous)
+        # Publish what is computed; with two batches in flight wait for the older one (the newer
+        # one starts computing the moment it ends, so the model never waits for this thread).
+        while self.compute.inflight and (self.compute.inflight >= 2 or self.compute.ready()):
+            self.finish(self.compute.take())
         return True
 
     def finish(self, batch: Batch) -> None:
@@ -265,10 +265,11 @@ class WorkerLoop:
 
     def _abandon(self) -> None:
         """After a Redis error: drop every batch held; its inputs stay pending and are read again."""
-        try:
-            self.compute.take()
-        except Exception as err:  # the batch is dropped either way
-            self.log.warning("abandoned_batch_failed", error=str(err))
+        while self.compute.inflight:
+            try:
+                self.compute.take()
+            except Exception as err:  # the batch is dropped either way
+                self.log.warning("abandoned_batch_failed", error=str(err))
         self._held.clear()
         self.publisher.reset()
         self.collector.restart()
@@ -307,9 +308,8 @@ class WorkerLoop:
     def _drain(self) -> None:
         """On stop: finish and acknowledge the batch in flight, then read the last publish replies."""
         try:
-            last = self.compute.take()
-            if last is not None:
-                self.finish(last)
+            while self.compute.inflight:
+                self.finish(self.compute.take())
             self._count_published(self.publisher.collect())
         except (*TRANSIENT, redis.ResponseError) as err:  # the inputs stay pending for a restart
             self.log.warning("final_publish_failed", error=str(err))

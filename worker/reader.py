@@ -131,7 +131,12 @@ class ReadPlan:
 
 
 class ModelBusy(Protocol):
-    """How the collector sees the model: busy or not, and a way to wait until it is idle."""
+    """How the collector sees the model: batches in flight, busy or not, a way to wait until idle."""
+
+    @property
+    def inflight(self) -> int:
+        """Batches handed to the model and not yet published."""
+        ...
 
     def busy(self) -> bool:
         """Whether a batch is being computed."""
@@ -194,7 +199,7 @@ class Collector:
             if len(batch) >= self.limit:
                 return batch
         if not batch:
-            if model.busy():
+            if model.inflight:  # never block while a batch waits to be published
                 batch = self._poll_while_busy(model)
             else:
                 batch = self._block_for_first()

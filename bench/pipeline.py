@@ -8,6 +8,7 @@ stream and stamps each result on arrival.
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import signal
@@ -244,6 +245,10 @@ def open_loop_point(r: redis.Redis, w: Workers, rate: float, seconds: float) -> 
 def open_loop(url: str, checkpoint: Path, cfg: WorkerConfig, rates: list[float], seconds: float,
               log_dir: Path) -> list[dict[str, Any]]:
     """One worker start, then one open-loop point per rate."""
+    # This process stamps arrivals: keep full garbage collections of its large heap (torch is
+    # imported) from adding pauses to the latencies it measures.
+    gc.collect()
+    gc.freeze()
     r = redis.Redis.from_url(url)
     prefix = f"ol{uuid.uuid4().hex[:8]}"
     keys = Keys(prefix, prefix)

@@ -63,6 +63,11 @@ def _entries(windows: Iterable[LabeledWindow], per_entry: int) -> Iterator[list[
         yield group
 
 
+#: Shortest pause of a paced publisher: what falls due meanwhile goes out in one pipelined round trip
+#: (sleeping until each window's own due time costs a system call and a round trip per window).
+MIN_SLEEP_S = 0.001
+
+
 def _paced(entries: Iterator[list[LabeledWindow]], rate: float | None) -> Iterator[list[list[LabeledWindow]]]:
     """Chunks (up to 500 entries) of entries due now: open loop at ``rate`` windows/s (an entry
     is due when its first window is), or as fast as possible."""
@@ -77,7 +82,7 @@ def _paced(entries: Iterator[list[LabeledWindow]], rate: float | None) -> Iterat
                 if chunk:
                     yield chunk
                     chunk = []
-                time.sleep(due - now)
+                time.sleep(max(due - now, MIN_SLEEP_S))
         chunk.append(e)
         sent += len(e)
         if len(chunk) >= 500:

@@ -51,7 +51,7 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     def at(load: float) -> list[dict[str, Any]]:
         return [p for p in ol if abs(p["load"] - load) < 1e-6]
 
-    default_cfg = ol[0]["config"] if ol else ""
+    default_cfg = ol[0]["config"] if ol else ""  # the first policy is the worker's defaults
     for p in at(0.5):
         v = p["e2e_ms"]["p99"]
         main = p["config"] == default_cfg

@@ -206,7 +206,8 @@ def phase_saturated(url: str, ckpt: Path, mo: list[dict[str, Any]], head: str, m
                     WorkerConfig(backend=head, replicas=1, threads=2, max_batch=mb),
                     WorkerConfig(backend=head, replicas=1, max_batch=256)]
         if head == "onnx":
-            configs.append(WorkerConfig(backend=head, replicas=2, max_batch=mb, precision="int8"))
+            configs += [WorkerConfig(backend=head, replicas=2, max_batch=mb, precision="int8"),
+                        WorkerConfig(backend=head, replicas=1, max_batch=mb, precision="auto")]
         if head != "torch":
             configs += [WorkerConfig(backend="torch", replicas=1, max_batch=mb),
                         WorkerConfig(backend="torch", replicas=2, max_batch=mb)]
@@ -225,21 +226,27 @@ def phase_saturated(url: str, ckpt: Path, mo: list[dict[str, Any]], head: str, m
     return sat
 
 
-def phase_open_loop(url: str, ckpt: Path, head: str, mb: int, base: float, plan: Plan, tmpdir: Path) -> list[dict[str, Any]]:
-    """Latency at fractions of one replica's saturated rate, per batch-wait policy."""
-    rates = [f * base for f in LOADS]
-    policies = [WorkerConfig(backend=head, max_batch=mb),
-                WorkerConfig(backend=head, max_batch=mb, precision="auto"),
+def phase_open_loop(url: str, ckpt: Path, head: str, mb: int, sat: list[dict[str, Any]], plan: Plan,
+                    tmpdir: Path) -> list[dict[str, Any]]:
+    """Latency at fractions of one replica's saturated rate, per batch-wait policy. The first policy
+    is the worker's defaults (continuous batching, overlap, precision auto), loaded relative to its
+    own saturated rate; the fp32 policies relative to the fp32 replica's."""
+    fp32 = sat[0]["windows_per_s"]
+    auto = next((r["windows_per_s"] for r in sat if r["replicas"] == 1 and r.get("precision") == "auto"), fp32)
+    policies = [WorkerConfig(backend=head, max_batch=mb, precision="auto"),
+                WorkerConfig(backend=head, max_batch=mb),
                 WorkerConfig(backend=head, max_batch=mb, overlap=False),
                 WorkerConfig(backend=head, max_batch=mb, batch_wait="fixed", max_wait_ms=5.0),
                 WorkerConfig(backend=head, max_batch=mb, batch_wait="slo", slo_p99_ms=10.0)]
+    loads = LOADS[:2] if plan.quick else LOADS
     if plan.quick:
-        policies, rates = policies[:1], rates[:2]
+        policies = policies[:1]
     ol = []
     for cfg in policies:
-        pts = open_loop(url, ckpt, cfg, rates, plan.ol_s, tmpdir)
-        for p, f in zip(pts, LOADS):
-            p["load"] = f
+        base = auto if cfg.precision == "auto" else fp32
+        pts = open_loop(url, ckpt, cfg, [f * base for f in loads], plan.ol_s, tmpdir)
+        for p, f in zip(pts, loads):
+            p["load"], p["saturated_base"] = f, base
             print(f"open loop {cfg.label} at {f:.0%} ({p['rate_achieved']:.0f}/s): p50 {p['e2e_ms']['p50']} "
                   f"p99 {p['e2e_ms']['p99']} ms, mean batch {p['batch']['mean']}, "
                   f"load generator {p['load_generator_cpu_share']:.0%} CPU", flush=True)
@@ -271,9 +278,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         print("naive: " + ", ".join(f"{n['backend']}={n['windows_per_s']:.0f}/s" for n in doc["naive"]), flush=True)
         doc["plumbing"] = phase_plumbing(srv.url, plan)
         doc["saturated"] = sat = phase_saturated(srv.url, ckpt, mo, head, mb, plan, tmpdir)
-        base = sat[0]["windows_per_s"]
-        doc["open_loop"] = phase_open_loop(srv.url, ckpt, head, mb, base, plan, tmpdir)
-        doc["open_loop_base"] = {"config": sat[0]["label"], "saturated_windows_per_s": base}
+        doc["open_loop"] = phase_open_loop(srv.url, ckpt, head, mb, sat, plan, tmpdir)
+        doc["open_loop_base"] = {"config": sat[0]["label"], "saturated_windows_per_s": sat[0]["windows_per_s"]}
     doc["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     doc["seconds"] = round(time.monotonic() - t_start, 1)
     doc["targets"] = report.targets(doc)

@@ -215,7 +215,7 @@ def phase_saturated(url: str, ckpt: Path, mo: list[dict[str, Any]], head: str, m
     for i, cfg in enumerate(configs):
         est = _rate(mo, cfg.backend, mb) * cfg.replicas
         n = int(min(400_000, max(2_000 if plan.quick else 10_000, est * plan.sat_s * (2 if cfg.per_entry > 1 else 1))))
-        adjacent = i < 2 or cfg.per_entry > 1 or cfg.precision != "fp32"
+        adjacent = i < 2 or cfg.per_entry > 1 or cfg.precision == "int8"
         ref = [model_only(ckpt, cfg.backend, 1, [mb], plan.min_s * 3, processes=cfg.replicas, precision=cfg.precision)[0]] if adjacent else []
         row = saturated(url, ckpt, cfg, n, tmpdir)
         if ref:

@@ -127,7 +127,7 @@ def markdown(doc: dict[str, Any], plots: list[str]) -> str:
                     [[s["label"], f"{s['windows_per_s']:.0f}", s["mean_batch"], s["replicas_serving"],
                       s.get("model_only_adjacent_windows_per_s", "")] for s in doc["saturated"]])
     lines += _table("Plumbing ceiling (the real loop in burst mode, null model, one Redis)",
-                    ["processes", "windows per entry", "max batch (entries)", "windows/s", "worker CPU µs/window",
+                    ["processes", "windows per entry", "max batch (windows)", "windows/s", "worker CPU µs/window",
                      "redis-server CPU µs/window", "mean windows per batch"],
                     [[p["procs"], p["per_entry"], p["max_batch"], f"{p['windows_per_s']:.0f}",
                       p["worker_cpu_us_per_window"], p["redis_cpu_us_per_window"], p["mean_batch"]]

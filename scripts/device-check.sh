@@ -4,7 +4,8 @@
 # 1. installs the Python packages the machine lacks from carried wheels (.whl/*.whl, into /tmp/site);
 # 2. finds a redis-server: the system's, else .whl/bin/redis-server (Debian 7.0.15 + its libs),
 #    else .whl/bin/valkey-server; without one the Redis-backed steps are skipped;
-# 3. runs scripts/device_check.py: env, pytest -m gpu, model throughput, training, pipeline, ONNX CPU.
+# 3. runs python -m scripts.device_check (scripts/device_check.py with scripts/device_*.py):
+#    env, pytest -m gpu, model throughput, training, pipeline, ONNX CPU.
 # Results: $OUT/device.json, device.md, env.txt, pytest-gpu.log, steps.log, workers.log.
 # DEVICE_CHECK_DRY=1 (or no CUDA) runs the same flow on CPU with tiny sizes.
 # DEVICE_CHECK_SYSTEM_REDIS=0 ignores a redis-server already on PATH (to test the carried one).
@@ -26,13 +27,13 @@ note "start $(date -u +%FT%TZ) in $ROOT, OUT=$OUT, python=$($PY -c 'import sys; 
 # -- 1. wheels -------------------------------------------------------------------------------------
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
-  mapfile -t MISSING < <($PY scripts/device_check.py --missing-wheels "$WHEELS" 2>>"$LOG")
+  mapfile -t MISSING < <($PY -m scripts.device_check --missing-wheels "$WHEELS" 2>>"$LOG")
   if [ "${#MISSING[@]}" -gt 0 ]; then
     note "installing ${#MISSING[@]} wheel(s) into $SITE: $(for w in "${MISSING[@]}"; do basename "$w" | cut -d- -f1-2; done | tr '\n' ' ')"
     if ! timeout 120 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
          --target "$SITE" "${MISSING[@]}" >>"$LOG" 2>&1; then
       note "pip failed; unzipping the wheels instead"
-      timeout 60 $PY scripts/device_check.py --extract-wheels "$WHEELS" --target "$SITE" >>"$LOG" 2>&1 \
+      timeout 60 $PY -m scripts.device_check --extract-wheels "$WHEELS" --target "$SITE" >>"$LOG" 2>&1 \
         || note "unzipping failed too"
     fi
     export PYTHONPATH=$SITE:$PYTHONPATH

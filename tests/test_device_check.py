@@ -1,4 +1,4 @@
-"""scripts/device_check.py: wheel selection, dataset discovery, the step runner, the report, a dry run."""
+"""The device check (scripts/device_check.py, device_*.py): wheels, datasets, the step runner, the report, a dry run."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts import device_check as dc
+from scripts.device_base import Ctx, Plan, Step, last_json, wheels_to_install
+from scripts.device_check import SCHEMA, run_all, run_step, step_by_name, step_selftest_sleep
+from scripts.device_report import render_md
+from scripts.device_steps import _Autocast, find_datasets, step_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,10 +32,10 @@ def test_wheels_to_install_picks_missing_and_older_and_keeps_pydantic_pair(tmp_p
               "typing_extensions-4.16.0-py3-none-any.whl", "not-a-wheel.whl"):
         _wheel(tmp_path, n)
     have = {"structlog": "26.1.0", "typing_extensions": "4.9.0", "pydantic_core": "2.50.5"}
-    picked = [p.name.split("-")[0] for p in dc.wheels_to_install(tmp_path, have.get)]
+    picked = [p.name.split("-")[0] for p in wheels_to_install(tmp_path, have.get)]
     # redis: missing; typing_extensions: older; pydantic: missing, so pydantic_core comes along.
     assert picked == ["pydantic", "pydantic_core", "redis", "typing_extensions"]
-    assert dc.wheels_to_install(tmp_path, lambda n: "99.0") == []
+    assert wheels_to_install(tmp_path, lambda n: "99.0") == []
 
 
 def test_find_datasets_pairs_train_and_test_smallest_first(tmp_path: Path) -> None:
@@ -40,38 +43,38 @@ def test_find_datasets_pairs_train_and_test_smallest_first(tmp_path: Path) -> No
     (tmp_path / "Big" / "Big_TRAIN.ts").write_text("x" * 100)
     (tmp_path / "Big" / "Big_TEST.ts").write_text("x")
     (tmp_path / "Small_TRAIN.ts").write_text("x")
-    found = dc.find_datasets(tmp_path)
+    found = find_datasets(tmp_path)
     assert [d["name"] for d in found] == ["Small", "Big"]
     assert found[0]["test"] == found[0]["train"]  # no test file: the training file stands in
     assert found[1]["test"].endswith("Big_TEST.ts")
-    assert [d["name"] for d in dc.find_datasets(tmp_path, ["big"])] == ["Big"]
-    assert dc.find_datasets(tmp_path / "missing") == []
+    assert [d["name"] for d in find_datasets(tmp_path, ["big"])] == ["Big"]
+    assert find_datasets(tmp_path / "missing") == []
 
 
 def test_last_json_skips_log_lines() -> None:
     text = '{"event": "train_start"}\nnoise\n{"checkpoint": "c", "test_accuracy": 0.9}\n{broken\n'
-    assert dc.last_json(text) == {"checkpoint": "c", "test_accuracy": 0.9}
-    assert dc.last_json("nothing") is None
+    assert last_json(text) == {"checkpoint": "c", "test_accuracy": 0.9}
+    assert last_json("nothing") is None
 
 
 def test_step_runner_records_timeout_and_failure(tmp_path: Path) -> None:
     log = open(tmp_path / "steps.log", "w")  # noqa: SIM115 - the children write to its descriptor
     t0 = time.monotonic()
-    rec = dc.run_step(dc.step_by_name("selftest_sleep"), tmp_path, 0.5, True, log, grace=1.0)
+    rec = run_step(step_by_name("selftest_sleep"), tmp_path, 0.5, True, log, grace=1.0)
     assert rec["status"] == "timeout" and time.monotonic() - t0 < 15
-    rec = dc.run_step(dc.step_by_name("selftest_fail"), tmp_path, 20, True, log)
+    rec = run_step(step_by_name("selftest_fail"), tmp_path, 20, True, log)
     assert rec["status"] == "failed" and "selftest failure" in rec["error"]
     log.close()
     assert "===== step selftest_fail: failed" in (tmp_path / "steps.log").read_text()
 
 
 def test_run_all_respects_the_budget_and_writes_reports(tmp_path: Path) -> None:
-    steps = [dc.step_by_name("selftest_fail"), dc.Step("later", dc.step_selftest_sleep, 60, 60, optional=True),
-             dc.Step("gpu", dc.step_selftest_sleep, 1, 1, gpu_only=True)]
-    report = dc.run_all(tmp_path, True, steps, budget_s=30)  # 'later' needs its whole 60 s: skipped
+    steps = [step_by_name("selftest_fail"), Step("later", step_selftest_sleep, 60, 60, optional=True),
+             Step("gpu", step_selftest_sleep, 1, 1, gpu_only=True)]
+    report = run_all(tmp_path, True, steps, budget_s=30)  # 'later' needs its whole 60 s: skipped
     assert report["steps"]["selftest_fail"]["status"] == "failed"
     assert report["steps"]["later"]["status"] == "skipped" and report["steps"]["gpu"]["status"] == "skipped"
-    assert json.loads((tmp_path / "device.json").read_text())["schema"] == dc.SCHEMA
+    assert json.loads((tmp_path / "device.json").read_text())["schema"] == SCHEMA
     assert "| selftest_fail | failed |" in (tmp_path / "device.md").read_text()
 
 
@@ -93,7 +96,7 @@ def test_render_md_tables_and_ratio() -> None:
                 {"device": "cuda", "backend": "torch", "replicas": 1, "status": "ok", "windows_per_s": 30000.0}]}},
         },
     }
-    md = dc.render_md(report)
+    md = render_md(report)
     assert "| GPU | NVIDIA H100 |" in md and "2 passed, 9 deselected" in md
     assert "| GunPoint | cuda | ok | 0.9800 |" in md
     assert "x100.0" in md and "x10.0" in md
@@ -107,7 +110,7 @@ def test_autocast_wrapper_keeps_float32_probabilities(tmp_path: Path) -> None:
     from worker.predictor import TorchPredictor
 
     pred = TorchPredictor(load_checkpoint(str(bm.build_checkpoint(tmp_path))))
-    amp = dc._Autocast(pred)
+    amp = _Autocast(pred)
     xs = bm.windows(4)
     out = amp.predict(xs)
     assert out.dtype.name == "float32" and out.shape == (4, 2) and abs(out - pred.predict(xs)).max() < 0.05
@@ -147,7 +150,7 @@ def test_model_step_measures_each_length(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from dataclasses import replace
 
-    plan = replace(dc.Plan.make(True), lengths=(20, 30), batches=(1, 4), min_s=0.01)
-    res = dc.step_model(dc.Ctx(plan, tmp_path, time.monotonic() + 60))
+    plan = replace(Plan.make(True), lengths=(20, 30), batches=(1, 4), min_s=0.01)
+    res = step_model(Ctx(plan, tmp_path, time.monotonic() + 60))
     assert [(r["T"], r["batch"]) for r in res["rows"]] == [(20, 1), (20, 4), (30, 1), (30, 4)]
     assert all(r["windows_per_s"] > 0 for r in res["rows"]) and set(res["models"]) == {"T=20", "T=30"}

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis demo test test-fast lint bench bench-scale accuracy compare clean
+.PHONY: venv redis demo test test-fast lint bench bench-scale accuracy compare config-table clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -46,6 +46,10 @@ accuracy: venv
 
 compare: venv
 	$(VENV)/bin/bigru-train compare --results results
+
+# README.md's configuration tables, rendered from the settings classes (tests/test_config_doc.py checks them).
+config-table: venv
+	$(PY) scripts/config_table.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

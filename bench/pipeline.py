@@ -16,17 +16,19 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import redis
+from pydantic import SecretStr, ValidationError
 
 from bench.model import windows
 from producer.client import Producer
 from protocol.keys import Keys
 from protocol.wire import now_us
+from worker.config import WorkerSettings
 from worker.health import live_replicas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,26 +65,66 @@ class WorkerConfig:
         return f"{self.backend} {self.replicas}x{self.threads}t b{self.max_batch} {wait}{extra}"
 
 
+#: The WorkerSettings field each WorkerConfig field sets (``per_entry`` shapes the input, ``extra_env``
+#: is passed through as it is).
+SETTING_OF = {"backend": "backend", "replicas": "replicas", "threads": "torch_threads", "max_batch": "max_batch",
+              "max_wait_ms": "max_wait_ms", "batch_wait": "batch_wait", "slo_p99_ms": "slo_p99_ms",
+              "overlap": "overlap", "precision": "precision", "device": "device"}
+#: WorkerConfig fields that are no worker setting.
+NOT_SETTINGS = ("per_entry", "extra_env")
+#: What every bench run sets besides its WorkerConfig. The saturated run parks the group at "$" while
+#: workers start, then rewinds it to the pre-filled backlog; input trimming would treat that backlog
+#: as acknowledged.
+BENCH_SETTINGS: dict[str, Any] = {"block_ms": 50, "log_level": "WARNING", "log_json": True, "trim_input": False}
+
+
+def _env_value(v: Any) -> str:
+    """A settings value as an environment variable holds it."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, SecretStr):
+        return v.get_secret_value()
+    return str(v)
+
+
+def settings_env(values: dict[str, Any]) -> dict[str, str]:
+    """``BIGRU_<FIELD>`` variables for ``values``, checked by :class:`WorkerSettings` first: a name that is
+    no setting, or a value the workers would refuse, raises here instead of being ignored by them."""
+    unknown = sorted(set(values) - set(WorkerSettings.model_fields))
+    if unknown:
+        raise BenchError(f"not WorkerSettings fields: {', '.join(unknown)}")
+    try:
+        s = WorkerSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    except ValidationError as e:
+        raise BenchError(f"invalid worker settings: {e}") from e
+    prefix = WorkerSettings.model_config.get("env_prefix", "")
+    return {f"{prefix}{name.upper()}": _env_value(getattr(s, name)) for name in values}
+
+
+def worker_env(cfg: WorkerConfig, **values: Any) -> dict[str, str]:
+    """The worker environment of ``cfg`` plus the settings ``values`` (by WorkerSettings field name), then
+    ``cfg.extra_env`` on top as given (its ``BIGRU_`` names must be settings too)."""
+    prefix = WorkerSettings.model_config.get("env_prefix", "")
+    extra = {k[len(prefix):].lower() for k in cfg.extra_env if k.startswith(prefix)}
+    unknown = sorted(extra - set(WorkerSettings.model_fields))
+    if unknown:
+        raise BenchError(f"extra_env names no WorkerSettings field: {', '.join(prefix + u.upper() for u in unknown)}")
+    unmapped = [f.name for f in fields(cfg) if f.name not in SETTING_OF and f.name not in NOT_SETTINGS]
+    if unmapped:
+        raise BenchError(f"WorkerConfig fields mapped to no WorkerSettings field: {', '.join(unmapped)}")
+    cfg_values = {SETTING_OF[f.name]: getattr(cfg, f.name) for f in fields(cfg) if f.name in SETTING_OF}
+    return {**settings_env({**BENCH_SETTINGS, **cfg_values, **values}), **cfg.extra_env}
+
+
 class Workers:
     """``python -m worker.cli`` with a config, as a context manager that waits until all are live."""
 
     def __init__(self, url: str, prefix: str, checkpoint: Path, cfg: WorkerConfig, log_dir: Path) -> None:
         self.url, self.prefix, self.cfg = url, prefix, cfg
         self.keys = Keys(prefix, prefix)
-        self.env = dict(os.environ)
-        self.env.update({
-            "BIGRU_REDIS_URL": url, "BIGRU_PREFIX": prefix, "BIGRU_GROUP": prefix,
-            "BIGRU_CHECKPOINT": str(checkpoint), "BIGRU_BACKEND": cfg.backend, "BIGRU_DEVICE": cfg.device,
-            "BIGRU_OVERLAP": str(cfg.overlap).lower(), "BIGRU_PRECISION": cfg.precision,
-            "BIGRU_REPLICAS": str(cfg.replicas), "BIGRU_TORCH_THREADS": str(cfg.threads),
-            "BIGRU_MAX_BATCH": str(cfg.max_batch), "BIGRU_MAX_WAIT_MS": str(cfg.max_wait_ms),
-            "BIGRU_BATCH_WAIT": cfg.batch_wait, "BIGRU_SLO_P99_MS": str(cfg.slo_p99_ms),
-            "BIGRU_BLOCK_MS": "50", "BIGRU_WORKER_NAME": f"bench-{prefix}", "BIGRU_LOG_LEVEL": "WARNING",
-            "BIGRU_LOG_JSON": "true", "PYTHONPATH": str(ROOT),
-            # The saturated run parks the group at "$" while workers start, then rewinds it to the
-            # pre-filled backlog; input trimming would treat that backlog as acknowledged.
-            "BIGRU_TRIM_INPUT": "false", **cfg.extra_env,
-        })
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.env.update(worker_env(cfg, redis_url=url, prefix=prefix, group=prefix, checkpoint=str(checkpoint),
+                                   worker_name=f"bench-{prefix}"))
         self.log_path = log_dir / f"workers-{prefix}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

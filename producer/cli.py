@@ -7,26 +7,35 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
 from producer.backpressure import BackpressureError
-from producer.client import Producer
+from producer.client import Entry, Producer
 from producer.config import ProducerSettings
 from producer.results import ResultsReader
 from producer.sources import LabeledWindow, from_file, synthetic
 from protocol.security import settings_error
-from protocol.wire import encode_window
-from protocol.wire_multi import encode_windows_entry
+
+#: Flags that steer a command rather than set a :class:`ProducerSettings` field.
+COMMAND_OPTIONS = frozenset({"command", "source", "count", "rate", "length", "seed", "id_prefix", "per_entry",
+                             "follow", "json", "start", "plot"})
+
+
+def _setting(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
+    """``--name`` for the settings field ``name``: its help is the field's description, its default None."""
+    help_ = (ProducerSettings.model_fields[name].description or "").replace("%", "%%")
+    p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=help_, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Argument parser for both subcommands."""
+    """Argument parser for both subcommands (settings flags default to None: unset ones fall back to
+    the environment and ``.env``)."""
     p = argparse.ArgumentParser(prog="bigru-producer", description=__doc__)
-    p.add_argument("--redis-url")
-    p.add_argument("--prefix")
-    p.add_argument("--shards", type=int)
+    _setting(p, "redis_url")
+    _setting(p, "prefix")
+    _setting(p, "shards", type=int)
     sub = p.add_subparsers(dest="command", required=True)
     pub = sub.add_parser("publish", help="publish windows and exit")
     pub.add_argument("--source", default="synthetic", help="'synthetic', or a .npz / .ts file")
@@ -35,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--length", type=int, default=20, help="synthetic: timesteps per window")
     pub.add_argument("--seed", type=int, default=0)
     pub.add_argument("--id-prefix", default="w", help="client ids are <prefix>-<index>")
-    pub.add_argument("--max-lag", type=int, help="refuse while the group's lag exceeds this (0: no limit)")
-    pub.add_argument("--block", dest="backpressure", action="store_const", const="block",
-                     help="over --max-lag, wait instead of refusing")
+    _setting(pub, "max_lag", type=int)
+    pub.add_argument("--block", dest="backpressure", action="store_const", const="block", default=None,
+                     help="over --max-lag, wait instead of refusing (backpressure=block)")
     pub.add_argument("--per-entry", type=int, default=1, metavar="N",
                      help="pack up to N consecutive equal-length windows into one multi-window entry (their "
                           "client ids become the entry's cids; a window's meta.label is not sent with N > 1)")
@@ -68,8 +77,9 @@ def _entries(windows: Iterable[LabeledWindow], per_entry: int) -> Iterator[list[
 MIN_SLEEP_S = 0.001
 
 
-def _paced(entries: Iterator[list[LabeledWindow]], rate: float | None) -> Iterator[list[list[LabeledWindow]]]:
-    """Chunks (up to 500 entries) of entries due now: open loop at ``rate`` windows/s (an entry
+def _paced(entries: Iterator[list[LabeledWindow]], rate: float | None,
+           size: int = 500) -> Iterator[list[list[LabeledWindow]]]:
+    """Chunks (up to ``size`` entries) of entries due now: open loop at ``rate`` windows/s (an entry
     is due when its first window is), or as fast as possible."""
     t0 = time.perf_counter()
     sent = 0
@@ -85,22 +95,23 @@ def _paced(entries: Iterator[list[LabeledWindow]], rate: float | None) -> Iterat
                 time.sleep(max(due - now, MIN_SLEEP_S))
         chunk.append(e)
         sent += len(e)
-        if len(chunk) >= 500:
+        if len(chunk) >= size:
             yield chunk
             chunk = []
     if chunk:
         yield chunk
 
 
-def _fields(entry: list[LabeledWindow], cids: list[str]) -> dict[bytes, bytes]:
-    if len(entry) == 1:
-        w = entry[0]
-        return encode_window(w.x, cid=cids[0], meta={"label": w.label} if w.label is not None else None)
-    return encode_windows_entry(np.stack([w.x for w in entry]), cids=cids)
+def _entry(group: list[LabeledWindow], first: int, id_prefix: str) -> Entry:
+    """The entry of ``group``, its windows numbered from ``first`` (client ids ``{id_prefix}-{n}``); a
+    window alone carries its label as ``meta.label``."""
+    cids = [f"{id_prefix}-{first + i}" for i in range(len(group))]
+    label = group[0].label if len(group) == 1 else None
+    return Entry.of_windows([w.x for w in group], cids, meta={"label": label} if label is not None else None)
 
 
 def cmd_publish(args: argparse.Namespace, s: ProducerSettings) -> int:
-    """Publish the chosen source."""
+    """Publish the chosen source: each due chunk in one round trip through :meth:`Producer.publish_entries`."""
     if args.per_entry < 1:
         print("bigru-producer: --per-entry must be at least 1", file=sys.stderr)
         return 2
@@ -111,19 +122,18 @@ def cmd_publish(args: argparse.Namespace, s: ProducerSettings) -> int:
         windows = from_file(args.source, args.count)
     t0 = time.perf_counter()
     n = entries = 0
-    for chunk in _paced(_entries(windows, args.per_entry), args.rate):
+    for chunk in _paced(_entries(windows, args.per_entry), args.rate, producer.pipeline_size):
+        batch: list[Entry] = []
+        first = n
+        for group in chunk:
+            batch.append(_entry(group, first, args.id_prefix))
+            first += len(group)
         try:
-            producer.gate()
+            producer.publish_entries(batch)
         except BackpressureError as e:
             print(json.dumps({"published": n, "entries": entries, "error": str(e), "lag": e.lag, "max_lag": e.limit}))
             return 3
-        pipe = producer.r.pipeline(transaction=False)
-        for entry in chunk:
-            cids = [f"{args.id_prefix}-{n + i}" for i in range(len(entry))]
-            sk = s.keys.shard(producer.shard_for(cids[0]))
-            pipe.xadd(sk.windows, _fields(entry, cids))  # type: ignore[arg-type]
-            n += len(entry)
-        pipe.execute()
+        n = first
         entries += len(chunk)
     dt = time.perf_counter() - t0
     print(json.dumps({"published": n, "entries": entries, "seconds": round(dt, 3),
@@ -166,13 +176,17 @@ def _plot(reader: ResultsReader, args: argparse.Namespace) -> int:
     return 0
 
 
+def settings_from_args(args: argparse.Namespace) -> ProducerSettings:
+    """Settings from the environment/.env, overridden by the flags that were given."""
+    flags = {k: v for k, v in vars(args).items() if v is not None and k not in COMMAND_OPTIONS}
+    return ProducerSettings(**flags)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
-    names = ("redis_url", "prefix", "shards", "max_lag", "backpressure")
-    flags = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     try:
-        s = ProducerSettings(**flags)
+        s = settings_from_args(args)
     except ValidationError as e:
         print(f"bigru-producer: {settings_error(e)}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,12 +18,54 @@ from protocol.wire import encode_window
 from protocol.wire_multi import encode_windows_entry
 
 
+@dataclass(frozen=True, eq=False)
+class Entry:
+    """One input-stream entry before encoding: a ``[T, F]`` window, or (``multi``) ``[N, T, F]`` windows.
+
+    :meth:`Producer.publish_entries` encodes it, stamping its ``ts``, once the backpressure gate has
+    let it through.
+    """
+
+    x: np.ndarray
+    multi: bool = False
+    cid: str | None = None
+    cids: Sequence[str | None] | None = None
+    deadline_us: int | None = None
+    meta: Mapping[str, Any] | None = None
+
+    @classmethod
+    def of_windows(
+        cls, windows: Sequence[np.ndarray], ids: Sequence[str | None] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Entry:
+        """One window as a single-window entry (its id the ``cid``), or several windows of one shape as a
+        multi-window entry (their ids its ``cids``, when any is set); ``meta`` is the entry's."""
+        if len(windows) == 1:
+            return cls(windows[0], cid=ids[0] if ids is not None else None, meta=meta)
+        cids = list(ids) if ids is not None and any(ids) else None
+        return cls(np.stack(windows), multi=True, cids=cids, meta=meta)
+
+    @property
+    def route(self) -> str | None:
+        """The id that picks the shard: ``cid``, else the first non-empty of ``cids`` (None: round-robin)."""
+        return self.cid or _first_id(self.cids)
+
+    def fields(self) -> dict[bytes, bytes]:
+        """The stream fields (wire format v1, ``ts`` stamped now)."""
+        if self.multi:
+            return encode_windows_entry(self.x, cids=self.cids, cid=self.cid, deadline_us=self.deadline_us,
+                                        meta=self.meta)
+        return encode_window(self.x, cid=self.cid, deadline_us=self.deadline_us, meta=self.meta)
+
+
 class Producer:
     """Publishes windows (wire format v1) to the input stream, routing by id across shards.
 
-    With a :class:`Backpressure` gate, every ``publish``/``publish_batch`` and every ``publish_many``
-    chunk first checks the consumer group's lag and raises :class:`BackpressureError` (or waits)
-    when it is over the limit. The lag counts stream entries, so a multi-window entry counts once.
+    Every publishing method goes through :meth:`publish_entries`: one backpressure check, then one
+    pipelined round trip. With a :class:`Backpressure` gate, every ``publish``/``publish_batch`` and
+    every ``publish_many`` chunk first checks the consumer group's lag and raises
+    :class:`BackpressureError` (or waits) when it is over the limit. The lag counts stream entries,
+    so a multi-window entry counts once.
     """
 
     def __init__(
@@ -57,6 +100,26 @@ class Producer:
             return zlib.crc32(cid.encode()) % self.keys.shards
         return next(self._rr) % self.keys.shards
 
+    def publish_entries(self, entries: Sequence[Entry]) -> list[str]:
+        """Send ``entries`` in one pipelined round trip after one backpressure check; their stream entry ids.
+
+        Each entry is encoded once the gate has let the round trip through and goes to the shard
+        of its :attr:`Entry.route`. Callers keep a round trip to about ``pipeline_size`` entries.
+        """
+        if not entries:
+            return []
+        self.gate()
+        if len(entries) == 1:
+            (e,) = entries
+            return [_decoded(self.r.xadd(self._stream(e), e.fields()))]  # type: ignore[arg-type]
+        pipe = self.r.pipeline(transaction=False)
+        for e in entries:
+            pipe.xadd(self._stream(e), e.fields())  # type: ignore[arg-type]
+        return [_decoded(eid) for eid in pipe.execute()]
+
+    def _stream(self, e: Entry) -> str:
+        return self.keys.shard(self.shard_for(e.route)).windows
+
     def publish(
         self,
         window: np.ndarray,
@@ -66,10 +129,7 @@ class Producer:
         meta: Mapping[str, Any] | None = None,
     ) -> str:
         """Publish one [T, F] window; returns the stream entry id."""
-        self.gate()
-        sk = self.keys.shard(self.shard_for(id))
-        eid = self.r.xadd(sk.windows, encode_window(window, cid=id, deadline_us=deadline_us, meta=meta))  # type: ignore[arg-type]
-        return eid.decode() if isinstance(eid, bytes) else str(eid)
+        return self.publish_entries([Entry(window, cid=id, deadline_us=deadline_us, meta=meta)])[0]
 
     def publish_batch(
         self,
@@ -86,11 +146,8 @@ class Producer:
         are shared by the entry. The entry goes to the shard of ``cid``, else of its first
         non-empty id, else round-robin.
         """
-        fields = encode_windows_entry(xs, cids=ids, cid=cid, deadline_us=deadline_us, meta=meta)
-        self.gate()
-        sk = self.keys.shard(self.shard_for(cid or _first_id(ids)))
-        eid = self.r.xadd(sk.windows, fields)  # type: ignore[arg-type]
-        return eid.decode() if isinstance(eid, bytes) else str(eid)
+        entry = Entry(xs, multi=True, cid=cid, cids=ids, deadline_us=deadline_us, meta=meta)
+        return self.publish_entries([entry])[0]
 
     def publish_many(
         self,
@@ -114,24 +171,18 @@ class Producer:
         if per_entry < 1:
             raise ValueError(f"per_entry must be >= 1, got {per_entry}")
         out: list[str] = []
-        pipe = self.r.pipeline(transaction=False)
-        n = 0
+        entries = _entries(windows, ids, meta, per_entry)
         try:
-            for cid, fields in _entries(windows, ids, meta, per_entry):
-                if n == 0:
-                    self.gate()
-                sk = self.keys.shard(self.shard_for(cid))
-                pipe.xadd(sk.windows, fields)  # type: ignore[arg-type]
-                n += 1
-                if n >= self.pipeline_size:
-                    out += [e.decode() for e in pipe.execute()]
-                    n = 0
+            while chunk := list(itertools.islice(entries, self.pipeline_size)):
+                out += self.publish_entries(chunk)
         except BackpressureError as err:
             err.published = out
             raise
-        if n:
-            out += [e.decode() for e in pipe.execute()]
         return out
+
+
+def _decoded(eid: bytes | str) -> str:
+    return eid.decode() if isinstance(eid, bytes) else str(eid)
 
 
 def _first_id(ids: Sequence[str | None] | None) -> str | None:
@@ -157,12 +208,11 @@ def group_windows(windows: Iterable[np.ndarray], per_entry: int) -> Iterator[lis
 
 def _entries(
     windows: Iterable[np.ndarray], ids: Sequence[str | None] | None, meta: Mapping[str, Any] | None, per_entry: int
-) -> Iterator[tuple[str | None, dict[bytes, bytes]]]:
-    """(routing id, stream fields) of each entry ``publish_many`` sends."""
+) -> Iterator[Entry]:
+    """The entries ``publish_many`` sends."""
     if per_entry == 1:
         for i, w in enumerate(windows):
-            cid = ids[i] if ids is not None else None
-            yield cid, encode_window(w, cid=cid, meta=meta)
+            yield Entry(w, cid=ids[i] if ids is not None else None, meta=meta)
         return
     start = 0
     for group in group_windows(windows, per_entry):
@@ -170,9 +220,4 @@ def _entries(
         if gids is not None and len(gids) != len(group):
             raise IndexError(f"fewer ids ({len(gids) + start}) than windows")
         start += len(group)
-        if len(group) == 1:
-            cid = gids[0] if gids is not None else None
-            yield cid, encode_window(group[0], cid=cid, meta=meta)
-        else:
-            cids = list(gids) if gids is not None and any(gids) else None
-            yield _first_id(cids), encode_windows_entry(np.stack(group), cids=cids, meta=meta)
+        yield Entry.of_windows(group, gids, meta)

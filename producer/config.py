@@ -16,14 +16,24 @@ class ProducerSettings(RedisConnSettings):
 
     model_config = SettingsConfigDict(env_prefix="BIGRU_", env_file=".env", extra="ignore")
 
-    prefix: str = Field("bigru", min_length=1)
-    group: str = Field("bigru", min_length=1)
-    shards: int = Field(1, ge=1, le=1024)
-    pipeline_size: int = Field(500, ge=1, description="entries per pipelined round trip in publish_many")
-    max_lag: int = Field(0, ge=0, description="refuse/block while the group's lag exceeds this (0: no limit)")
-    backpressure: Literal["refuse", "block"] = Field("refuse", description="what to do over max_lag")
-    backpressure_timeout_s: float = Field(30.0, gt=0, description="block mode: give up after this long")
-    lag_check_interval_ms: float = Field(50.0, ge=0, description="re-read the lag at most this often")
+    prefix: str = Field("bigru", min_length=1, description="key prefix: streams `{bigru}:windows`, `{bigru}:results`, "
+                        "`{bigru}:dead` (`{bigru:N}:…` with shards), the registry's and the workers' keys")
+    group: str = Field("bigru", min_length=1, description="the workers' consumer group (the producer watches its lag)")
+    shards: int = Field(1, ge=1, le=1024, description="shard streams per logical stream (a window goes to the shard "
+                        "its id's crc32 picks; round-robin without an id)")
+    pipeline_size: int = Field(
+        500, ge=1, description="most entries per pipelined round trip (`publish_many`, `bigru-producer publish`)"
+    )
+    max_lag: int = Field(
+        0, ge=0, description="refuse (or block) while the consumer group's lag exceeds this many entries (0: no limit)"
+    )
+    backpressure: Literal["refuse", "block"] = Field(
+        "refuse", description="over `max_lag`: `refuse` (an error naming the lag and the limit) or `block`"
+    )
+    backpressure_timeout_s: float = Field(
+        30.0, gt=0, description="with `backpressure=block`: give up (the same error) after this long"
+    )
+    lag_check_interval_ms: float = Field(50.0, ge=0, description="re-read the group's lag at most this often")
 
     @property
     def keys(self) -> Keys:

@@ -35,14 +35,23 @@ class RedisConnSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BIGRU_", env_file=".env", extra="ignore")
 
-    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL (redis://, rediss:// for TLS, unix://)")
-    redis_username: str | None = Field(None, description="ACL user (or put it in the URL)")
-    redis_password: SecretStr | None = Field(None, description="password (or use the URL or redis_password_file)")
-    redis_password_file: Path | None = Field(None, description="file holding the password")
-    redis_ca_file: Path | None = Field(None, description="TLS: CA bundle that signed the server certificate")
-    redis_cert_file: Path | None = Field(None, description="TLS: client certificate (with redis_key_file)")
-    redis_key_file: Path | None = Field(None, description="TLS: client private key")
-    redis_tls_check_hostname: bool = Field(True, description="TLS: verify the server certificate's host name")
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="Redis URL: `redis://`, `rediss://` (TLS), `unix://`, `redis+cluster://` or `rediss+cluster://`",
+    )
+    redis_username: str | None = Field(None, description="ACL user (or in the URL)")
+    redis_password: SecretStr | None = Field(
+        None, description="password; give it one way only: in the URL, here, or in `redis_password_file`"
+    )
+    redis_password_file: Path | None = Field(
+        None, description="file holding the password (read when connecting, trailing newline dropped)"
+    )
+    redis_ca_file: Path | None = Field(
+        None, description="TLS: CA bundle that signed the server certificate (unset: the system store)"
+    )
+    redis_cert_file: Path | None = Field(None, description="TLS: client certificate (with `redis_key_file`)")
+    redis_key_file: Path | None = Field(None, description="TLS: client private key (with `redis_cert_file`)")
+    redis_tls_check_hostname: bool = Field(True, description="TLS: the server certificate must name the URL's host")
 
     @model_validator(mode="after")
     def _check_connection(self) -> RedisConnSettings:

@@ -32,7 +32,8 @@ class RegistrySettings(RedisConnSettings):
     Connection settings (TLS files, password sources) are the workers' ``RedisConnSettings``.
     """
 
-    prefix: str = Field("bigru", min_length=1, description="key prefix (the workers' BIGRU_PREFIX)")
+    prefix: str = Field("bigru", min_length=1, description="key prefix: streams `{bigru}:windows`, `{bigru}:results`, "
+                        "`{bigru}:dead` (`{bigru:N}:…` with shards), the registry's and the workers' keys")
 
     @property
     def keys(self) -> Keys:

@@ -4,35 +4,44 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from pydantic import ValidationError
 
 from protocol.security import settings_error
 from worker.config import WorkerSettings
 
+#: Flags that steer this command rather than set a :class:`WorkerSettings` field.
+COMMAND_OPTIONS = frozenset({"command", "check", "json", "watch", "interval"})
+
+
+def _setting(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
+    """``--name`` for the settings field ``name``: its help is the field's description, its default None."""
+    help_ = (WorkerSettings.model_fields[name].description or "").replace("%", "%%")
+    p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=help_, **kw)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags default to None so that unset flags fall back to the environment and ``.env``."""
     p = argparse.ArgumentParser(prog="bigru-worker", description=__doc__)
     p.add_argument("command", nargs="?", choices=["serve", "status"], default="serve")
-    p.add_argument("--redis-url")
-    p.add_argument("--prefix")
-    p.add_argument("--group")
-    p.add_argument("--shards", type=int)
-    p.add_argument("--consume-shards", help="shards this worker consumes, e.g. '0,2-3' (default: all)")
-    p.add_argument("--checkpoint", help="checkpoint file, version dir or root with 'latest'")
-    p.add_argument("--replicas", type=int, help="worker processes to run")
-    p.add_argument("--device", help="cpu, cuda or auto")
-    p.add_argument("--max-batch", type=int)
-    p.add_argument("--batch-wait", choices=["continuous", "fixed", "slo"], help="batch-fill policy once the model is idle")
-    p.add_argument("--max-wait-ms", type=float, help="--batch-wait fixed: longest fill wait")
-    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the forward pass on its own thread (default: on)")
-    p.add_argument("--torch-threads", type=int)
-    p.add_argument("--worker-name")
-    p.add_argument("--claim-idle-ms", type=int)
-    p.add_argument("--metrics-port", type=int, help="Prometheus endpoint of replica 0 (replica i: port + i)")
-    p.add_argument("--burst", action="store_true", default=None, help="drain the stream, then exit")
+    _setting(p, "redis_url")
+    _setting(p, "prefix")
+    _setting(p, "group")
+    _setting(p, "shards", type=int)
+    _setting(p, "consume_shards")
+    _setting(p, "checkpoint")
+    _setting(p, "replicas", type=int)
+    _setting(p, "device", choices=["cpu", "cuda", "auto"])
+    _setting(p, "max_batch", type=int)
+    _setting(p, "batch_wait", choices=["continuous", "fixed", "slo"])
+    _setting(p, "max_wait_ms", type=float)
+    _setting(p, "overlap", action=argparse.BooleanOptionalAction)
+    _setting(p, "torch_threads", type=int)
+    _setting(p, "worker_name")
+    _setting(p, "claim_idle_ms", type=int)
+    _setting(p, "metrics_port", type=int)
+    _setting(p, "burst", action=argparse.BooleanOptionalAction)
     p.add_argument("--check", action="store_true", help="exit 0 if this host's replicas are alive")
     p.add_argument("--json", action="store_true", help="status: print JSON")
     p.add_argument("--watch", action="store_true", help="status: refresh until interrupted")
@@ -42,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     """Settings from the environment/.env, overridden by the flags that were given."""
-    skip = {"command", "check", "json", "watch", "interval"}
-    flags = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
+    flags = {k: v for k, v in vars(args).items() if v is not None and k not in COMMAND_OPTIONS}
     return WorkerSettings(**flags)
 
 

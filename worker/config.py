@@ -19,62 +19,98 @@ class WorkerSettings(RedisConnSettings):
 
     model_config = SettingsConfigDict(env_prefix="BIGRU_", env_file=".env", extra="ignore")
 
-    prefix: str = Field("bigru", min_length=1, description="key prefix")
-    group: str = Field("bigru", min_length=1, description="consumer group name")
-    shards: int = Field(1, ge=1, le=1024, description="number of shard streams")
-    consume_shards: str | None = Field(None, description="shards this worker consumes, e.g. '0,2-3' (default: all)")
-    checkpoint: str = Field("checkpoints", description="checkpoint file, version dir or root with 'latest'")
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    prefix: str = Field("bigru", min_length=1, description="key prefix: streams `{bigru}:windows`, `{bigru}:results`, "
+                        "`{bigru}:dead` (`{bigru:N}:…` with shards), the registry's and the workers' keys")
+    group: str = Field("bigru", min_length=1, description="the workers' consumer group (the producer watches its lag)")
+    shards: int = Field(1, ge=1, le=1024, description="shard streams per logical stream (a window goes to the shard "
+                        "its id's crc32 picks; round-robin without an id)")
+    consume_shards: str | None = Field(None, description="shards this worker consumes, e.g. `0,2-3` (unset: all)")
+    checkpoint: str = Field(
+        "checkpoints", description="checkpoint file, version directory, or root with a `latest` pointer"
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="`cpu`, `cuda`, or `auto` (CUDA when available)")
     backend: Literal["torch", "onnx", "auto"] = Field(
-        "auto", description="model runtime: torch, onnx (ONNX Runtime, CPU) or auto (onnx on CPU when installed)"
+        "auto", description="model runtime: `onnx` (ONNX Runtime, CPU), `torch`, or `auto` (onnx on CPU when installed)"
     )
     precision: Literal["fp32", "int8", "auto"] = Field(
-        "auto", description="onnx backend: fp32, int8 (int8 convolutions, forced) or auto (int8 when its golden-batch "
-        "accuracy is within reload_max_drop of fp32's, else fp32); torch serves fp32"
+        "auto", description="onnx backend: `auto` serves the int8 graph (int8 convolutions) when its golden-batch "
+        "accuracy is within `reload_max_drop` of fp32's, else fp32; `int8` forces it (a warning when over the drop; "
+        "fails without a golden batch); `fp32`. Torch serves fp32 (`int8` with torch is an error). See "
+        "[docs/training.md](docs/training.md#onnx-and-int8)"
     )
-    replicas: int = Field(1, ge=1, le=256)
-    torch_threads: int = Field(1, ge=0, description="intra-op threads per replica, torch or onnx (0: the runtime's default)")
-    max_batch: int = Field(64, ge=1, le=65536)
-    max_wait_ms: float = Field(5.0, ge=0, description="batch_wait=fixed: how long an idle model waits for a batch to fill")
+    replicas: int = Field(1, ge=1, le=256, description="worker processes on this host (each restarted if it dies)")
+    torch_threads: int = Field(
+        1, ge=0, description="intra-op threads per replica, torch or onnx (0: the runtime's default)"
+    )
+    max_batch: int = Field(
+        64, ge=1, le=65536, description="windows per forward pass (a multi-window entry counts its windows)"
+    )
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="with `batch_wait=fixed`: wait at most this long after the first window for the batch to fill"
+    )
     batch_wait: Literal["continuous", "fixed", "slo"] = Field(
         "continuous",
-        description="once the model is idle: continuous: serve what is in hand at once (the batch grew while the model "
-        "was busy); fixed: fill for up to max_wait_ms; slo: fill while the oldest window still meets slo_p99_ms",
+        description="once the model is idle: `continuous` serves what is in hand at once (the batch grew while the "
+        "model computed the previous one); `fixed` waits up to `max_wait_ms`; `slo` waits while the oldest window "
+        "still meets `slo_p99_ms`",
     )
     overlap: bool = Field(
-        True, description="run the model in its own thread, so reading, decoding and publishing overlap the forward pass"
+        True, description="run the forward pass on its own thread, so reading, decoding, encoding and publishing "
+        "overlap it"
     )
-    slo_p99_ms: float = Field(10.0, gt=0, description="end-to-end latency target of batch_wait=slo")
+    slo_p99_ms: float = Field(10.0, gt=0, description="with `batch_wait=slo`: the end-to-end latency target")
     block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK while idle")
     burst: bool = Field(False, description="drain the stream, then exit")
-    burst_idle_ms: int = Field(500, ge=1, description="burst: exit after this long without input")
-    worker_name: str | None = Field(None, description="consumer name base (default: host name)")
-    claim_idle_ms: int = Field(30000, ge=100, description="reclaim entries idle this long from other consumers")
-    reclaim_interval_ms: int = Field(5000, ge=100)
-    maintenance_interval_ms: int = Field(10000, ge=0, description="input trimming/consumer reaping period (0: off)")
-    trim_input: bool = Field(True, description="trim input entries every group has acknowledged")
-    reap_idle_ms: int = Field(300_000, ge=1000, description="delete consumers idle this long with nothing pending")
-    max_deliveries: int = Field(5, ge=1)
-    heartbeat_ttl_s: float = Field(15.0, gt=0)
-    heartbeat_interval_s: float = Field(2.0, gt=0)
-    results_maxlen: int = Field(1_000_000, ge=1)
-    dead_maxlen: int = Field(100_000, ge=1)
-    max_window_bytes: int = Field(4 * 1024 * 1024, ge=64)
-    max_length: int = Field(10_000, ge=1)
-    allow_nonfinite: bool = False
-    reload: bool = Field(True, description="hot-reload models announced in the registry / checkpoint root")
-    reload_interval_s: float = Field(5.0, gt=0, description="periodic check of the latest pointer")
-    reload_follow_dir: bool = Field(True, description="also follow the checkpoint root's 'latest' file")
-    reload_min_accuracy: float = Field(0.5, ge=0, le=1, description="golden-batch accuracy floor")
-    reload_max_drop: float = Field(0.02, ge=0, le=1, description="allowed golden accuracy drop vs the serving model")
-    reload_allow_schema_change: bool = Field(False, description="accept a different feature count / class list")
-    reload_require_golden: bool = Field(True, description="refuse checkpoints without a golden batch")
+    burst_idle_ms: int = Field(500, ge=1, description="with `burst`: exit after this long without input")
+    worker_name: str | None = Field(
+        None, description="consumer name base; consumers are `<name>-<replica>` (unset: the host name)"
+    )
+    claim_idle_ms: int = Field(30000, ge=100, description="reclaim other consumers' entries idle this long")
+    reclaim_interval_ms: int = Field(
+        5000, ge=100, description="how often to look for entries to reclaim (see `claim_idle_ms`)"
+    )
+    maintenance_interval_ms: int = Field(
+        10000, ge=0, description="how often a replica trims the input and reaps dead consumers (0: never)"
+    )
+    trim_input: bool = Field(
+        True, description="trim input entries every group has acknowledged (never unprocessed ones)"
+    )
+    reap_idle_ms: int = Field(
+        300_000, ge=1000, description="delete consumers idle this long with nothing pending and no heartbeat"
+    )
+    max_deliveries: int = Field(5, ge=1, description="dead-letter an entry delivered more often than this")
+    heartbeat_ttl_s: float = Field(
+        15.0, gt=0, description="heartbeat key lifetime: a replica is stale this long after its last refresh"
+    )
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="how often a replica refreshes its heartbeat")
+    results_maxlen: int = Field(1_000_000, ge=1, description="approximate cap of the results stream")
+    dead_maxlen: int = Field(100_000, ge=1, description="approximate cap of the dead-letter stream")
+    max_window_bytes: int = Field(4 * 1024 * 1024, ge=64, description="largest accepted `x` field, in bytes")
+    max_length: int = Field(10_000, ge=1, description="largest accepted T (timesteps per window)")
+    allow_nonfinite: bool = Field(False, description="accept NaN/inf values")
+    reload: bool = Field(
+        True, description="hot-reload new model versions announced in the registry or the checkpoint root (see "
+        "[Hot reload](#hot-reload))"
+    )
+    reload_interval_s: float = Field(
+        5.0, gt=0, description="periodic check of the registry's `latest` pointer (besides announcements and SIGHUP)"
+    )
+    reload_follow_dir: bool = Field(True, description="also follow `latest` in the `checkpoint` root directory")
+    reload_min_accuracy: float = Field(
+        0.5, ge=0, le=1, description="refuse a version whose golden-batch accuracy is below this"
+    )
+    reload_max_drop: float = Field(
+        0.02, ge=0, le=1,
+        description="refuse a version more than this below the serving model's accuracy on the same golden batch",
+    )
+    reload_allow_schema_change: bool = Field(False, description="accept a different feature count or class list")
+    reload_require_golden: bool = Field(True, description="refuse checkpoints that carry no golden batch")
     metrics_port: int | None = Field(
-        None, ge=0, le=65535, description="Prometheus port of replica 0 (replica i: port + i); 0 or unset: off"
+        None, ge=0, le=65535, description="Prometheus endpoint of replica 0 (replica i: port + i); 0 or unset: off"
     )
     metrics_addr: str = Field("0.0.0.0", description="address the metrics endpoint binds")
-    log_level: str = "INFO"
-    log_json: bool | None = Field(None, description="JSON logs (default: when stderr is not a TTY)")
+    log_level: str = Field("INFO", description="structlog level")
+    log_json: bool | None = Field(None, description="JSON logs (unset: when stderr is not a TTY)")
 
     @field_validator("consume_shards")
     @classmethod

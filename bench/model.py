@@ -38,7 +38,7 @@ def build_checkpoint(root: Path, seed: int = 0, length: int = T, golden: int = 0
     cfg = default_model_config(F, 2, length)
     model = SequenceClassifier(cfg)
     ckpt = Checkpoint(cfg, ["0", "1"], np.zeros(F, np.float32), np.ones(F, np.float32),
-                      {k: v.detach().clone() for k, v in model.state_dict().items()},
+                      state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
                       metrics={"note": "random weights (speed benchmark)"})
     if golden > 0:
         gx = np.stack(windows(golden, seed=seed + 1, length=length))

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("protocol", "worker", "producer", "training")
 
 #: training's lower part: the model, the checkpoint format and its exporters, the dataset formats.
-MODEL_LAYER = {"training.model", "training.checkpoint", "training.onnx", "training.quantize", "training.data",
-               "training.formats"}
+MODEL_LAYER = {"training.model", "training.model_config", "training.device", "training.checkpoint",
+               "training.checkpoint_file", "training.onnx", "training.quantize", "training.data", "training.formats"}
 
 #: Which layer a module belongs to; lower layers come first.
 ORDER = ["protocol", "model", "worker", "producer", "training"]
@@ -123,7 +123,8 @@ def test_the_checks_catch_what_they_are_for() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
     g = graph()  # and the real graph is seen: lazy (in-function) imports count too
-    assert "protocol.wire" in g["producer.client"] and "training.checkpoint" in g["worker.backends"]
+    assert "protocol.wire" in g["producer.client"] and "training.checkpoint_file" in g["worker.backends"]
+    assert "worker.predictor" in g["worker.backends"]  # imported inside a function
     assert "worker.supervisor" in g["worker.cli"]
 
 

@@ -145,6 +145,7 @@ TRAIN_FIELDS = ("epochs", "steps", "batch_size", "lr", "weight_decay", "schedule
 
 def configs(s: TrainSettings) -> tuple[dict[str, object], object]:
     """The model overrides and the TrainConfig described by ``s`` (unset fields keep the dataclass defaults)."""
+    from training.device import resolve_device  # DeviceError is a ValueError
     from training.train import TrainConfig
 
     model: dict[str, object] = {k: getattr(s, k) for k in MODEL_FIELDS if getattr(s, k) is not None}
@@ -153,17 +154,6 @@ def configs(s: TrainSettings) -> tuple[dict[str, object], object]:
     train = {k: getattr(s, k) for k in TRAIN_FIELDS if getattr(s, k) is not None}
     tcfg = TrainConfig(**train, seed=s.seed, device=resolve_device(s.device))  # type: ignore[arg-type]
     return model, tcfg
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return device
 
 
 def train_main(argv: list[str]) -> int:

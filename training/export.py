@@ -27,7 +27,7 @@ from training.checkpoint import Checkpoint, load_checkpoint
 from training.data import Dataset
 from training.formats import load_dataset
 from training.metrics import report
-from training.onnx import INPUT, OPSET, ExportError, RawInputModel, onnx_bytes, onnx_session, parity
+from training.onnx import INPUT, OPSET, ExportError, onnx_bytes, onnx_session, parity, raw_input_model
 
 TIMING_BATCHES = (1, 64)
 
@@ -55,7 +55,7 @@ def forward_times(ckpt: Checkpoint, session: Any, length: int, batches: tuple[in
     Both see the same raw windows and compute the same thing (normalization, model, softmax); torch runs
     eager under ``inference_mode`` with its current thread count (the command sets 1).
     """
-    wrapper = RawInputModel(ckpt).eval()
+    wrapper = raw_input_model(ckpt).eval()
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"length": length, "batches": list(batches), "torch_threads": torch.get_num_threads()}
     for b in batches:

@@ -1,4 +1,4 @@
-"""The sequence classifier: a config dataclass and the module, nothing else.
+"""The sequence classifier module (its config dataclass lives in :mod:`training.model_config`, torch-free).
 
 The network, for windows ``x`` [B, T, F] with per-window lengths::
 
@@ -15,70 +15,14 @@ inside a padded batch; the equal-length path (no ``lengths``) is what the ONNX g
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-#: Values of the fields that did not exist before the convolutional stem, for older checkpoints.
-LEGACY: dict[str, Any] = {"window_norm": False, "downsample": 0, "channels": 0, "conv_blocks": 0, "kernel": 5}
+from training.model_config import LEGACY, ModelConfig
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a :class:`SequenceClassifier`.
-
-    ``pooling`` picks the recurrent readout: ``last`` is the final hidden state of each direction
-    (forward after the last real step, backward after the first), ``mean``/``max`` add masked
-    pooling over all outputs. ``downsample`` (a power of two; 0 = no stem) is the time stride of
-    the convolutional stem, chosen from the training windows' length (see ``training.recipe``);
-    ``channels`` > 0 adds the stem and the convolutional branch, whose masked mean joins the readout.
-    """
-
-    input_dim: int = 1
-    num_classes: int = 2
-    cell: str = "gru"
-    bidirectional: bool = True
-    hidden: int = 64
-    layers: int = 1
-    dropout: float = 0.1
-    pooling: tuple[str, ...] = ("last", "mean")
-    window_norm: bool = True
-    downsample: int = 1
-    channels: int = 64
-    conv_blocks: int = 2
-    kernel: int = 5
-
-    def __post_init__(self) -> None:
-        if self.cell not in ("gru", "lstm"):
-            raise ValueError(f"cell must be 'gru' or 'lstm', got {self.cell!r}")
-        bad = set(self.pooling) - {"last", "mean", "max"}
-        if bad or not self.pooling:
-            raise ValueError(f"pooling must be a non-empty subset of last/mean/max, got {self.pooling}")
-        if self.input_dim < 1 or self.num_classes < 2 or self.hidden < 1 or self.layers < 1:
-            raise ValueError(f"invalid sizes in {self}")
-        if self.downsample < 0 or (self.downsample & (self.downsample - 1)) != 0:
-            raise ValueError(f"downsample must be 0 or a power of two, got {self.downsample}")
-        if self.channels < 0 or self.conv_blocks < 0 or self.kernel < 1 or self.kernel % 2 == 0:
-            raise ValueError(f"channels/conv_blocks must be >= 0 and kernel odd, got {self}")
-        if (self.channels == 0) != (self.downsample == 0) or (self.channels == 0 and self.conv_blocks):
-            raise ValueError("the stem needs both channels > 0 and downsample >= 1 (or both 0, no convolutions)")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        d = asdict(self)
-        d["pooling"] = list(self.pooling)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error, keys older checkpoints lack take :data:`LEGACY`."""
-        d = {**LEGACY, **d}
-        if "pooling" in d:
-            d["pooling"] = tuple(d["pooling"])
-        return cls(**d)
+__all__ = ["LEGACY", "ConvLayer", "MaskedBatchNorm1d", "ModelConfig", "RawInputModel", "SequenceClassifier"]
 
 
 def _mask(lengths: torch.Tensor | None, t: int, device: torch.device) -> torch.Tensor | None:
@@ -221,3 +165,25 @@ class SequenceClassifier(nn.Module):
             else:
                 feats.append(out.max(dim=1).values if mask is None else out.masked_fill(~mask, float("-inf")).max(dim=1).values)
         return feats
+
+
+class RawInputModel(nn.Module):
+    """Normalization + classifier: raw equal-length windows [B, T, F] -> (logits, probs).
+
+    The classifier is called as ``model(x)`` only (no lengths: its equal-length path), so any module
+    whose forward maps [B, T, F] to logits [B, C] can be wrapped; this is what the ONNX graph holds
+    (:func:`training.onnx.onnx_bytes`).
+    """
+
+    def __init__(self, model: nn.Module, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__()
+        self.model = model
+        self.mean: torch.Tensor
+        self.inv_std: torch.Tensor
+        self.register_buffer("mean", torch.from_numpy(np.asarray(mean, np.float32)))
+        self.register_buffer("inv_std", torch.from_numpy((1.0 / np.asarray(std)).astype(np.float32)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and class probabilities of raw windows ``x``."""
+        logits = self.model((x - self.mean) * self.inv_std)
+        return logits, torch.softmax(logits, dim=-1)

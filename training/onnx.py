@@ -1,8 +1,11 @@
 """The one ONNX exporter: the graph a worker serves, made from a checkpoint.
 
-:func:`onnx_bytes` is the only ONNX export in the project: ``bigru-train export --onnx`` writes its
-bytes to ``model.onnx`` and checks :func:`parity` on a session built from them, and the worker's ONNX
-backend (:class:`worker.onnx_backend.OnnxPredictor`) serves the same bytes. The graph takes raw
+:func:`onnx_bytes` is the only ONNX export in the project: :func:`training.checkpoint.save_checkpoint`
+stores its bytes in the checkpoint file, ``bigru-train export --onnx`` writes them to ``model.onnx`` and
+checks :func:`parity` on a session built from them, and the worker's ONNX backend
+(:class:`worker.onnx_backend.OnnxPredictor`) serves the stored bytes (exporting them only for files
+written before graphs were stored). Importing this module does not import torch (the exporter and
+:func:`parity` do), so the worker's ONNX path and :mod:`training.quantize` stay torch-free. The graph takes raw
 windows ``x`` [batch, time, F] (both axes dynamic), applies the checkpoint's normalization and
 returns ``logits`` and ``probs``. Every window of one call must have the same length (ONNX has no
 packed sequences); batch unequal windows by length, or run them one by one.
@@ -12,13 +15,14 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
-from torch import nn
 
-from training.checkpoint import Checkpoint
+if TYPE_CHECKING:
+    from torch import nn
+
+    from training.model import RawInputModel
 
 #: ONNX opset of the served graph (the TorchScript exporter maps nn.GRU/nn.LSTM onto ONNX's GRU/LSTM ops).
 OPSET = 17
@@ -31,28 +35,31 @@ class ExportError(RuntimeError):
     """The checkpoint's model cannot be exported to ONNX."""
 
 
-class RawInputModel(nn.Module):
-    """Normalization + classifier: raw equal-length windows [B, T, F] -> (logits, probs).
+@runtime_checkable
+class Exportable(Protocol):
+    """What the exporter needs of a checkpoint: its weights as a module and its normalization
+    (:class:`training.checkpoint.Checkpoint` is one)."""
 
-    The classifier is called as ``model(x)`` only (no lengths: its equal-length path), so any module
-    whose forward maps [B, T, F] to logits [B, C] can be exported.
-    """
+    version: str
+    mean: np.ndarray
+    std: np.ndarray
 
-    def __init__(self, ckpt: Checkpoint, model: nn.Module | None = None) -> None:
-        super().__init__()
-        self.model = model if model is not None else ckpt.build_model("cpu")
-        self.mean: torch.Tensor
-        self.inv_std: torch.Tensor
-        self.register_buffer("mean", torch.from_numpy(np.asarray(ckpt.mean, np.float32)))
-        self.register_buffer("inv_std", torch.from_numpy((1.0 / np.asarray(ckpt.std)).astype(np.float32)))
+    @property
+    def input_dim(self) -> int:
+        """Number of features F of a window."""
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and class probabilities of raw windows ``x``."""
-        logits = self.model((x - self.mean) * self.inv_std)
-        return logits, torch.softmax(logits, dim=-1)
+    def build_model(self, device: str = "cpu") -> nn.Module:
+        """The classifier with the checkpoint's weights, in eval mode."""
 
 
-def onnx_bytes(ckpt: Checkpoint) -> bytes:
+def raw_input_model(ckpt: Exportable, model: nn.Module | None = None) -> RawInputModel:
+    """Normalization + ``ckpt``'s classifier (or ``model``) in one module: raw [B, T, F] -> (logits, probs)."""
+    from training.model import RawInputModel
+
+    return RawInputModel(model if model is not None else ckpt.build_model("cpu"), ckpt.mean, ckpt.std)
+
+
+def onnx_bytes(ckpt: Exportable) -> bytes:
     """The served ONNX graph of ``ckpt``: raw ``x`` [batch, time, F] -> ``logits``, ``probs`` [batch, C].
 
     TorchScript-based exporter (``dynamo=False``), opset :data:`OPSET`: recurrent layers become ONNX
@@ -62,7 +69,9 @@ def onnx_bytes(ckpt: Checkpoint) -> bytes:
     exporter, and the parity tests say when switching becomes necessary.) Raises :class:`ExportError`
     when the exporter fails.
     """
-    wrapper = RawInputModel(ckpt).eval()
+    import torch
+
+    wrapper = raw_input_model(ckpt).eval()
     example = torch.zeros((2, 8, ckpt.input_dim), dtype=torch.float32)
     axes = {INPUT: {0: "batch", 1: "time"}, **{name: {0: "batch"} for name in OUTPUTS}}
     buf = io.BytesIO()
@@ -102,9 +111,11 @@ def _groups_by_length(windows: list[np.ndarray]) -> list[np.ndarray]:
     return [np.stack(v).astype(np.float32) for v in by_len.values()]
 
 
-def parity(ckpt: Checkpoint, session: Any, real: list[np.ndarray], seed: int = 0) -> dict[str, Any]:
+def parity(ckpt: Exportable, session: Any, real: list[np.ndarray], seed: int = 0) -> dict[str, Any]:
     """Max |onnx - torch| over logits, on random windows and on ``real`` windows (grouped by length)."""
-    wrapper = RawInputModel(ckpt).eval()
+    import torch
+
+    wrapper = raw_input_model(ckpt).eval()
     rng = np.random.default_rng(seed)
     rand = [(rng.standard_normal((b, t, ckpt.input_dim)) * ckpt.std + ckpt.mean).astype(np.float32) for b, t in RANDOM_SHAPES]
 

@@ -2,7 +2,7 @@
 
 :func:`onnx_int8_bytes` is the only source of the reduced-precision graph: the worker's ONNX backend
 (``BIGRU_PRECISION=auto|int8``, :class:`worker.onnx_backend.OnnxPredictor`) and ``python -m bench.model
---precision int8`` both serve its bytes. It takes :func:`training.export.onnx_bytes` (same input and
+--precision int8`` both serve its bytes. It takes :func:`training.onnx.onnx_bytes` (same input and
 outputs, dynamic batch and time axes) and quantizes it with onnxruntime's ``quantize_static``:
 
 * **Conv only** (``QDQ`` format, per-channel int8 weights, uint8 activations, MinMax ranges): ONNX
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +31,8 @@ from typing import Any
 import numpy as np
 import structlog
 
-from training.checkpoint import Checkpoint
-from training.onnx import INPUT, ExportError, onnx_bytes
+from training.checkpoint_file import CheckpointMeta
+from training.onnx import INPUT, Exportable, ExportError, onnx_bytes
 
 #: ONNX op types quantized in the served int8 graph.
 INT8_OPS = ("Conv",)
@@ -43,7 +44,7 @@ class QuantizeError(ExportError):
     """The checkpoint's int8 graph cannot be built (no golden batch to calibrate on, or the quantizer failed)."""
 
 
-def calibration_batches(ckpt: Checkpoint) -> list[np.ndarray]:
+def calibration_batches(ckpt: CheckpointMeta) -> list[np.ndarray]:
     """The golden batch grouped by window length: one [n, T, F] float32 array per distinct length."""
     by_len: dict[int, list[np.ndarray]] = {}
     for w in ckpt.golden_windows():
@@ -75,6 +76,26 @@ def _quantizer_logging() -> Iterator[None]:
         root.removeHandler(handler)
 
 
+def _import_ort_tools_without_torch() -> None:
+    """Import ``onnxruntime.tools`` with torch hidden, unless torch is loaded already.
+
+    ``quant_pre_process`` imports ``onnxruntime.tools``, whose ``__init__`` imports torch whenever it is
+    installed (for a PyTorch export helper the quantizer never uses): a torch-free ONNX replica building
+    its int8 graph would load torch (~200 MB of RSS) for nothing. While that one import runs,
+    ``sys.modules["torch"]`` is None, which ``importlib.util.find_spec`` reports as not installed; the
+    entry is removed right after. (A thread importing torch in that instant would get an ImportError;
+    in a worker the model checker thread is the only one that could.)
+    """
+    if "onnxruntime.tools" in sys.modules or "torch" in sys.modules:
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        import onnxruntime.tools  # noqa: F401
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
+
+
 def _inline_shared_initializers(model: Any) -> None:
     """Replace each Identity of an initializer by a copy of it, in place.
 
@@ -96,13 +117,15 @@ def _inline_shared_initializers(model: Any) -> None:
     model.graph.node.extend(keep)
 
 
-def onnx_int8_bytes(ckpt: Checkpoint, fp32: bytes | None = None) -> bytes:
-    """The served int8 graph of ``ckpt``: :func:`~training.export.onnx_bytes` with int8 convolutions.
+def onnx_int8_bytes(ckpt: CheckpointMeta, fp32: bytes | None = None) -> bytes:
+    """The served int8 graph of ``ckpt``: :func:`~training.onnx.onnx_bytes` with int8 convolutions.
 
-    ``fp32`` is that graph when the caller already has it (else it is exported here). Calibration runs
-    the golden batch through the fp32 graph (ORT on CPU) and takes each Conv input's min/max; the bytes
-    are deterministic for a checkpoint. The fp32 graph first gets its shared initializers inlined and
-    goes through onnxruntime's quantization pre-processing, shape inference only (no graph optimization;
+    ``fp32`` is that graph when the caller already has it; else it is the graph stored in the file
+    (a :class:`~training.checkpoint_file.ServedCheckpoint`'s ``graph``), else it is exported here
+    (which imports torch and needs a checkpoint with weights). With the fp32 bytes at hand nothing here
+    imports torch. Calibration runs the golden batch through the fp32 graph (ORT on CPU) and takes each
+    Conv input's min/max; the bytes are deterministic for a checkpoint. The fp32 graph first gets its
+    shared initializers inlined and goes through onnxruntime's quantization pre-processing, shape inference only (no graph optimization;
     it also marks the graph pre-processed, which quantize_static otherwise warns about).
     Raises :class:`QuantizeError` without a golden batch or when onnxruntime's quantizer fails, and
     ``ImportError`` without onnxruntime/onnx.
@@ -122,7 +145,12 @@ def onnx_int8_bytes(ckpt: Checkpoint, fp32: bytes | None = None) -> bytes:
             x = next(self._it, None)
             return None if x is None else {INPUT: x}
 
-    graph = fp32 if fp32 is not None else onnx_bytes(ckpt)
+    _import_ort_tools_without_torch()
+    graph = fp32 if fp32 is not None else getattr(ckpt, "graph", None)
+    if graph is None:
+        if not isinstance(ckpt, Exportable):
+            raise QuantizeError(f"checkpoint {ckpt.version} has neither a stored fp32 graph nor weights to export one")
+        graph = onnx_bytes(ckpt)
     try:
         with tempfile.TemporaryDirectory(prefix="bigru-int8-") as tmp, _quantizer_logging():
             pre, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"

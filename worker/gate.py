@@ -1,9 +1,10 @@
 """The quality gate a candidate checkpoint passes before a worker serves it.
 
-Checks, in order: the bytes parse (and match the registry's sha256, checked by the caller); the wire
-version, feature count and class list match what is served (unless the settings allow a change); the
-checkpoint carries a golden batch; its accuracy there reaches the floor and is not below the serving
-model's accuracy on the same batch by more than the allowed drop.
+Checks, in order: the bytes parse without torch (:func:`training.checkpoint_file.parse`) and match the
+registry's sha256 (checked by the caller); the checkpoint's wire version is this code's
+(``incompatible_wire``); the wire version, feature count and class list match what is served (unless
+the settings allow a change); the checkpoint carries a golden batch; its accuracy there reaches the
+floor and is not below the serving model's accuracy on the same batch by more than the allowed drop.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.checkpoint import Checkpoint, CheckpointError, from_bytes
+from training.checkpoint_file import CheckpointError, CheckpointMeta, ServedCheckpoint, WireVersionError
+from training.checkpoint_file import parse as parse_file
 from worker.backends import ServingPredictor
 
 
@@ -44,15 +46,18 @@ class Verdict:
     golden_size: int
 
 
-def parse(data: bytes) -> Checkpoint:
-    """Checkpoint from bytes; a corrupt or truncated file is refused as ``corrupt``."""
+def parse(data: bytes) -> ServedCheckpoint:
+    """Checkpoint from bytes, read without torch; a corrupt or truncated file is refused as ``corrupt``,
+    one made for another wire version (:data:`protocol.wire.WIRE_VERSION`) as ``incompatible_wire``."""
     try:
-        return from_bytes(data)
+        return parse_file(data)
+    except WireVersionError as e:
+        raise Refused("incompatible_wire", str(e)) from e
     except CheckpointError as e:
         raise Refused("corrupt", str(e)) from e
 
 
-def check_schema(ckpt: Checkpoint, serving: ServingPredictor, rules: GateRules) -> None:
+def check_schema(ckpt: CheckpointMeta, serving: ServingPredictor, rules: GateRules) -> None:
     """Refuse a candidate whose input or output contract differs from the served one."""
     if ckpt.wire_version != serving.checkpoint.wire_version:
         raise Refused("incompatible_wire", f"wire version {ckpt.wire_version}, serving {serving.checkpoint.wire_version}")
@@ -82,7 +87,7 @@ def judge(acc: float, serving_acc: float | None, rules: GateRules) -> None:
                       f"golden accuracy {acc:.4f} < serving model's {serving_acc:.4f} - {rules.max_drop:.4f}")
 
 
-def evaluate(ckpt: Checkpoint, candidate: ServingPredictor, serving: ServingPredictor, rules: GateRules) -> Verdict:
+def evaluate(ckpt: CheckpointMeta, candidate: ServingPredictor, serving: ServingPredictor, rules: GateRules) -> Verdict:
     """Run both models on the candidate's golden batch and judge; raises :class:`Refused`."""
     golden = ckpt.golden_batch()
     if golden is None:

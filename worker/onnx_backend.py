@@ -1,7 +1,13 @@
-"""ONNX Runtime serving backend for CPU: the checkpoint is exported at worker start, in memory.
+"""ONNX Runtime serving backend for CPU: serves the fp32 graph stored in the checkpoint file, without torch.
 
-The graph is :func:`training.export.onnx_bytes`, the same bytes ``bigru-train export --onnx`` writes to
-``model.onnx`` and checks for parity, run in a session built by :func:`training.export.onnx_session`.
+The graph is :func:`training.onnx.onnx_bytes`, stored in the file at save time (the same bytes
+``bigru-train export --onnx`` writes to ``model.onnx`` and checks for parity), run in a session built
+by :func:`training.onnx.onnx_session`. A replica that reads its checkpoint with
+:func:`training.checkpoint_file.parse` serves it with numpy, safetensors and onnxruntime only: torch is
+never imported. A file written before graphs were stored has none: the graph is then exported at start
+(importing torch; warning ``onnx_graph_missing_exporting``), and so is the graph of an in-memory
+:class:`training.checkpoint.Checkpoint` (its weights are the truth).
+
 ONNX cannot export ``pack_padded_sequence``, so the exported graph is the model's equal-length path
 (normalization, model and softmax in one graph, dynamic batch and time axes). A batch with unequal
 lengths is split into one run per distinct length; every window is then computed exactly as it would
@@ -23,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import structlog
 
-from training.checkpoint import Checkpoint
+from training.checkpoint_file import CheckpointMeta, ServedCheckpoint
 
 #: Requested serving precision (the ``precision`` worker setting).
 Precision = Literal["fp32", "int8", "auto"]
@@ -54,13 +60,12 @@ class OnnxPredictor:
     backend = "onnx"
     device = "cpu"
 
-    def __init__(self, ckpt: Checkpoint, threads: int = 1, precision: Precision = "fp32",
+    def __init__(self, ckpt: CheckpointMeta, threads: int = 1, precision: Precision = "fp32",
                  max_drop: float = 0.02) -> None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError as e:
             raise BackendError("backend 'onnx' needs onnxruntime (pip install 'bigru-stream[onnx]')") from e
-        from training.onnx import ExportError, onnx_bytes
 
         self.checkpoint = ckpt
         self.version = ckpt.version
@@ -69,13 +74,31 @@ class OnnxPredictor:
         self.threads = threads
         self.precision: Literal["fp32", "int8"] = "fp32"
         self.golden_accuracy: dict[str, float] = {}
-        try:
-            self.graph = onnx_bytes(ckpt)
-        except ExportError as e:
-            raise BackendError(str(e)) from e
+        self.graph = self._fp32_graph(ckpt)
         self.session: Any = self._session(self.graph)
         if precision != "fp32":
             self._choose_int8(precision == "int8", max_drop)
+
+    @staticmethod
+    def _fp32_graph(ckpt: CheckpointMeta) -> bytes:
+        """The stored graph of a file read without torch; else the one exported from the weights (torch)."""
+        if isinstance(ckpt, ServedCheckpoint) and ckpt.graph is not None:
+            return ckpt.graph
+        try:
+            from training.checkpoint import CheckpointError, as_torch
+        except ImportError as e:  # torch (or safetensors.torch) is not installed
+            raise BackendError(f"checkpoint {ckpt.version} stores no ONNX graph and exporting one needs torch: {e}") from e
+        from training.onnx import ExportError, onnx_bytes
+
+        if isinstance(ckpt, ServedCheckpoint):
+            structlog.get_logger("worker").warning(
+                "onnx_graph_missing_exporting", version=ckpt.version,
+                reason="checkpoint written before files stored their ONNX graph: exporting it at start, which "
+                       "imports torch (slower start-up, larger replica); save it again to store one")
+        try:
+            return onnx_bytes(as_torch(ckpt))
+        except (ExportError, CheckpointError) as e:
+            raise BackendError(str(e)) from e
 
     def _session(self, graph: bytes) -> Any:
         from training.onnx import onnx_session

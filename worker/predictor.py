@@ -1,24 +1,19 @@
-"""Serving a checkpoint: normalize, pad, forward under ``inference_mode``, softmax."""
+"""The torch serving backend: normalize, pad, forward under ``inference_mode``, softmax.
+
+Importing this module imports torch; :mod:`worker.backends` imports it only for the torch backend
+(CUDA, ``backend=torch``, or ``auto`` without a usable ONNX backend).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from training.checkpoint import Checkpoint
+from training.checkpoint import as_torch
+from training.checkpoint_file import CheckpointMeta
+from training.device import DeviceError, resolve_device
 
-
-class DeviceError(RuntimeError):
-    """The configured device is not available."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("device 'cuda' requested but torch.cuda.is_available() is False")
-    return torch.device(device)
+__all__ = ["DeviceError", "TorchPredictor"]
 
 
 class TorchPredictor:
@@ -27,12 +22,17 @@ class TorchPredictor:
     backend = "torch"
     precision = "fp32"
 
-    def __init__(self, ckpt: Checkpoint, device: str = "cpu") -> None:
+    def __init__(self, ckpt: CheckpointMeta, device: str = "cpu", threads: int = 0) -> None:
+        """``ckpt``: any checkpoint (a served one's weights are read with torch); ``threads`` > 0 sets
+        torch's intra-op threads for the process (the worker's ``torch_threads``)."""
+        ckpt = as_torch(ckpt)
+        if threads:
+            torch.set_num_threads(threads)
         self.checkpoint = ckpt
         self.version = ckpt.version
         self.classes = list(ckpt.classes)
         self.n_features = ckpt.input_dim
-        self.device = resolve_device(device)
+        self.device = torch.device(resolve_device(device))
         if self.device.type == "cuda":
             # cuDNN convolutions default to TF32 on Ampere and newer, which moves probabilities by ~1e-3
             # against the CPU and ONNX graphs; full fp32 keeps every backend within 1e-4 (and the

@@ -26,7 +26,8 @@ import structlog
 
 from protocol import registry
 from protocol.redisconn import TRANSIENT
-from training.checkpoint import FILENAME, LATEST, CheckpointError, from_bytes, load_checkpoint
+from training.checkpoint_file import CheckpointError, is_root, load_served, read_latest, version_file
+from training.checkpoint_file import parse as parse_file
 from worker.backends import ServingPredictor, make_predictor
 from worker.config import WorkerSettings
 from worker.gate import GateRules, Refused, check_schema, evaluate, parse
@@ -55,9 +56,7 @@ def rules_from(settings: WorkerSettings) -> GateRules:
 def checkpoint_root(settings: WorkerSettings) -> Path | None:
     """The directory whose ``latest`` pointer to follow, or None (a file or version dir is pinned)."""
     p = Path(settings.checkpoint)
-    if not settings.reload_follow_dir or not p.is_dir() or (p / FILENAME).is_file():
-        return None
-    return p
+    return p if settings.reload_follow_dir and is_root(p) else None
 
 
 class ReloadingSource:
@@ -136,12 +135,7 @@ class ReloadingSource:
         return pending if pending is not None else self._served
 
     def _read_dir_latest(self) -> str | None:
-        if self.root is None:
-            return None
-        try:
-            return (self.root / LATEST).read_text().strip() or None
-        except OSError:
-            return None
+        return None if self.root is None else read_latest(self.root)
 
     def _next_candidate(self) -> Candidate | None:
         served = self._effective().version
@@ -162,7 +156,7 @@ class ReloadingSource:
             root = self.root
             assert root is not None
             if seen > served and seen not in self.refused:
-                return Candidate(seen, "dir", 0, "published", lambda: (root / seen / FILENAME).read_bytes())
+                return Candidate(seen, "dir", 0, "published", lambda: version_file(root, seen).read_bytes())
         return None
 
     def _try(self, cand: Candidate) -> str | None:
@@ -244,17 +238,21 @@ class ReloadingSource:
 
 
 def initial_predictor(settings: WorkerSettings, r: redis.Redis) -> ServingPredictor:
-    """The model to start with: the configured checkpoint, else (when reloading) the registry's latest."""
+    """The model to start with: the configured checkpoint, else (when reloading) the registry's latest.
+
+    The checkpoint is read without torch (:func:`training.checkpoint_file.load_served`); one made for
+    another wire version is refused (:class:`~training.checkpoint_file.WireVersionError`).
+    """
     log = structlog.get_logger("reload")
     try:
-        ckpt = load_checkpoint(settings.checkpoint)
+        ckpt = load_served(settings.checkpoint)
     except CheckpointError as e:
         ptr = registry.read_pointer(r, settings.keys) if settings.reload else None
         if ptr is None:
             raise
         log.warning("local_checkpoint_unavailable", checkpoint=settings.checkpoint, error=str(e), registry=ptr.version)
         try:
-            ckpt = from_bytes(registry.fetch(r, settings.keys, ptr.version)[1])
+            ckpt = parse_file(registry.fetch(r, settings.keys, ptr.version)[1])
         except registry.RegistryError as e2:
             raise CheckpointError(f"no usable checkpoint: {e}; registry: {e2}") from e2
     return make_predictor(ckpt, settings.device, settings.backend, settings.torch_threads, settings.precision,

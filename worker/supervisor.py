@@ -46,15 +46,13 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     configure(settings.log_level, settings.log_json)
     stop = threading.Event()
     _install_stop_handlers(stop, supervised)
-    import torch
-
     from protocol.redisconn import TRANSIENT
     from worker.loop import WorkerLoop
     from worker.metrics import start_metrics
     from worker.reload import install_sighup, open_source
 
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    # torch_threads goes to the runtime that serves: onnxruntime's session, or torch's threads when the
+    # torch backend is chosen (worker.backends); an ONNX replica never imports torch.
     consumer = settings.consumer_name(index)
     log = structlog.get_logger("worker").bind(consumer=consumer)
     # Metrics first, so a slow model load is visible as bigru_ready 0.
@@ -63,7 +61,7 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     r = settings.connect()
     source = open_source(settings, r, consumer, observer=metrics)  # loads and warms up the model
     install_sighup(source)
-    # Everything loaded so far (torch, onnxruntime, the model) lives as long as the process: move it
+    # Everything loaded so far (onnxruntime or torch, the model) lives as long as the process: move it
     # out of the collector's reach, or each full collection walks ~200 000 objects (~80 ms, a pause
     # every window in flight would wait out).
     gc.collect()

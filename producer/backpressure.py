@@ -14,6 +14,7 @@ from typing import Literal
 import redis
 
 from protocol.keys import Keys, ShardKeys
+from protocol.replies import as_str, group_info
 
 
 class BackpressureError(RuntimeError):
@@ -27,10 +28,6 @@ class BackpressureError(RuntimeError):
         self.published: list[str] = []  # ids published before the refusal (publish_many)
 
 
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
 def group_lag(r: redis.Redis, keys: Keys, cap: int) -> int:
     """Entries not yet delivered to ``keys.group``, summed over shards (counted up to ``cap`` + 1
     per shard when Redis reports the lag as unknown)."""
@@ -41,16 +38,12 @@ def group_lag(r: redis.Redis, keys: Keys, cap: int) -> int:
 
 
 def _shard_lag(r: redis.Redis, group: str, sk: ShardKeys, cap: int) -> int:
-    try:
-        groups = {_s(g["name"]): g for g in r.xinfo_groups(sk.windows)}
-    except redis.ResponseError:  # no stream yet: nothing is waiting
-        return 0
-    g = groups.get(group)
-    if g is None:  # workers not started yet: they will create the group at the stream's start
+    g = group_info(r, sk.windows, group)
+    if g is None:  # no stream (0) or workers not started yet: they will create the group at the stream's start
         return int(r.xlen(sk.windows))
     if g.get("lag") is not None:
         return int(g["lag"])
-    after = "(" + _s(g["last-delivered-id"])
+    after = "(" + as_str(g["last-delivered-id"])
     return len(r.xrange(sk.windows, min=after, max="+", count=cap + 1))
 
 

@@ -1,4 +1,8 @@
-"""Window sources for the producer CLI: the synthetic task and dataset files. No torch here."""
+"""Window sources for the producer CLI: the synthetic task and dataset files. No torch here.
+
+Both come from the model layer's numpy-only dataset code (:mod:`training.data`,
+:mod:`training.formats`), so the producer publishes exactly the windows training sees.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from training import data
+from training.formats import load_dataset
 
 
 @dataclass
@@ -16,22 +23,19 @@ class LabeledWindow:
     label: str | None = None
 
 
+def _windows(ds: data.Dataset, count: int) -> Iterator[LabeledWindow]:
+    """``count`` windows of ``ds`` in order (cycling past its end), missing values as 0."""
+    for i in range(count):
+        j = i % len(ds)
+        yield LabeledWindow(np.nan_to_num(ds.X[j]), ds.classes[int(ds.y[j])])
+
+
 def synthetic(count: int, length: int = 20, seed: int = 0) -> Iterator[LabeledWindow]:
-    """The tutorial's two-class Gaussian task (class 0 ~ N(0.5, 1), class 1 ~ N(-0.5, 1.2))."""
-    rng = np.random.default_rng(seed)
-    for _ in range(count):
-        y = int(rng.integers(0, 2))
-        loc, scale = (0.5, 1.0) if y == 0 else (-0.5, 1.2)
-        x = (rng.standard_normal((length, 1)) * scale + loc).astype(np.float32)
-        yield LabeledWindow(x, str(y))
+    """``count`` windows of the tutorial's task (:func:`training.data.synthetic`), labelled "0" or "1"."""
+    return _windows(data.synthetic(max(count, 2), length, seed), count)
 
 
 def from_file(path: str, count: int | None = None) -> Iterator[LabeledWindow]:
-    """Windows of a ``.npz`` or UCR ``.ts`` file, cycling when ``count`` exceeds the file."""
-    from training.formats import load_dataset  # numpy-only loaders; no torch import
-
+    """Windows of a ``.npz``, UCR ``.ts`` or ``.csv`` file, cycling when ``count`` exceeds the file."""
     ds = load_dataset(path)
-    n = len(ds) if count is None else count
-    for i in range(n):
-        j = i % len(ds)
-        yield LabeledWindow(np.nan_to_num(ds.X[j]), ds.classes[int(ds.y[j])])
+    return _windows(ds, len(ds) if count is None else count)

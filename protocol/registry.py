@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from protocol.keys import Keys
+from protocol.replies import as_str
 
 EVENTS_MAXLEN = 10_000
 
@@ -86,14 +87,10 @@ class Entry:
         return cls(**known)
 
 
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
 def announce(r: redis.Redis, keys: Keys, event: str, version: str, **fields: Any) -> str:
     """Append an event to the announcement stream; returns its id."""
     doc = {"event": event, "version": version, "ts": repr(time.time()), **{k: str(v) for k, v in fields.items()}}
-    return _s(r.xadd(keys.model_events, doc, maxlen=EVENTS_MAXLEN, approximate=True))  # type: ignore[arg-type]
+    return as_str(r.xadd(keys.model_events, doc, maxlen=EVENTS_MAXLEN, approximate=True))
 
 
 def _move(r: redis.Redis, keys: Keys, version: str, action: str) -> Pointer:
@@ -138,7 +135,7 @@ def publish(r: redis.Redis, keys: Keys, data: bytes, entry: Entry, *, set_latest
 def promote(r: redis.Redis, keys: Keys, version: str, *, notify: bool = True) -> Pointer:
     """Move ``latest`` to any registered ``version`` (also backwards: rollback); workers follow."""
     if get_entry(r, keys, version) is None or not r.exists(keys.model_blob(version)):
-        known = ", ".join(sorted(_s(v) for v in r.hkeys(keys.models))[-5:]) or "none"
+        known = ", ".join(sorted(as_str(v) for v in r.hkeys(keys.models))[-5:]) or "none"
         raise RegistryError(f"version {version!r} is not registered (latest registered: {known})")
     ptr = _move(r, keys, version, "promoted")
     if notify:
@@ -151,7 +148,7 @@ def read_pointer(r: redis.Redis, keys: Keys) -> Pointer | None:
     raw = r.hgetall(keys.model_latest)
     if not raw or b"version" not in raw:
         return None
-    return Pointer(_s(raw[b"version"]), int(raw.get(b"seq", 0)), _s(raw.get(b"action", b"")), float(raw.get(b"ts", 0)))
+    return Pointer(as_str(raw[b"version"]), int(raw.get(b"seq", 0)), as_str(raw.get(b"action", b"")), float(raw.get(b"ts", 0)))
 
 
 def get_entry(r: redis.Redis, keys: Keys, version: str) -> Entry | None:
@@ -187,4 +184,4 @@ def note_refusal(r: redis.Redis, keys: Keys, version: str, consumer: str, reason
 
 def refusals(r: redis.Redis, keys: Keys, version: str) -> dict[str, dict[str, Any]]:
     """consumer -> refusal note for ``version``."""
-    return {_s(k): json.loads(v) for k, v in r.hgetall(keys.model_refusals(version)).items()}
+    return {as_str(k): json.loads(v) for k, v in r.hgetall(keys.model_refusals(version)).items()}

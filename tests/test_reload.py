@@ -23,9 +23,9 @@ from training.checkpoint import FILENAME, CheckpointError, set_latest_version
 from training.publish import entry_for, publish_checkpoint
 from worker.config import WorkerSettings
 from worker.gate import GateRules, Refused, judge
-from worker.health import status
 from worker.loop import WorkerLoop
 from worker.reload import ReloadingSource, initial_predictor
+from worker.status import snapshot as status
 
 MakeSource = Callable[..., ReloadingSource]
 

@@ -39,38 +39,3 @@ def check(r: redis.Redis, keys: Keys, consumers: list[str]) -> tuple[bool, str]:
     if missing:
         msg += f"; missing or stale: {', '.join(missing)}"
     return not missing, msg
-
-
-def status(r: redis.Redis, keys: Keys) -> dict[str, Any]:
-    """Per-shard stream length, group lag and pending count, plus consumers and live replicas."""
-    shards = []
-    for sk in keys.all_shards():
-        info: dict[str, Any] = {"shard": sk.shard, "stream": sk.windows, "length": r.xlen(sk.windows)}
-        try:
-            groups = {g["name"].decode(): g for g in r.xinfo_groups(sk.windows)}
-        except redis.ResponseError:
-            groups = {}
-        g = groups.get(keys.group)
-        if g:
-            info["lag"] = g.get("lag")
-            info["pending"] = g.get("pending")
-            info["consumers"] = [
-                {"name": c["name"].decode(), "pending": c["pending"], "idle_ms": c["idle"]}
-                for c in r.xinfo_consumers(sk.windows, keys.group)
-            ]
-        info["results"] = r.xlen(sk.results)
-        info["dead"] = r.xlen(sk.dead)
-        shards.append(info)
-    replicas = live_replicas(r, keys)
-    return {"shards": shards, "replicas": replicas, "models": models(r, keys, replicas)}
-
-
-def models(r: redis.Redis, keys: Keys, replicas: list[dict[str, Any]]) -> dict[str, Any]:
-    """The registry's ``latest`` pointer and the version each live replica serves."""
-    from protocol.registry import read_pointer
-
-    ptr = read_pointer(r, keys)
-    serving = {str(rep.get("consumer")): rep.get("model") for rep in replicas}
-    latest = None if ptr is None else ptr.version
-    return {"latest": latest, "latest_seq": None if ptr is None else ptr.seq, "serving": serving,
-            "behind": sorted(c for c, v in serving.items() if latest is not None and v != latest)}

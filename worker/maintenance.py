@@ -17,6 +17,7 @@ import redis
 import structlog
 
 from protocol.keys import Keys
+from protocol.replies import as_str
 
 # Redis 7.0 has no ACKED trimming (that is 8.2's XTRIM ... ACKED), so compute the oldest entry any
 # group still needs: the group's oldest pending id, or the first id after its last-delivered id.
@@ -114,7 +115,7 @@ class Maintenance:
                 if out:
                     minid, n = out
                     rep.trimmed += int(n)
-                    rep.trimmed_to[sk.shard] = minid.decode() if isinstance(minid, bytes) else str(minid)
+                    rep.trimmed_to[sk.shard] = as_str(minid)
             rep.reaped += self.reap(sk.windows)
         if rep.trimmed or rep.reaped:
             self.log.info("maintenance", trimmed=rep.trimmed, trimmed_to=rep.trimmed_to, reaped=rep.reaped)
@@ -128,7 +129,7 @@ class Maintenance:
             return []
         reaped = []
         for c in consumers:
-            name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
+            name = as_str(c["name"])
             if name == self.consumer or int(c["pending"]) > 0 or int(c["idle"]) < self.reap_idle_ms:
                 continue
             if self.r.exists(self.keys.heartbeat(name)):

@@ -26,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from protocol.keys import Keys
+from protocol.replies import group_info
 from worker.loop import Observer
 from worker.stages import Batch
 
@@ -148,19 +149,17 @@ class StreamCollector(Collector):
             label = [str(sk.shard)]
             try:
                 n = self.r.xlen(sk.windows)
-                groups = self.r.xinfo_groups(sk.windows) if n or self.r.exists(sk.windows) else []
+                g = group_info(self.r, sk.windows, self.keys.group)
             except redis.RedisError as err:
                 ok = 0
                 self.log.warning("metrics_stream_query_failed", shard=sk.shard, error=str(err))
                 continue
             length.add_metric(label, n)
-            for g in groups:
-                name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-                if name != self.keys.group:
-                    continue
-                if g.get("lag") is not None:  # None when Redis cannot tell (entries deleted mid-stream)
-                    lag.add_metric(label, g["lag"])
-                pending.add_metric(label, g["pending"])
+            if g is None:
+                continue
+            if g.get("lag") is not None:  # None when Redis cannot tell (entries deleted mid-stream)
+                lag.add_metric(label, g["lag"])
+            pending.add_metric(label, g["pending"])
         up.add_metric([], ok)
         yield from (length, lag, pending, up)
 

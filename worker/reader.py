@@ -17,6 +17,7 @@ import redis
 import structlog
 
 from protocol.keys import Keys, ShardKeys
+from protocol.replies import as_str
 from worker.batching import BatchWait
 
 #: Poll interval while a batch fills (Redis checks BLOCK timeouts only every 1/hz s, 100 ms at the
@@ -50,7 +51,7 @@ def _entries(shard: int, raw: Sequence[Any], read_us: int) -> list[Entry]:
     for eid, fields in raw:
         if fields is None:  # deleted while pending (Redis < 7 reports these inline)
             continue
-        out.append(Entry(shard, eid.decode() if isinstance(eid, bytes) else eid, fields, read_us))
+        out.append(Entry(shard, as_str(eid), fields, read_us))
     return out
 
 
@@ -81,8 +82,8 @@ def autoclaim(
     run of fresh ones.
     """
     resp = r.xautoclaim(sk.windows, keys.group, consumer, min_idle_ms, cursor, count=count)
-    nxt = resp[0].decode() if isinstance(resp[0], bytes) else str(resp[0])
-    deleted = [d.decode() if isinstance(d, bytes) else d for d in (resp[2] if len(resp) > 2 else [])]
+    nxt = as_str(resp[0])
+    deleted = [as_str(d) for d in (resp[2] if len(resp) > 2 else [])]
     return _entries(sk.shard, resp[1], read_us), deleted, nxt
 
 

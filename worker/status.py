@@ -18,11 +18,8 @@ import redis
 
 from protocol.cluster import shard_nodes
 from protocol.keys import Keys
-from worker.health import models
-
-
-def _s(v: Any) -> Any:
-    return v.decode() if isinstance(v, bytes) else v
+from protocol.registry import read_pointer
+from protocol.replies import as_str, group_info
 
 
 def _shard_info(r: redis.Redis, keys: Keys, shard: int, node: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -32,14 +29,10 @@ def _shard_info(r: redis.Redis, keys: Keys, shard: int, node: str | None) -> tup
     if node:
         info["node"] = node
     consumers: list[dict[str, Any]] = []
-    try:
-        groups = {_s(g["name"]): g for g in r.xinfo_groups(sk.windows)}
-    except redis.ResponseError:  # stream does not exist yet
-        groups = {}
-    g = groups.get(keys.group)
-    if g:
-        info.update(lag=g.get("lag"), pending=g.get("pending"), last_delivered=_s(g.get("last-delivered-id")))
-        consumers = [{"name": _s(c["name"]), "pending": int(c["pending"]), "idle_ms": int(c["idle"])}
+    g = group_info(r, sk.windows, keys.group)
+    if g is not None:
+        info.update(lag=g.get("lag"), pending=g.get("pending"), last_delivered=as_str(g["last-delivered-id"]))
+        consumers = [{"name": as_str(c["name"]), "pending": int(c["pending"]), "idle_ms": int(c["idle"])}
                      for c in r.xinfo_consumers(sk.windows, keys.group)]
     return info, consumers
 
@@ -59,7 +52,7 @@ def recent_results(r: redis.Redis, keys: Keys, window_s: float = 60.0, sample: i
         if not rows:
             continue
         count += len(rows)
-        span_ms = now_ms - int(_s(rows[-1][0]).split("-")[0]) if len(rows) >= sample else window_s * 1000
+        span_ms = now_ms - int(as_str(rows[-1][0]).split("-")[0]) if len(rows) >= sample else window_s * 1000
         rate += len(rows) / max(span_ms / 1000, 1e-3)
         e2e += [int(f[b"e2e_us"]) for _, f in rows if f.get(b"status") == b"ok" and b"e2e_us" in f]
     doc: dict[str, Any] = {"window_s": window_s, "results": count, "throughput_per_s": round(rate, 1),
@@ -83,7 +76,7 @@ def snapshot(r: redis.Redis, keys: Keys, window_s: float = 60.0) -> dict[str, An
             agg = per_consumer.setdefault(c["name"], {"name": c["name"], "pending": 0, "idle_ms": c["idle_ms"]})
             agg["pending"] += c["pending"]
             agg["idle_ms"] = min(agg["idle_ms"], c["idle_ms"])
-    beats = {_s(k): json.loads(v) for k, v in r.hgetall(keys.workers).items()}
+    beats = {as_str(k): json.loads(v) for k, v in r.hgetall(keys.workers).items()}
     for name, hb in beats.items():
         c = per_consumer.setdefault(name, {"name": name, "pending": 0, "idle_ms": None})
         c.update(host=hb.get("host"), pid=hb.get("pid"), model=hb.get("model"), precision=hb.get("precision"),
@@ -99,6 +92,15 @@ def snapshot(r: redis.Redis, keys: Keys, window_s: float = 60.0) -> dict[str, An
         "recent": recent_results(r, keys, window_s, now=now),
         "models": models(r, keys, [{"consumer": c["name"], "model": c["model"]} for c in per_consumer.values() if c["alive"]]),
     }
+
+
+def models(r: redis.Redis, keys: Keys, replicas: list[dict[str, Any]]) -> dict[str, Any]:
+    """The registry's ``latest`` pointer and the version each live replica (``consumer``, ``model``) serves."""
+    ptr = read_pointer(r, keys)
+    serving = {str(rep.get("consumer")): rep.get("model") for rep in replicas}
+    latest = None if ptr is None else ptr.version
+    return {"latest": latest, "latest_seq": None if ptr is None else ptr.seq, "serving": serving,
+            "behind": sorted(c for c, v in serving.items() if latest is not None and v != latest)}
 
 
 def _fmt(v: Any, unit: str = "") -> str:

@@ -1,8 +1,10 @@
 """Least-privilege Redis ACL rules for each role, and secret-safe reporting of settings errors.
 
 ``acl_rules(role, prefix)`` is the single source of the ``ACL SETUSER`` lines documented in
-``docs/security.md`` (``bigru-worker acl --role worker`` prints them); the tests apply them to a
-real redis-server and check that the pipeline works and everything else is denied.
+``docs/security.md``; ``acl_setuser(role, user, prefix=...)`` returns one such line, e.g. for another
+prefix (there is no CLI command for it). The tests check that the documented lines equal
+``acl_setuser``'s, apply the rules to a real redis-server and check that the pipeline works and
+everything else is denied.
 """
 
 from __future__ import annotations

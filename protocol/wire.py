@@ -173,17 +173,6 @@ def _int_field(fields: Fields, key: bytes, required: bool) -> int | None:
         raise WireError("bad_field", f"field {key.decode()!r} must be an ASCII integer") from e
 
 
-def decode_array(raw: bytes, limits: Limits, n_features: int | None = None) -> np.ndarray:
-    """Decode and validate an ``x`` field into a float32 [T, F] array."""
-    dtype, shape, data = parse_x(raw, limits, n_features)
-    arr = np.frombuffer(data, dtype=DTYPES[dtype]).reshape(shape)
-    if arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
-    if not limits.allow_nonfinite and not np.isfinite(arr).all():
-        raise WireError("nonfinite", "window contains NaN or infinity")
-    return arr
-
-
 _X_KEYS = frozenset(("dtype", "shape", "data"))
 _ITEMSIZE = {name: np.dtype(code).itemsize for name, code in DTYPES.items()}
 
@@ -327,48 +316,6 @@ def encode_result(r: Result) -> dict[bytes, bytes]:
     if r.meta:
         fields[b"meta"] = _pack(r.meta)
     return fields
-
-
-def encode_results(results: Sequence[Result]) -> list[dict[bytes, bytes]]:
-    """:func:`encode_result` for many results (byte-identical), encoding repeated values once.
-
-    The fields a batch shares (status, model, worker, timings of the batch) and each label's
-    fields are encoded once per distinct value, not once per result.
-    """
-    shared: dict[tuple[Any, ...], tuple[bytes, ...]] = {}
-    labels: dict[tuple[int, str], tuple[bytes, bytes]] = {}
-    packer = msgpack.Packer(use_bin_type=True)
-    version = str(WIRE_VERSION).encode()
-    out = []
-    for r in results:
-        key = (r.status, r.model, r.worker, r.infer_us, r.ts_us, r.batch)
-        sh = shared.get(key)
-        if sh is None:
-            sh = shared[key] = tuple(str(v).encode() for v in key)
-        lab = labels.get((r.label, r.class_name))
-        if lab is None:
-            lab = labels[(r.label, r.class_name)] = (str(r.label).encode(), r.class_name.encode())
-        fields = {
-            b"v": version,
-            b"in": r.input_id.encode(),
-            b"cid": r.cid.encode(),
-            b"status": sh[0],
-            b"label": lab[0],
-            b"class": lab[1],
-            b"probs": packer.pack(list(map(float, r.probs))),
-            b"model": sh[1],
-            b"worker": sh[2],
-            b"queue_us": str(r.queue_us).encode(),
-            b"wait_us": str(r.wait_us).encode(),
-            b"infer_us": sh[3],
-            b"e2e_us": str(r.e2e_us).encode(),
-            b"ts": sh[4],
-            b"batch": sh[5],
-        }
-        if r.meta:
-            fields[b"meta"] = packer.pack(r.meta)
-        out.append(fields)
-    return out
 
 
 def decode_result(fields: Fields) -> Result:

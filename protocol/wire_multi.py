@@ -67,10 +67,6 @@ class MultiWindow:
         """Indices of the windows to predict (those not in ``bad``), ascending."""
         return [i for i in range(self.n) if i not in self.bad]
 
-    def window_cid(self, i: int) -> str:
-        """Client id of window ``i``: its ``cids`` entry when non-empty, else the entry's ``cid``."""
-        return (self.cids[i] if self.cids else "") or self.cid
-
 
 # --- input entries -------------------------------------------------------------------------------
 

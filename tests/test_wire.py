@@ -9,7 +9,6 @@ from protocol.wire import (
     Limits,
     Result,
     WireError,
-    decode_array,
     decode_result,
     decode_window,
     encode_dead,
@@ -65,9 +64,9 @@ def test_malformed_entries_raise_wire_error_with_reason(fields: dict[bytes, byte
 
 
 def test_oversized_array_is_rejected_before_unpacking() -> None:
-    big = encode_window(np.zeros((100, 100), np.float32), ts_us=1)[b"x"]
+    big = encode_window(np.zeros((100, 100), np.float32), ts_us=1)
     with pytest.raises(WireError) as ei:
-        decode_array(big, Limits(max_window_bytes=1000))
+        decode_window(big, Limits(max_window_bytes=1000))
     assert ei.value.reason == "too_large"
 
 

@@ -1,4 +1,4 @@
-"""Batched decode/encode agree with the one-window functions, errors included."""
+"""Batched decode (protocol.wire) and the worker's batched encode agree with the one-window functions, errors included."""
 
 import numpy as np
 import pytest
@@ -11,9 +11,10 @@ from protocol.wire import (
     decode_window,
     decode_windows,
     encode_result,
-    encode_results,
     encode_window,
 )
+from worker.reader import Entry
+from worker.stages import Stages
 
 
 def _mixed_batch() -> list[dict[bytes, bytes]]:
@@ -63,9 +64,27 @@ def test_decode_windows_of_nothing() -> None:
     assert decode_windows([], Limits()) == []
 
 
+class _TwoClasses:
+    """A predictor stand-in: the encode stage only reads its version and classes."""
+
+    version, classes, n_features = "v1", ["a", "b"], 1
+
+    def predict(self, xs: list[np.ndarray]) -> np.ndarray:
+        raise AssertionError("not called")
+
+
 @pytest.mark.parametrize("meta", [{}, {"label": "1", "n": 3}])
-def test_encode_results_is_byte_identical(meta: dict[str, object]) -> None:
-    rs = [Result(f"{i}-0", f"c{i}", "ok", i % 2, "ab"[i % 2], [0.25, 0.75] if i % 2 else [0.9, 0.1], "v1", "w-0",
-                 i, 2 * i, 33, 100 + i, 999, 3, meta) for i in range(3)]
-    rs.append(Result("9-0", "", "expired", -1, "", [], "v1", "w-0", 1, 0, 0, 5, 6, 0))
-    assert encode_results(rs) == [encode_result(r) for r in rs]
+def test_worker_encode_stage_is_byte_identical_to_encode_result(meta: dict[str, object]) -> None:
+    """The worker encodes shared fields once per batch; each result must still equal :func:`encode_result`'s."""
+    entries = [Entry(0, f"{i}-0", encode_window(np.zeros((3, 1), np.float32), cid=f"c{i}", ts_us=100 + i, meta=meta),
+                     read_us=110 + i) for i in range(3)]
+    stages = Stages("w-0", Limits(), max_deliveries=5, on_dead=lambda reason: None, now_us=lambda: 999)
+    batch = stages.decode(entries, _TwoClasses())
+    batch.probs = np.array([[0.9, 0.1], [0.25, 0.75], [0.4, 0.6]], np.float32)
+    batch.batch_us, batch.infer_s = 120, 0.25
+    outputs = stages.encode(batch)
+    want = [Result(f"{i}-0", f"c{i}", "ok", label, "ab"[label], [float(p) for p in batch.probs[i]], "v1", "w-0",
+                   queue_us=10, wait_us=10 - i, infer_us=250_000, e2e_us=899 - i, ts_us=999, batch=3, meta=meta)
+            for i, label in enumerate([0, 1, 1])]
+    assert [(o.entry, o.kind) for o in outputs] == [(e, "r") for e in entries]
+    assert [o.fields for o in outputs] == [encode_result(r) for r in want]

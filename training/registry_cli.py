@@ -1,6 +1,6 @@
 """Registry commands of ``bigru-train``: ``publish PATH``, ``promote VERSION``, ``models``, and ``--publish``.
 
-``training.cli`` hands argv to :func:`main` when its first word is in :data:`COMMANDS`, and calls
+``training.cli`` hands argv to :func:`main` when its first word is one of its ``REGISTRY_COMMANDS``, and calls
 :func:`publish_trained` after training when ``--publish`` was given (flags from :func:`add_publish_flags`).
 """
 
@@ -22,8 +22,6 @@ from protocol.keys import Keys
 from protocol.redisconn import RedisConnSettings, redacted
 from protocol.security import settings_error
 from training.publish import publish_checkpoint
-
-COMMANDS = ("publish", "promote", "models")
 
 
 class RegistrySettings(RedisConnSettings):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,21 +44,113 @@ def _classes_for(labels: list[str], declared: list[str] | None, where: str) -> t
     return classes, np.array([index[v] for v in labels], dtype=np.int64)
 
 
+def _floats(cells: Sequence[str], bad: Callable[[int, str], str]) -> np.ndarray:
+    """``cells`` as float32, missing markers (``?``, empty, ``NA``, ``nan``) as NaN.
+
+    A cell that is neither raises :class:`DataError` with the message ``bad(index, cell)``.
+    """
+    out = np.empty(len(cells), dtype=np.float32)
+    for j, cell in enumerate(cells):
+        v = cell.strip()
+        try:
+            out[j] = np.nan if v in _MISSING else float(v)
+        except ValueError:
+            raise DataError(bad(j, v)) from None
+    return out
+
+
 # --------------------------------------------------------------------------------------------- .ts
 
 
-def _parse_ts_values(text: str, where: str, dim: int) -> np.ndarray:
-    out = np.empty(text.count(",") + 1, dtype=np.float32)
-    for j, v in enumerate(text.split(",")):
-        v = v.strip()
-        if v in _MISSING:
-            out[j] = np.nan
-            continue
+def _text_lines(path: str) -> list[tuple[int, str]]:
+    """(line number, stripped text) of every line of ``path`` that is neither blank nor a ``#`` comment."""
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from e
+    with f:
         try:
-            out[j] = float(v)
-        except ValueError:
-            raise DataError(f"{where}: dimension {dim + 1}, value {j + 1}: expected a number or '?', found {v!r}") from None
-    return out
+            lines = list(enumerate(f, 1))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not a UTF-8 text file ({e})") from e
+    return [(n, text) for n, raw in lines if (text := raw.strip()) and not text.startswith("#")]
+
+
+def _ts_class_labels(where: str, rest: str) -> list[str] | None:
+    """The labels of an ``@classLabel true <labels...>`` line, None for ``@classLabel false``."""
+    parts = rest.split()
+    if not parts or parts[0].lower() not in ("true", "false"):
+        raise DataError(f"{where}: expected '@classLabel true <labels...>' or '@classLabel false'")
+    if parts[0].lower() == "false":
+        return None
+    if len(parts) < 2:
+        raise DataError(f"{where}: '@classLabel true' must list the class labels")
+    return parts[1:]
+
+
+def _ts_header(path: str, lines: list[tuple[int, str]]) -> tuple[dict[str, str], list[str] | None, int]:
+    """Header fields (lower-case keys), the declared class labels and the index of the first line after @data."""
+    header: dict[str, str] = {}
+    declared: list[str] | None = None
+    for k, (lineno, line) in enumerate(lines):
+        where = f"{path}:{lineno}"
+        if not line.startswith("@"):
+            raise DataError(f"{where}: expected a header line starting with '@' (or @data) before the data, found {line[:40]!r}")
+        key, _, rest = line[1:].partition(" ")
+        key = key.lower()
+        if key == "data":
+            return header, declared, k + 1
+        if key == "classlabel":
+            declared = _ts_class_labels(where, rest) or declared
+        elif key == "targetlabel" and rest.strip().lower() == "true":
+            raise DataError(f"{where}: regression files (@targetLabel true) are not supported; expected class labels")
+        else:
+            header[key] = rest.strip()
+    raise DataError(f"{path}: no @data line; expected a UCR/UEA .ts file")
+
+
+def _ts_values(where: str, dim: int, text: str) -> np.ndarray:
+    """The comma-separated values of dimension ``dim`` (0-based) of one case."""
+    return _floats(text.split(","),
+                   lambda j, v: f"{where}: dimension {dim + 1}, value {j + 1}: expected a number or '?', found {v!r}")
+
+
+def _ts_case(where: str, line: str, n_dims: int | None, timestamped: bool) -> tuple[np.ndarray, str]:
+    """One data line: the window [T, F] (trailing all-missing timesteps dropped) and its label.
+
+    ``n_dims``: the first case's dimension count, which every later case must have.
+    """
+    if timestamped or line.startswith("("):
+        raise DataError(f"{where}: timestamped series '(t,v)' are not supported; expected comma-separated values")
+    dims = line.split(":")
+    if len(dims) < 2:
+        raise DataError(f"{where}: expected 'values[:values...]:label', found no ':' before a class label")
+    label = dims[-1].strip()
+    if not label:
+        raise DataError(f"{where}: expected a class label after the last ':'")
+    cols = [_ts_values(where, k, d) for k, d in enumerate(dims[:-1])]
+    if n_dims is not None and len(cols) != n_dims:
+        raise DataError(f"{where}: expected {n_dims} dimensions like the first case, found {len(cols)}")
+    if len({len(c) for c in cols}) != 1:
+        raise DataError(f"{where}: dimensions have different lengths {[len(c) for c in cols]}; expected equal lengths within a case")
+    x = _trim_trailing_missing(np.stack(cols, axis=1))
+    if len(x) == 0:
+        raise DataError(f"{where}: every value of this case is missing")
+    return x, label
+
+
+def _ts_cases(path: str, header: dict[str, str], lines: list[tuple[int, str]]) -> tuple[list[np.ndarray], list[str]]:
+    """The windows and labels of the data lines."""
+    X: list[np.ndarray] = []
+    labels: list[str] = []
+    timestamped = header.get("timestamps", "false").lower() == "true"
+    for lineno, line in lines:
+        x, label = _ts_case(f"{path}:{lineno}", line, X[0].shape[1] if X else None, timestamped)
+        X.append(x)
+        labels.append(label)
+    if not X:
+        raise DataError(f"{path}: no cases after @data")
+    return X, labels
 
 
 def load_ts(path: str) -> Dataset:
@@ -68,67 +161,9 @@ def load_ts(path: str) -> Dataset:
     dropped, so a file padded to equal length with ``?`` reads as unequal length. Header fields
     (``@dimensions``, ``@seriesLength``, ``@classLabel``, ...) are checked against the data.
     """
-    header: dict[str, str] = {}
-    declared: list[str] | None = None
-    X: list[np.ndarray] = []
-    labels: list[str] = []
-    in_data = False
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e}") from e
-    with f:
-        try:
-            lines = list(enumerate(f, 1))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not a UTF-8 text file ({e})") from e
-    for lineno, raw in lines:
-        line = raw.strip()
-        where = f"{path}:{lineno}"
-        if not line or line.startswith("#"):
-            continue
-        if not in_data:
-            if not line.startswith("@"):
-                raise DataError(f"{where}: expected a header line starting with '@' (or @data) before the data, found {line[:40]!r}")
-            key, _, rest = line[1:].partition(" ")
-            key = key.lower()
-            if key == "data":
-                in_data = True
-            elif key == "classlabel":
-                parts = rest.split()
-                if not parts or parts[0].lower() not in ("true", "false"):
-                    raise DataError(f"{where}: expected '@classLabel true <labels...>' or '@classLabel false'")
-                if parts[0].lower() == "true":
-                    if len(parts) < 2:
-                        raise DataError(f"{where}: '@classLabel true' must list the class labels")
-                    declared = parts[1:]
-            elif key == "targetlabel" and rest.strip().lower() == "true":
-                raise DataError(f"{where}: regression files (@targetLabel true) are not supported; expected class labels")
-            else:
-                header[key] = rest.strip()
-            continue
-        if header.get("timestamps", "false").lower() == "true" or line.startswith("("):
-            raise DataError(f"{where}: timestamped series '(t,v)' are not supported; expected comma-separated values")
-        dims = line.split(":")
-        if len(dims) < 2:
-            raise DataError(f"{where}: expected 'values[:values...]:label', found no ':' before a class label")
-        label = dims[-1].strip()
-        if not label:
-            raise DataError(f"{where}: expected a class label after the last ':'")
-        cols = [_parse_ts_values(d, where, k) for k, d in enumerate(dims[:-1])]
-        if X and len(cols) != X[0].shape[1]:
-            raise DataError(f"{where}: expected {X[0].shape[1]} dimensions like the first case, found {len(cols)}")
-        if len({len(c) for c in cols}) != 1:
-            raise DataError(f"{where}: dimensions have different lengths {[len(c) for c in cols]}; expected equal lengths within a case")
-        x = _trim_trailing_missing(np.stack(cols, axis=1))
-        if len(x) == 0:
-            raise DataError(f"{where}: every value of this case is missing")
-        X.append(x)
-        labels.append(label)
-    if not in_data:
-        raise DataError(f"{path}: no @data line; expected a UCR/UEA .ts file")
-    if not X:
-        raise DataError(f"{path}: no cases after @data")
+    lines = _text_lines(path)
+    header, declared, start = _ts_header(path, lines)
+    X, labels = _ts_cases(path, header, lines[start:])
     _check_ts_header(path, header, X)
     classes, y = _classes_for(labels, declared, path)
     name = header.get("problemname") or Path(path).stem
@@ -186,6 +221,33 @@ def _npz_windows(path: str, z: np.lib.npyio.NpzFile) -> list[np.ndarray]:
     return windows
 
 
+def _open_npz(path: str, allow_pickle: bool) -> np.lib.npyio.NpzFile:
+    """``np.load`` of a zip archive (never anything else: a non-zip file would be unpickled)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{path}: not a readable .npz file: expected a zip archive of .npy arrays")
+        z: np.lib.npyio.NpzFile = np.load(path, allow_pickle=allow_pickle)
+        return z
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: not a readable .npz file: {e}") from e
+
+
+def _npz_labels(path: str, y_raw: np.ndarray, classes: list[str] | None, n: int) -> tuple[list[str], np.ndarray]:
+    """Class names and integer labels from ``y`` (indices into ``classes``, or label strings)."""
+    if len(y_raw) != n:
+        raise DataError(f"{path}: y has {len(y_raw)} labels for {n} windows")
+    if y_raw.dtype.kind not in "iu":
+        return _classes_for([str(v) for v in y_raw], classes, path)
+    y = y_raw.astype(np.int64)
+    if classes is None:
+        classes = [str(i) for i in range(max(2, int(y.max()) + 1))]
+    if y.min() < 0 or y.max() >= len(classes):
+        raise DataError(f"{path}: y must be in [0, {len(classes)}) to index classes {classes}, found {int(y.min())}..{int(y.max())}")
+    return classes, y
+
+
 def load_npz(path: str, allow_pickle: bool = True) -> Dataset:
     """Load ``.npz`` holding ``X`` and optionally ``y`` and ``classes``.
 
@@ -194,15 +256,7 @@ def load_npz(path: str, allow_pickle: bool = True) -> Dataset:
     refuses them) or, pickle-free, [sum T_i, F] together with ``lengths`` [N]. ``y`` holds integer
     indices into ``classes`` or label strings; without ``y`` the dataset is unlabeled.
     """
-    # np.load unpickles a non-zip file when allow_pickle is set: only ever hand it a zip archive.
-    try:
-        if not zipfile.is_zipfile(path):
-            raise DataError(f"{path}: not a readable .npz file: expected a zip archive of .npy arrays")
-        z = np.load(path, allow_pickle=allow_pickle)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"{path}: not a readable .npz file: {e}") from e
+    z = _open_npz(path, allow_pickle)
     try:
         with z:
             if "X" not in z:
@@ -214,23 +268,47 @@ def load_npz(path: str, allow_pickle: bool = True) -> Dataset:
         if isinstance(e, DataError):
             raise
         raise DataError(f"{path}: {e}") from e
+    meta = {"file": str(path)}
     if y_raw is None:
         return Dataset(windows, np.zeros(len(windows), dtype=np.int64), classes or ["0", "1"], name=Path(path).stem,
-                       meta={"file": str(path)}, labeled=False)
-    if len(y_raw) != len(windows):
-        raise DataError(f"{path}: y has {len(y_raw)} labels for {len(windows)} windows")
-    if y_raw.dtype.kind in "iu":
-        y = y_raw.astype(np.int64)
-        if classes is None:
-            classes = [str(i) for i in range(max(2, int(y.max()) + 1))]
-        if y.min() < 0 or y.max() >= len(classes):
-            raise DataError(f"{path}: y must be in [0, {len(classes)}) to index classes {classes}, found {int(y.min())}..{int(y.max())}")
-    else:
-        classes, y = _classes_for([str(v) for v in y_raw], classes, path)
-    return Dataset(windows, y, classes, name=Path(path).stem, meta={"file": str(path)})
+                       meta=meta, labeled=False)
+    classes, y = _npz_labels(path, y_raw, classes, len(windows))
+    return Dataset(windows, y, classes, name=Path(path).stem, meta=meta)
 
 
 # -------------------------------------------------------------------------------------------- .csv
+
+
+def _csv_header(path: str, reader: Iterator[list[str]], label_column: str, features: int) -> list[str]:
+    """The header row (cells stripped), checked to name ``label_column`` and to divide into ``features``."""
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise DataError(f"{path}: empty file; expected a header row") from None
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise DataError(f"{path}:1: unreadable header: {e}") from e
+    if label_column not in header:
+        raise DataError(f"{path}:1: expected a label column named {label_column!r} in the header, found {header[:10]}")
+    n_values = len(header) - 1
+    if n_values < 1 or n_values % features:
+        raise DataError(f"{path}:1: {n_values} value columns do not divide into {features} features")
+    return header
+
+
+def _csv_row(where: str, row: list[str], header: list[str], li: int, features: int) -> tuple[np.ndarray, str]:
+    """One data row: the window [T, F] (trailing missing values dropped) and its label (column ``li``)."""
+    if len(row) != len(header):
+        raise DataError(f"{where}: expected {len(header)} cells like the header, found {len(row)}")
+    label = row[li].strip()
+    if not label:
+        raise DataError(f"{where}: empty label in column {header[li]!r}")
+    names = header[:li] + header[li + 1 :]
+    vals = _floats(row[:li] + row[li + 1 :],
+                   lambda j, v: f"{where}: column {names[j]!r}: expected a number or an empty cell, found {v!r}")
+    x = _trim_trailing_missing(vals.reshape(-1, features))
+    if len(x) == 0:
+        raise DataError(f"{where}: every value of this row is missing")
+    return x, label
 
 
 def load_csv(path: str, label_column: str = "label", features: int = 1) -> Dataset:
@@ -250,42 +328,14 @@ def load_csv(path: str, label_column: str = "label", features: int = 1) -> Datas
     labels: list[str] = []
     with f:
         reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: empty file; expected a header row") from None
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise DataError(f"{path}:1: unreadable header: {e}") from e
-        header = [h.strip() for h in header]
-        if label_column not in header:
-            raise DataError(f"{path}:1: expected a label column named {label_column!r} in the header, found {header[:10]}")
+        header = _csv_header(path, reader, label_column, features)
         li = header.index(label_column)
-        n_values = len(header) - 1
-        if n_values < 1 or n_values % features:
-            raise DataError(f"{path}:1: {n_values} value columns do not divide into {features} features")
         try:
             for row in reader:
-                lineno = reader.line_num
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if len(row) != len(header):
-                    raise DataError(f"{path}:{lineno}: expected {len(header)} cells like the header, found {len(row)}")
-                label = row[li].strip()
-                if not label:
-                    raise DataError(f"{path}:{lineno}: empty label in column {label_column!r}")
-                vals = np.empty(n_values, dtype=np.float32)
-                for j, cell in enumerate(row[:li] + row[li + 1 :]):
-                    cell = cell.strip()
-                    try:
-                        vals[j] = np.nan if cell in _MISSING else float(cell)
-                    except ValueError:
-                        col = header[j if j < li else j + 1]
-                        raise DataError(f"{path}:{lineno}: column {col!r}: expected a number or an empty cell, found {cell!r}") from None
-                x = _trim_trailing_missing(vals.reshape(-1, features))
-                if len(x) == 0:
-                    raise DataError(f"{path}:{lineno}: every value of this row is missing")
-                X.append(x)
-                labels.append(label)
+                if row and any(c.strip() for c in row):
+                    x, label = _csv_row(f"{path}:{reader.line_num}", row, header, li, features)
+                    X.append(x)
+                    labels.append(label)
         except (csv.Error, UnicodeDecodeError) as e:
             raise DataError(f"{path}:{reader.line_num}: unreadable row: {e}") from e
     if not X:

@@ -141,6 +141,149 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
     return tqdm(total=total, unit="epoch", desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
+@dataclass
+class _Tensors:
+    """A dataset normalized and padded into tensors (see :func:`to_tensors`)."""
+
+    x: torch.Tensor
+    lengths: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds: data, model, optimiser, schedule and the settings in force."""
+
+    tcfg: TrainConfig
+    rng: np.random.Generator
+    mean: np.ndarray
+    std: np.ndarray
+    train: _Tensors
+    val: _Tensors
+    dev: torch.device
+    smoothness: float
+    augment: Augmenter
+    model: SequenceClassifier
+    batch_size: int
+    patience: int
+    epochs: int
+    opt: torch.optim.Optimizer
+    sched: Any
+
+
+def _setup(train: Dataset, val: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, fixed_epochs: int | None) -> _Run:
+    """Seed, normalize, build the model and optimiser, and settle batch size, patience and epochs.
+
+    The order of the seeded steps is part of the determinism contract (same seed, same weights).
+    """
+    if not train.labeled or not val.labeled:
+        raise ValueError("training needs labelled data (the dataset file has no labels)")
+    set_determinism(tcfg.seed)
+    rng = np.random.default_rng(tcfg.seed)
+    mean, std = normalization(train)
+    xt, xv = _Tensors(*to_tensors(train, mean, std)), _Tensors(*to_tensors(val, mean, std))
+    dev = torch.device(tcfg.device)
+    smoothness = lag1_autocorrelation(train)
+    augment = Augmenter(tcfg.augment, tcfg.jitter, tcfg.scale, tcfg.crop, smooth=smoothness >= SMOOTH_AUTOCORR)
+    model = SequenceClassifier(mcfg).to(dev)
+    bs = tcfg.batch_size or auto_batch(len(xt))
+    epochs = fixed_epochs or budget_epochs(tcfg, len(xt))
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    sched = _scheduler(opt, TrainConfig(**{**asdict(tcfg), "epochs": epochs}), math.ceil(len(xt) / bs))
+    return _Run(tcfg, rng, mean, std, xt, xv, dev, smoothness, augment, model, bs,
+                auto_patience(tcfg.patience, len(val)), epochs, opt, sched)
+
+
+def _step(run: _Run, idx: torch.Tensor) -> tuple[float, int]:
+    """One optimizer step on the training windows ``idx``: the batch's loss and correct predictions."""
+    tcfg, data = run.tcfg, run.train
+    xb, yb = data.x[idx].to(run.dev), data.y[idx].to(run.dev)
+    xb = run.augment(xb, data.lengths[idx])
+    logits = run.model(xb, data.lengths[idx])
+    loss = nn.functional.cross_entropy(logits, yb, label_smoothing=tcfg.label_smoothing)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(run.model.parameters(), tcfg.clip)
+    run.opt.step()
+    if tcfg.schedule == "cosine":
+        run.sched.step()
+    return loss.item(), int((logits.argmax(-1) == yb).sum())
+
+
+def _epoch(run: _Run, epoch: int) -> dict[str, float]:
+    """Train one epoch (shuffled batches), validate, step a plateau schedule; the history row."""
+    run.model.train()
+    n = len(run.train)
+    perm = torch.from_numpy(run.rng.permutation(n))
+    total, correct = 0.0, 0
+    for i in range(0, n, run.batch_size):
+        idx = perm[i : i + run.batch_size]
+        loss, right = _step(run, idx)
+        total += loss * len(idx)
+        correct += right
+    vloss, vacc, _ = evaluate(run.model, run.val.x, run.val.lengths, run.val.y)
+    if run.tcfg.schedule == "plateau":
+        run.sched.step(vloss)
+    return {"epoch": epoch, "train_loss": total / n, "train_accuracy": correct / n, "val_loss": vloss,
+            "val_accuracy": vacc, "lr": run.opt.param_groups[0]["lr"]}
+
+
+#: The weights kept from a run: (validation loss, epoch, state dict on CPU).
+_Kept = tuple[float, int, dict[str, torch.Tensor]]
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of ``model``'s state dict."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _epochs(run: _Run, keep_last: bool, on_epoch: Callable[[dict[str, float]], None] | None,
+            bar: Any) -> tuple[list[dict[str, float]], _Kept]:
+    """Train up to ``run.epochs`` epochs; the history and the weights to keep.
+
+    Those are the best validation loss's (stopping ``run.patience`` epochs after it), or with
+    ``keep_last`` the final epoch's.
+    """
+    best: _Kept | None = None
+    history: list[dict[str, float]] = []
+    for epoch in range(1, run.epochs + 1):
+        row = _epoch(run, epoch)
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_loss=f"{row['val_loss']:.4f}", val_acc=f"{row['val_accuracy']:.4f}")
+        bar.update(1)
+        if keep_last:
+            continue
+        # Ties (common with tiny validation sets) go to the later epoch: more training, same loss.
+        if best is None or row["val_loss"] <= best[0]:
+            best = (row["val_loss"], epoch, _weights(run.model))
+        elif epoch - best[1] >= run.patience:
+            break
+    if best is None:  # keep_last: the final weights
+        best = (history[-1]["val_loss"], len(history), _weights(run.model))
+    return history, best
+
+
+def _checkpoint(run: _Run, train: Dataset, val: Dataset, mcfg: ModelConfig, best: _Kept, epochs: int,
+                seconds_per_epoch: float) -> Checkpoint:
+    """The checkpoint of the kept weights (already loaded into ``run.model``), re-validated, with a
+    golden batch of up to ``golden_size`` validation windows."""
+    vloss, vacc, _ = evaluate(run.model, run.val.x, run.val.lengths, run.val.y)
+    gidx = run.rng.permutation(len(val))[: run.tcfg.golden_size]
+    gx, gl = pad([np.where(np.isnan(val.X[i]), run.mean, val.X[i]) for i in gidx])  # raw units, missing = mean
+    params = sum(p.numel() for p in run.model.parameters())
+    metrics: dict[str, Any] = {"val_accuracy": vacc, "val_loss": vloss, "epochs": epochs, "best_epoch": best[1],
+                               "seconds_per_epoch": seconds_per_epoch, "params": params, "batch_size": run.batch_size,
+                               "patience": run.patience, "smoothness": run.smoothness, "augment": run.augment.describe()}
+    return Checkpoint(config=mcfg, classes=list(train.classes), mean=run.mean, std=run.std, state_dict=best[2],
+                      metrics=metrics, data_fingerprint=fingerprint(train), golden_x=gx, golden_lengths=gl,
+                      golden_y=np.asarray(val.y)[gidx])
+
+
 def fit(
     train: Dataset,
     val: Dataset,
@@ -157,86 +300,14 @@ def fit(
     last weights: that is how a final model is refit on training plus validation data once the
     validation run has chosen the epoch count.
     """
-    if not train.labeled or not val.labeled:
-        raise ValueError("training needs labelled data (the dataset file has no labels)")
-    set_determinism(tcfg.seed)
-    rng = np.random.default_rng(tcfg.seed)
-    mean, std = normalization(train)
-    xt, lt, yt = to_tensors(train, mean, std)
-    xv, lv, yv = to_tensors(val, mean, std)
-    dev = torch.device(tcfg.device)
-    smoothness = lag1_autocorrelation(train)
-    augment = Augmenter(tcfg.augment, tcfg.jitter, tcfg.scale, tcfg.crop, smooth=smoothness >= SMOOTH_AUTOCORR)
-    model = SequenceClassifier(mcfg).to(dev)
-    bs = tcfg.batch_size or auto_batch(len(xt))
-    steps_per_epoch = math.ceil(len(xt) / bs)
-    patience = auto_patience(tcfg.patience, len(val))
-    epochs = fixed_epochs or budget_epochs(tcfg, len(xt))
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    sched = _scheduler(opt, TrainConfig(**{**asdict(tcfg), "epochs": epochs}), steps_per_epoch)
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    history: list[dict[str, float]] = []
+    run = _setup(train, val, mcfg, tcfg, fixed_epochs)
     t0 = time.perf_counter()
-    bar = _progress(epochs, progress, desc)
+    bar = _progress(run.epochs, progress, desc)
     try:
-        for epoch in range(1, epochs + 1):
-            model.train()
-            perm = torch.from_numpy(rng.permutation(len(xt)))
-            total, correct = 0.0, 0
-            for i in range(0, len(perm), bs):
-                idx = perm[i : i + bs]
-                xb, yb = xt[idx].to(dev), yt[idx].to(dev)
-                xb = augment(xb, lt[idx])
-                logits = model(xb, lt[idx])
-                loss = nn.functional.cross_entropy(logits, yb, label_smoothing=tcfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip)
-                opt.step()
-                if tcfg.schedule == "cosine":
-                    sched.step()
-                total += loss.item() * len(idx)
-                correct += int((logits.argmax(-1) == yb).sum())
-            vloss, vacc, _ = evaluate(model, xv, lv, yv)
-            if tcfg.schedule == "plateau":
-                sched.step(vloss)
-            row = {"epoch": epoch, "train_loss": total / len(xt), "train_accuracy": correct / len(xt), "val_loss": vloss,
-                   "val_accuracy": vacc, "lr": opt.param_groups[0]["lr"]}
-            history.append(row)
-            if on_epoch is not None:
-                on_epoch(row)
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_loss=f"{vloss:.4f}", val_acc=f"{vacc:.4f}")
-            bar.update(1)
-            if fixed_epochs is not None or patience == 0:
-                continue
-            # Ties (common with tiny validation sets) go to the later epoch: more training, same loss.
-            if best is None or vloss <= best[0]:
-                best = (vloss, epoch, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-            elif epoch - best[1] >= patience:
-                break
+        history, best = _epochs(run, fixed_epochs is not None or run.patience == 0, on_epoch, bar)
     finally:
         bar.close()
     spe = (time.perf_counter() - t0) / max(1, len(history))
-    if best is None:  # fixed_epochs: keep the final weights
-        best = (history[-1]["val_loss"], len(history), {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-    model.load_state_dict(best[2])
-    vloss, vacc, _ = evaluate(model, xv, lv, yv)
-    gidx = rng.permutation(len(val))[: tcfg.golden_size]
-    gx, gl = pad([np.where(np.isnan(val.X[i]), mean, val.X[i]) for i in gidx])  # raw units, missing = mean
-    params = sum(p.numel() for p in model.parameters())
-    metrics: dict[str, Any] = {"val_accuracy": vacc, "val_loss": vloss, "epochs": len(history), "best_epoch": best[1],
-                               "seconds_per_epoch": spe, "params": params, "batch_size": bs, "patience": patience,
-                               "smoothness": smoothness, "augment": augment.describe()}
-    ckpt = Checkpoint(
-        config=mcfg,
-        classes=list(train.classes),
-        mean=mean,
-        std=std,
-        state_dict=best[2],
-        metrics=metrics,
-        data_fingerprint=fingerprint(train),
-        golden_x=gx,
-        golden_lengths=gl,
-        golden_y=np.asarray(val.y)[gidx],
-    )
+    run.model.load_state_dict(best[2])
+    ckpt = _checkpoint(run, train, val, mcfg, best, len(history), spe)
     return TrainResult(ckpt, history, spe, best[1])

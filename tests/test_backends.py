@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import load_checkpoint
+from training.checkpoint import Checkpoint, load_checkpoint
 from worker import backends
 from worker.backends import make_predictor
 from worker.onnx_backend import BackendError, OnnxPredictor, onnx_available
 from worker.predictor import DeviceError, TorchPredictor
+from worker.stages import Predictor
 
 needs_onnx = pytest.mark.skipif(not onnx_available(), reason="onnxruntime not installed")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -41,15 +42,33 @@ def test_onnx_matches_the_checkpoint_golden_batch(checkpoint_root: Path) -> None
     assert np.allclose(got, TorchPredictor(ckpt).predict(xs), atol=1e-5)
 
 
+def _assert_serves_like_torch(pred: Predictor, ckpt: Checkpoint, atol: float) -> None:
+    """``pred``'s probabilities equal the reference torch predictor's on mixed-length windows."""
+    ref = TorchPredictor(ckpt)
+    for xs in (_windows([20] * 17, seed=3), _windows([3, 20, 41, 1, 12], seed=4)):
+        got, want = pred.predict(xs), ref.predict(xs)
+        assert got.shape == want.shape == (len(xs), len(ckpt.classes))
+        assert np.allclose(got, want, atol=atol), np.abs(got - want).max()
+        assert np.allclose(got.sum(axis=1), 1.0, atol=1e-5)
+
+
 @needs_onnx
-def test_auto_prefers_onnx_on_cpu(checkpoint_root: Path) -> None:
-    assert make_predictor(load_checkpoint(checkpoint_root), "cpu", "auto").backend == "onnx"
+def test_auto_serves_onnx_on_cpu_with_torchs_probabilities(checkpoint_root: Path) -> None:
+    ckpt = load_checkpoint(checkpoint_root)
+    pred = make_predictor(ckpt, "cpu", "auto")
+    assert isinstance(pred, OnnxPredictor) and pred.precision == "fp32"  # make_predictor's default precision
+    _assert_serves_like_torch(pred, ckpt, atol=1e-4)
 
 
 def test_auto_falls_back_to_torch_without_onnxruntime(checkpoint_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backends, "onnx_available", lambda: False)
-    pred = make_predictor(load_checkpoint(checkpoint_root), "cpu", "auto")
-    assert pred.backend == "torch"
+    monkeypatch.setattr(backends, "OnnxPredictor", None)  # building one now would fail loudly
+    ckpt = load_checkpoint(checkpoint_root)
+    pred = make_predictor(ckpt, "cpu", "auto")
+    assert isinstance(pred, TorchPredictor)
+    _assert_serves_like_torch(pred, ckpt, atol=0.0)
+    with pytest.raises(BackendError, match="onnxruntime"):
+        make_predictor(ckpt, "cpu", "auto", precision="int8")  # int8 needs ONNX: never silently fp32
 
 
 def test_auto_falls_back_to_torch_when_export_fails(checkpoint_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,7 +78,9 @@ def test_auto_falls_back_to_torch_when_export_fails(checkpoint_root: Path, monke
     monkeypatch.setattr(backends, "onnx_available", lambda: True)
     monkeypatch.setattr(backends, "OnnxPredictor", broken)
     ckpt = load_checkpoint(checkpoint_root)
-    assert make_predictor(ckpt, "cpu", "auto").backend == "torch"
+    pred = make_predictor(ckpt, "cpu", "auto")
+    assert isinstance(pred, TorchPredictor)
+    _assert_serves_like_torch(pred, ckpt, atol=0.0)
     with pytest.raises(BackendError, match="export failed"):
         make_predictor(ckpt, "cpu", "onnx")
 
@@ -79,7 +100,7 @@ def test_onnx_backend_serves_training_export_and_wraps_its_failures(checkpoint_r
     with pytest.raises(BackendError, match="boom") as e:
         OnnxPredictor(ckpt)
     assert isinstance(e.value.__cause__, ExportError)
-    assert make_predictor(ckpt, "cpu", "auto").backend == "torch"
+    assert isinstance(make_predictor(ckpt, "cpu", "auto"), TorchPredictor)
 
 
 def test_onnx_backend_refuses_cuda(checkpoint_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,15 +1,73 @@
-"""docker-compose.yml is valid against the compose specification and names real entry points."""
+"""docker-compose.yml and the Dockerfile: valid compose, real entry points, settings and packages.
 
+Each check reads the files the way Docker would and compares them with the code: the entry points
+and settings classes the services use, and the packages ``pip install .`` builds.
+"""
+
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-import pytest
 import tomllib
 import yaml
+from pydantic_settings import BaseSettings
+
+from producer.config import ProducerSettings
+from training.cli import TrainSettings
+from training.registry_cli import RegistrySettings
+from worker.config import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: The settings each entry point reads from the environment (everything else is ignored by it).
+SETTINGS: dict[str, list[type[BaseSettings]]] = {
+    "bigru-worker": [WorkerSettings],
+    "bigru-producer": [ProducerSettings],
+    "bigru-train": [TrainSettings, RegistrySettings],  # RegistrySettings: --publish and the registry commands
+}
+
+
+def _compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return doc
+
+
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _app_services() -> dict[str, dict[str, Any]]:
+    """The services built from this repository (not third-party images)."""
+    return {name: svc for name, svc in _compose()["services"].items() if "build" in svc}
+
+
+def _env_names(cls: type[BaseSettings]) -> set[str]:
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return {(prefix + name).upper() for name in cls.model_fields}
+
+
+def _dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Stage name -> its instructions ``(KEYWORD, arguments)``, a stage built ``FROM`` another
+    starting with that one's; continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, args = line.partition(" ")
+        if keyword.upper() == "FROM":
+            m = re.fullmatch(r"(\S+)\s+AS\s+(\S+)", args.strip(), re.I)
+            assert m, f"every stage is named: FROM {args}"
+            current = list(stages.get(m.group(1), []))
+            stages[m.group(2)] = current
+        else:
+            current.append((keyword.upper(), args.strip()))
+    return stages
 
 
 def test_compose_file_validates_against_compose_spec() -> None:
@@ -20,11 +78,8 @@ def test_compose_file_validates_against_compose_spec() -> None:
 
 
 def test_each_service_command_is_a_real_entry_point() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    for name, svc in compose["services"].items():
-        if "image" in svc and "build" not in svc:
-            continue
+    scripts = _pyproject()["project"]["scripts"]
+    for name, svc in _app_services().items():
         cmd = svc["command"]
         assert cmd[0] in scripts, f"service {name} runs {cmd[0]!r}, not an entry point"
         module, func = scripts[cmd[0]].split(":")
@@ -36,6 +91,51 @@ def test_each_service_command_is_a_real_entry_point() -> None:
             parser.parse_args(hc[2:])
 
 
-@pytest.mark.parametrize("target", ["cpu", "cuda"])
-def test_dockerfile_has_build_targets(target: str) -> None:
-    assert f"AS {target}" in (ROOT / "Dockerfile").read_text()
+def test_worker_healthcheck_is_the_readiness_check() -> None:
+    """``bigru-worker --check`` exits 1 until every replica has a fresh heartbeat (tests/test_health_status.py)."""
+    from worker.cli import build_parser
+
+    hc = _compose()["services"]["worker"]["healthcheck"]["test"]
+    assert hc == ["CMD", "bigru-worker", "--check"]
+    assert build_parser().parse_args(hc[2:]).check is True
+
+
+def test_service_environment_names_settings_the_service_reads() -> None:
+    """A misspelt or misplaced ``BIGRU_*`` variable is silently ignored (``extra="ignore"``): refuse it here."""
+    for name, svc in _app_services().items():
+        entry = svc["command"][0]
+        known = set().union(*(_env_names(cls) for cls in SETTINGS[entry]))
+        env = svc.get("environment", {})
+        assert isinstance(env, dict), f"service {name}: write environment as a map"
+        unknown = sorted(k for k in env if k.startswith("BIGRU_") and k not in known)
+        assert not unknown, f"service {name} ({entry}) sets {unknown}, which none of {[c.__name__ for c in SETTINGS[entry]]} reads"
+
+
+def test_compose_build_targets_are_dockerfile_stages() -> None:
+    stages = _dockerfile_stages()
+    for name, svc in _app_services().items():
+        assert svc["build"]["target"] in stages, f"service {name} builds missing target {svc['build']['target']!r}"
+    assert {"cpu", "cuda"} <= set(stages)
+
+
+def test_every_target_copies_the_packages_before_installing_them() -> None:
+    """``pip install .`` in each target finds pyproject.toml, the readme it names and every package."""
+    project = _pyproject()
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages == {"protocol", "worker", "producer", "training"}
+    for pkg in packages:
+        assert (ROOT / pkg / "__init__.py").is_file(), pkg
+    entry_packages = {target.split(".")[0] for target in project["project"]["scripts"].values()}
+    assert entry_packages <= packages
+    needed = packages | {"pyproject.toml", project["project"]["readme"]}
+    for stage, instructions in _dockerfile_stages().items():
+        copied: set[str] = set()
+        installs = 0
+        for keyword, args in instructions:
+            if keyword == "COPY":
+                copied |= {Path(src).as_posix() for src in args.split()[:-1] if not src.startswith("--")}
+            elif keyword == "RUN" and re.search(r"pip install [^&]*[\"' ]\.(\[[^\]]*\])?[\"']?(\s|$)", args):
+                installs += 1
+                assert needed <= copied, f"stage {stage}: pip install . before COPY of {sorted(needed - copied)}"
+        if stage in ("cpu", "cuda"):
+            assert installs == 1, f"stage {stage} should install the project once, found {installs}"

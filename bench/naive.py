@@ -42,7 +42,7 @@ def run(url: str, prefix: str, checkpoint: str, backend: str, threads: int, seco
         ts = now_us()
         res = Result(eid.decode(), w.cid, "ok", label, pred.classes[label], [float(v) for v in p], pred.version,
                      "naive-0", 0, 0, 0, ts - w.ts_us, ts, 1, w.meta)
-        r.xadd(sk.results, encode_result(res))  # type: ignore[arg-type]
+        r.xadd(sk.results, encode_result(res))
         r.xack(sk.windows, prefix, eid)
         n += 1
     dt = time.perf_counter() - t0

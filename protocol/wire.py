@@ -96,7 +96,8 @@ def now_us() -> int:
 
 
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def encode_array(x: np.ndarray) -> bytes:

@@ -31,64 +31,85 @@ def _best(rows: list[dict[str, Any]], backend_prefix: str, length: int = 20) -> 
     return max(cands, key=lambda r: r["windows_per_s"]) if cands else None
 
 
-def render_md(report: dict[str, Any]) -> str:
-    """The report as Markdown tables."""
-    steps = report.get("steps", {})
-    res = {k: (v.get("result") or {}) for k, v in steps.items()}
-    env = res.get("env", {})
-    title = "Device check" + (" (DRY RUN on CPU, tiny sizes: not a GPU measurement)" if report.get("dry_run") else "")
-    lines = [f"# {title}", "", f"Started {report.get('started')}, {report.get('elapsed_s', 0)} s in all "
-             f"(budget {report.get('budget_s')} s).", ""]
-    if env:
-        smi = env.get("nvidia_smi", {})
-        lines += ["## Machine", ""] + _table(["what", "value"], [
-            ["GPU", env.get("device_name") or "none"], ["memory GiB", env.get("memory_gib")],
-            ["capability", env.get("capability")], ["driver", smi.get("driver_version")],
-            ["torch", env.get("torch")], ["CUDA (torch)", env.get("torch_cuda")], ["cuDNN", env.get("cudnn")],
-            ["python", env.get("python")], ["CPU cores", env.get("cpu_count")], ["glibc", env.get("glibc")],
-            ["redis-server", env.get("redis_server")],
-        ]) + [""]
-    lines += ["## Steps", ""] + _table(["step", "status", "seconds", "note"], [
+def _md_machine(env: dict[str, Any]) -> list[str]:
+    if not env:
+        return []
+    smi = env.get("nvidia_smi", {})
+    return ["## Machine", ""] + _table(["what", "value"], [
+        ["GPU", env.get("device_name") or "none"], ["memory GiB", env.get("memory_gib")],
+        ["capability", env.get("capability")], ["driver", smi.get("driver_version")],
+        ["torch", env.get("torch")], ["CUDA (torch)", env.get("torch_cuda")], ["cuDNN", env.get("cudnn")],
+        ["python", env.get("python")], ["CPU cores", env.get("cpu_count")], ["glibc", env.get("glibc")],
+        ["redis-server", env.get("redis_server")],
+    ]) + [""]
+
+
+def _md_steps(steps: dict[str, Any], res: dict[str, Any]) -> list[str]:
+    lines = ["## Steps", ""] + _table(["step", "status", "seconds", "note"], [
         [k, v.get("status"), v.get("seconds"), (v.get("error") or "")[:160].replace("|", "/").replace("\n", " ")]
         for k, v in steps.items()
     ]) + [""]
     if "pytest_gpu" in res and res["pytest_gpu"]:
         lines += ["## GPU tests (`pytest -m gpu`)", "", f"`{res['pytest_gpu'].get('summary', '')}` "
                   f"(exit {res['pytest_gpu'].get('rc')})", ""]
+    return lines
+
+
+def _md_training(res: dict[str, Any]) -> list[str]:
     train_rows = []
     for key in ("train", "train_cpu"):
         for r in res.get(key, {}).get("runs", []):
             train_rows.append([r.get("dataset"), r.get("device"), r.get("status"), r.get("test_accuracy"),
                                r.get("val_accuracy"), r.get("epochs"), r.get("seconds_per_epoch"), r.get("wall_s")])
-    if train_rows:
-        lines += ["## Training (bigru-train defaults)", ""] + _table(
-            ["dataset", "device", "status", "test acc", "val acc", "epochs", "s/epoch", "wall s"], train_rows) + [""]
+    if not train_rows:
+        return []
+    return ["## Training (bigru-train defaults)", ""] + _table(
+        ["dataset", "device", "status", "test acc", "val acc", "epochs", "s/epoch", "wall s"], train_rows) + [""]
+
+
+def _md_bf16(model: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for t, b in (model.get("bf16_vs_fp32") or {}).items():
+        if "error" in b:
+            lines += [f"bf16 autocast failed at {t}: {b['error']}", ""]
+        else:
+            same = " (identical: autocast left the model in fp32)" if b.get("max_abs_prob_diff") == 0 else ""
+            lines += [f"bf16 autocast vs fp32 at {t} (256 windows): max |Δp| {b.get('max_abs_prob_diff')}, "
+                      f"argmax agreement {b.get('argmax_agreement')}{same}.", ""]
+    return lines
+
+
+def _md_best_ratio(model: dict[str, Any], mrows: list[dict[str, Any]]) -> list[str]:
+    g, o1 = _best(mrows, "torch-fp32"), _best(mrows, "onnx-cpu-1t")
+    on = max((r for r in mrows if str(r.get("backend", "")).startswith("onnx-cpu") and r.get("threads", 1) > 1
+              and "windows_per_s" in r), key=lambda r: r["windows_per_s"], default=None)
+    if not (g and o1):
+        return []
+    return [f"Best T=20: torch {model.get('device')} {g['windows_per_s']:,.0f} windows/s (batch {g['batch']}) vs "
+            f"ONNX CPU 1 thread {o1['windows_per_s']:,.0f} (batch {o1['batch']}): "
+            f"x{g['windows_per_s'] / max(o1['windows_per_s'], 1e-9):.1f}"
+            + (f"; ONNX CPU {on['threads']} threads {on['windows_per_s']:,.0f}: "
+               f"x{g['windows_per_s'] / max(on['windows_per_s'], 1e-9):.1f}" if on else "") + ".", ""]
+
+
+def _md_model(res: dict[str, Any]) -> list[str]:
     model = res.get("model", {})
     onnx = res.get("onnx_cpu", {})
     mrows = [r for r in model.get("rows", []) + onnx.get("rows", []) if "windows_per_s" in r]
-    if mrows:
-        lines += [f"## Model-only serving throughput (default model; {model.get('device', '?')} torch, CPU onnx)", ""]
-        lines += _table(["backend", "threads", "T", "batch", "windows/s", "p50 ms", "p99 ms"], [
-            [r.get("backend"), r.get("threads"), r.get("T"), r.get("batch"), r.get("windows_per_s"),
-             r.get("latency_ms_p50"), r.get("latency_ms_p99")] for r in mrows]) + [""]
-        for t, b in (model.get("bf16_vs_fp32") or {}).items():
-            if "error" in b:
-                lines += [f"bf16 autocast failed at {t}: {b['error']}", ""]
-            else:
-                same = " (identical: autocast left the model in fp32)" if b.get("max_abs_prob_diff") == 0 else ""
-                lines += [f"bf16 autocast vs fp32 at {t} (256 windows): max |Δp| {b.get('max_abs_prob_diff')}, "
-                          f"argmax agreement {b.get('argmax_agreement')}{same}.", ""]
-        for err in model.get("errors", []):
-            lines += [f"model error: {err}", ""]
-        g, o1 = _best(mrows, "torch-fp32"), _best(mrows, "onnx-cpu-1t")
-        on = max((r for r in mrows if str(r.get("backend", "")).startswith("onnx-cpu") and r.get("threads", 1) > 1
-                  and "windows_per_s" in r), key=lambda r: r["windows_per_s"], default=None)
-        if g and o1:
-            lines += [f"Best T=20: torch {model.get('device')} {g['windows_per_s']:,.0f} windows/s (batch {g['batch']}) vs "
-                      f"ONNX CPU 1 thread {o1['windows_per_s']:,.0f} (batch {o1['batch']}): "
-                      f"x{g['windows_per_s'] / max(o1['windows_per_s'], 1e-9):.1f}"
-                      + (f"; ONNX CPU {on['threads']} threads {on['windows_per_s']:,.0f}: "
-                         f"x{g['windows_per_s'] / max(on['windows_per_s'], 1e-9):.1f}" if on else "") + ".", ""]
+    if not mrows:
+        return []
+    lines = [f"## Model-only serving throughput (default model; {model.get('device', '?')} torch, CPU onnx)", ""]
+    lines += _table(["backend", "threads", "T", "batch", "windows/s", "p50 ms", "p99 ms"], [
+        [r.get("backend"), r.get("threads"), r.get("T"), r.get("batch"), r.get("windows_per_s"),
+         r.get("latency_ms_p50"), r.get("latency_ms_p99")] for r in mrows]) + [""]
+    lines += _md_bf16(model)
+    for err in model.get("errors", []):
+        lines += [f"model error: {err}", ""]
+    return lines + _md_best_ratio(model, mrows)
+
+
+def _md_pipeline(res: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     prow = res.get("pipeline", {}).get("runs", [])
     if prow:
         lines += ["## Pipeline (saturated: pre-filled stream, local Redis, `python -m worker.cli`)", ""]
@@ -103,4 +124,16 @@ def render_md(report: dict[str, Any]) -> str:
         lines += _table(["processes", "windows/entry", "windows/s", "worker CPU µs/window", "redis CPU µs/window", "error"], [
             [r.get("procs"), r.get("per_entry"), r.get("windows_per_s"), r.get("worker_cpu_us_per_window"),
              r.get("redis_cpu_us_per_window"), r.get("error", "")] for r in plumb]) + [""]
+    return lines
+
+
+def render_md(report: dict[str, Any]) -> str:
+    """The report as Markdown tables: machine, steps, training, model-only and pipeline throughput."""
+    steps = report.get("steps", {})
+    res = {k: (v.get("result") or {}) for k, v in steps.items()}
+    title = "Device check" + (" (DRY RUN on CPU, tiny sizes: not a GPU measurement)" if report.get("dry_run") else "")
+    lines = [f"# {title}", "", f"Started {report.get('started')}, {report.get('elapsed_s', 0)} s in all "
+             f"(budget {report.get('budget_s')} s).", ""]
+    lines += _md_machine(res.get("env", {})) + _md_steps(steps, res) + _md_training(res) + _md_model(res)
+    lines += _md_pipeline(res)
     return "\n".join(lines) + "\n"

@@ -56,7 +56,7 @@ class LocalRedis:
         if self.tls:
             opts.update(ssl=True, ssl_ca_certs=self.tls["ca"])
         opts.update(kwargs)
-        return redis.Redis(**opts)  # type: ignore[arg-type]
+        return redis.Redis(**opts)
 
     def _server_args(self) -> list[str]:
         args = ["--port", str(self.port)]

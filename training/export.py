@@ -80,7 +80,8 @@ def quantize(model: nn.Module) -> nn.Module:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {nn.GRU, nn.LSTM, nn.Linear}, dtype=torch.qint8)
+        quantized: nn.Module = quantize_dynamic(model, {nn.GRU, nn.LSTM, nn.Linear}, dtype=torch.qint8)
+    return quantized
 
 
 def quantized_layers(q: nn.Module) -> dict[str, list[str]]:

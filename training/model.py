@@ -135,7 +135,8 @@ class SequenceClassifier(nn.Module):
                 feats.append(h.sum(dim=-1) / lengths.to(h.device)[:, None].to(h.dtype))
             x = h.transpose(1, 2)
         feats[:0] = self._recurrent(x, lengths)
-        return self.head(torch.cat(feats, dim=-1))
+        logits: torch.Tensor = self.head(torch.cat(feats, dim=-1))
+        return logits
 
     def _recurrent(self, x: torch.Tensor, lengths: torch.Tensor | None) -> list[torch.Tensor]:
         """The rnn's pooled readouts over ``x`` [B, T, C]."""

@@ -84,10 +84,3 @@ def shard_nodes(r: Any, keys: Keys) -> dict[int, str]:
         out[sk.shard] = f"{node.host}:{node.port}"
     return out
 
-
-def key_slot(key: str) -> int:
-    """Cluster hash slot of ``key`` (honours ``{hash tags}``)."""
-    from redis.crc import key_slot as _slot
-
-    return int(_slot(key.encode()))
-

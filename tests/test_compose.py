@@ -139,3 +139,17 @@ def test_every_target_copies_the_packages_before_installing_them() -> None:
                 assert needed <= copied, f"stage {stage}: pip install . before COPY of {sorted(needed - copied)}"
         if stage in ("cpu", "cuda"):
             assert installs == 1, f"stage {stage} should install the project once, found {installs}"
+
+
+def test_worker_and_producer_images_install_no_torch() -> None:
+    """The serving images install the `serve` extra (no torch); only the trainer's image has torch."""
+    stages = _dockerfile_stages()
+    services = _compose()["services"]
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert not any("torch" in dep for dep in extras["serve"])
+    for name in ("worker", "producer"):
+        target = services[name]["build"]["target"]
+        installs = " ".join(args for kw, args in stages[target] if kw == "RUN" and "pip install" in args)
+        assert "torch" not in installs and ".[serve]" in installs, (name, target, installs)
+    trainer = " ".join(args for kw, args in stages[services["trainer"]["build"]["target"]] if kw == "RUN")
+    assert "torch" in trainer

@@ -14,6 +14,7 @@ import redis
 from producer.backpressure import Backpressure, BackpressureError
 from producer.config import ProducerSettings
 from protocol.keys import Keys
+from protocol.replies import as_str
 from protocol.wire import encode_window
 from protocol.wire_multi import encode_windows_entry
 
@@ -111,11 +112,11 @@ class Producer:
         self.gate()
         if len(entries) == 1:
             (e,) = entries
-            return [_decoded(self.r.xadd(self._stream(e), e.fields()))]  # type: ignore[arg-type]
+            return [as_str(self.r.xadd(self._stream(e), e.fields()))]
         pipe = self.r.pipeline(transaction=False)
         for e in entries:
-            pipe.xadd(self._stream(e), e.fields())  # type: ignore[arg-type]
-        return [_decoded(eid) for eid in pipe.execute()]
+            pipe.xadd(self._stream(e), e.fields())
+        return [as_str(eid) for eid in pipe.execute()]
 
     def _stream(self, e: Entry) -> str:
         return self.keys.shard(self.shard_for(e.route)).windows
@@ -179,10 +180,6 @@ class Producer:
             err.published = out
             raise
         return out
-
-
-def _decoded(eid: bytes | str) -> str:
-    return eid.decode() if isinstance(eid, bytes) else str(eid)
 
 
 def _first_id(ids: Sequence[str | None] | None) -> str | None:

@@ -132,7 +132,7 @@ def connect(url: str, *, retries: int = 3, socket_timeout: float | None = None, 
 
     retry = Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries)
     if is_cluster_url(url):
-        return connect_cluster(url, retry=retry, socket_timeout=socket_timeout, **kwargs)  # type: ignore[no-any-return]
+        return connect_cluster(url, retry=retry, socket_timeout=socket_timeout, **kwargs)
     return redis.Redis.from_url(
         url,
         retry=retry,

@@ -152,7 +152,7 @@ def configs(s: TrainSettings) -> tuple[dict[str, object], object]:
     if isinstance(model.get("pooling"), str):
         model["pooling"] = tuple(p.strip() for p in str(model["pooling"]).split(",") if p.strip())
     train = {k: getattr(s, k) for k in TRAIN_FIELDS if getattr(s, k) is not None}
-    tcfg = TrainConfig(**train, seed=s.seed, device=resolve_device(s.device))  # type: ignore[arg-type]
+    tcfg = TrainConfig(**train, seed=s.seed, device=resolve_device(s.device))
     return model, tcfg
 
 

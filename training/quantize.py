@@ -137,7 +137,7 @@ def onnx_int8_bytes(ckpt: CheckpointMeta, fp32: bytes | None = None) -> bytes:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Golden(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime is untyped (Any base)
+    class Golden(CalibrationDataReader):  # onnxruntime is untyped (Any base)
         def __init__(self) -> None:
             self._it = iter(batches)
 

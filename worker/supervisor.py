@@ -89,62 +89,79 @@ def _child(settings: WorkerSettings, index: int) -> None:
     raise SystemExit(run_replica(settings, index, supervised=True))
 
 
-def supervise(settings: WorkerSettings) -> int:
-    """Run ``settings.replicas`` child processes, restarting any that die unexpectedly."""
-    configure(settings.log_level, settings.log_json)
-    log = structlog.get_logger("supervisor")
-    ctx = mp.get_context("spawn")
-    stopping = threading.Event()
-    signals = 0
+class Supervisor:
+    """Runs ``settings.replicas`` child processes and restarts any that die unexpectedly.
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        nonlocal signals
-        signals += 1
-        stopping.set()
-        for p in procs.values():
+    The first SIGTERM/SIGINT is forwarded as SIGTERM (each replica finishes its batch), a second as
+    SIGKILL; SIGHUP is forwarded so every replica checks for a new model version.
+    """
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.log = structlog.get_logger("supervisor")
+        self.ctx = mp.get_context("spawn")
+        self.stopping = threading.Event()
+        self.signals = 0
+        self.procs: dict[int, mp.process.BaseProcess] = {}
+        self.exit_code = 0
+
+    def _signal_all(self, sig: int) -> None:
+        for p in self.procs.values():
             if p.is_alive() and p.pid:
                 try:
-                    os.kill(p.pid, signal.SIGTERM if signals == 1 else signal.SIGKILL)
+                    os.kill(p.pid, sig)
                 except ProcessLookupError:
                     pass
-        if signals > 1:
+
+    def on_stop(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT handler."""
+        self.signals += 1
+        self.stopping.set()
+        self._signal_all(signal.SIGTERM if self.signals == 1 else signal.SIGKILL)
+        if self.signals > 1:
             os._exit(128 + signum)
 
-    procs: dict[int, mp.process.BaseProcess] = {}
+    def on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP handler: each replica checks for a new model version."""
+        self._signal_all(signal.SIGHUP)
 
-    def start(i: int) -> None:
-        p = ctx.Process(target=_child, args=(settings, i), name=f"replica-{i}")
+    def start(self, i: int) -> None:
+        """Start replica ``i``."""
+        p = self.ctx.Process(target=_child, args=(self.settings, i), name=f"replica-{i}")
         p.start()
-        procs[i] = p
-        log.info("replica_started", replica=i, pid=p.pid)
+        self.procs[i] = p
+        self.log.info("replica_started", replica=i, pid=p.pid)
 
-    def hangup(signum: int, frame: FrameType | None) -> None:
-        for p in procs.values():  # each replica checks for a new model version
-            if p.is_alive() and p.pid:
-                try:
-                    os.kill(p.pid, signal.SIGHUP)
-                except ProcessLookupError:
-                    pass
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGHUP, hangup)
-    for i in range(settings.replicas):
-        start(i)
-    exit_code = 0
-    while procs:
-        time.sleep(0.2)
-        for i, p in list(procs.items()):
+    def reap(self) -> None:
+        """Join replicas that exited; restart those that died while not stopping."""
+        for i, p in list(self.procs.items()):
             if p.is_alive():
                 continue
             p.join()
-            del procs[i]
+            del self.procs[i]
             if p.exitcode != 0:
-                exit_code = 1
-            if p.exitcode != 0 and not stopping.is_set():
-                log.error("replica_died", replica=i, exitcode=p.exitcode)
+                self.exit_code = 1
+            if p.exitcode != 0 and not self.stopping.is_set():
+                self.log.error("replica_died", replica=i, exitcode=p.exitcode)
                 time.sleep(0.5)
-                start(i)
+                self.start(i)
             else:
-                log.info("replica_exited", replica=i, exitcode=p.exitcode)
-    return exit_code if not stopping.is_set() else 0
+                self.log.info("replica_exited", replica=i, exitcode=p.exitcode)
+
+    def run(self) -> int:
+        """Start every replica and supervise them until all have exited; returns the exit code."""
+        signal.signal(signal.SIGTERM, self.on_stop)
+        signal.signal(signal.SIGINT, self.on_stop)
+        signal.signal(signal.SIGHUP, self.on_hangup)
+        for i in range(self.settings.replicas):
+            self.start(i)
+        while self.procs:
+            time.sleep(0.2)
+            self.reap()
+        return 0 if self.stopping.is_set() else self.exit_code
+
+
+def supervise(settings: WorkerSettings) -> int:
+    """Run ``settings.replicas`` child processes, restarting any that die unexpectedly."""
+    configure(settings.log_level, settings.log_json)
+    return Supervisor(settings).run()

@@ -17,6 +17,7 @@ from producer.config import ProducerSettings
 from producer.results import ResultsReader
 from producer.sources import LabeledWindow, from_file, synthetic
 from protocol.security import settings_error
+from protocol.wire import Result
 
 #: Flags that steer a command rather than set a :class:`ProducerSettings` field.
 COMMAND_OPTIONS = frozenset({"command", "source", "count", "rate", "length", "seed", "id_prefix", "per_entry",
@@ -141,6 +142,17 @@ def cmd_publish(args: argparse.Namespace, s: ProducerSettings) -> int:
     return 0
 
 
+#: ``results --json``: the Python attribute names that differ from the wire's field names.
+_WIRE_NAMES = {"input_id": "in", "class_name": "class", "ts_us": "ts"}
+
+
+def result_json(r: Result) -> dict[str, Any]:
+    """One ``results --json`` line: a (per-window) result under the wire's field names (``in``,
+    ``class``, ``ts``, ...; docs/wire-format.md), plus ``index`` and ``reason`` for a window of a
+    multi-window entry."""
+    return {_WIRE_NAMES.get(k, k): v for k, v in vars(r).items()}
+
+
 def cmd_results(args: argparse.Namespace, s: ProducerSettings) -> int:
     """Print results as text or JSON lines."""
     reader = ResultsReader(s.connect(), s.keys, start=args.start)
@@ -149,7 +161,7 @@ def cmd_results(args: argparse.Namespace, s: ProducerSettings) -> int:
     try:
         for r in reader.iter(count=args.count, follow=args.follow):
             if args.json:
-                print(json.dumps(r.__dict__), flush=True)
+                print(json.dumps(result_json(r)), flush=True)
             else:
                 print(f"{r.input_id} cid={r.cid} {r.status} label={r.class_name} p={max(r.probs, default=0):.3f} "
                       f"model={r.model} e2e={r.e2e_us / 1000:.2f}ms", flush=True)

@@ -190,7 +190,7 @@ def parse_x(raw: bytes, limits: Limits, n_features: int | None, ndim: int = 2) -
     if not isinstance(obj, dict) or obj.keys() != _X_KEYS:
         raise WireError("bad_x", "x must be a map with exactly the keys dtype, shape, data")
     dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:  # an array or map is unhashable: test the type first
         raise WireError("bad_dtype", f"dtype {dtype!r} not one of {sorted(DTYPES)}")
     if (not isinstance(shape, list) or len(shape) != ndim or type(shape[0]) is not int or type(shape[1]) is not int
             or (ndim == 3 and type(shape[2]) is not int)):

@@ -82,6 +82,8 @@ def test_producer_cli_publish_and_results_json(r: redis.Redis, prefix: str, work
     lines = [json.loads(line) for line in res.stdout.decode().splitlines()]
     assert len(lines) == 50 and {d["status"] for d in lines} == {"ok"}
     assert {d["cid"] for d in lines} == {f"w-{i}" for i in range(50)}
+    # Named as on the wire: in, class, ts (not input_id, class_name, ts_us).
+    assert all(d["in"] and d["class"] and d["ts"] > 0 and "input_id" not in d for d in lines)
 
 
 def test_producer_reads_ts_file(r: redis.Redis, prefix: str, worker_env: dict[str, str]) -> None:

@@ -20,7 +20,7 @@ from producer.sources import synthetic
 from protocol.keys import Keys
 from tests.helpers import make_loop
 from worker.health import check
-from worker.status import render, snapshot
+from worker.status import recent_results, render, snapshot
 
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -47,10 +47,13 @@ def test_status_after_traffic(r: redis.Redis, redis_url: str, prefix: str, check
     assert c["precision"] == "fp32"  # what the replica serves (a torch predictor: fp32)
     assert 0 <= c["heartbeat_age_s"] < 5 and c["pending"] == 0
     rec = doc["recent"]
-    assert rec["results"] == 120 and rec["throughput_per_s"] == pytest.approx(2.0, abs=0.1)  # 120 in the last 60 s
+    # 120 results within the last 60 s, published by one burst run: the rate is over the span they
+    # arrived in (first to last, at least 1 s), not 120 / 60 = 2.0/s as if they had trickled in.
+    assert rec["results"] == 120 and 1.0 <= rec["span_s"] < 60
+    assert rec["throughput_per_s"] == pytest.approx(120 / rec["span_s"], abs=0.1) and rec["throughput_per_s"] > 2.0
     assert 0 < rec["e2e_ms_p50"] <= rec["e2e_ms_p99"]
     text = render(doc)
-    assert "test-0" in text and "ready" in text and "last 60s: 120 results" in text
+    assert "test-0" in text and "ready" in text and "last 60s: 120 results" in text and "(first to last result" in text
     # The CLI: one JSON document, and --watch printing one per refresh.
     env = dict(worker_env, BIGRU_SHARDS="2")
     out = _cli(env, "status", "--json")
@@ -66,6 +69,47 @@ def test_status_after_traffic(r: redis.Redis, redis_url: str, prefix: str, check
         watch.wait(10)
     assert watch.returncode == 0
     assert lines[0]["ts"] < lines[1]["ts"] < lines[2]["ts"]
+
+
+def _results_at(r: redis.Redis, stream: str, stamps_ms: list[int]) -> None:
+    for i, ms in enumerate(stamps_ms):
+        r.xadd(stream, {"status": "ok", "e2e_us": str(1000 + i)}, id=f"{ms}-0")
+
+
+def test_recent_rate_is_over_the_span_seen(r: redis.Redis, prefix: str) -> None:
+    """3000 results within 3 s, read 30 s later with a 60 s window: 1000/s, not 3000 / 60 = 50/s."""
+    keys = Keys(prefix, prefix)
+    base = 1_764_230_400_000
+    _results_at(r, keys.shard(0).results, [base + i for i in range(3000)])  # first to last: 2.999 s
+    rec = recent_results(r, keys, 60.0, now=(base + 30_000) / 1000)
+    assert rec["results"] == 3000 and rec["span_s"] == pytest.approx(2.999)
+    assert rec["throughput_per_s"] == pytest.approx(1000.3, abs=0.1)
+    assert "3000 results, 1000.3/s over 3.0s (first to last result" in render(
+        {"prefix": prefix, "group": prefix, "ts": base / 1000, "shards": [], "consumers": [], "recent": rec})
+    # A shorter window sees only its part of the burst: the last 1000 ms of it.
+    rec = recent_results(r, keys, 1.0, now=(base + 2999) / 1000)
+    assert (rec["results"], rec["span_s"], rec["throughput_per_s"]) == (1001, 1.0, 1001.0)
+
+
+def test_recent_rate_steady_single_and_empty(r: redis.Redis, prefix: str) -> None:
+    keys = Keys(prefix, prefix, shards=2)
+    base = 1_764_230_400_000
+    now = (base + 60_000) / 1000
+    assert recent_results(r, keys, 60.0, now=now)["span_s"] is None  # nothing: no span, 0/s
+    _results_at(r, keys.shard(0).results, [base + 30_000])
+    one = recent_results(r, keys, 60.0, now=now)
+    assert (one["results"], one["span_s"], one["throughput_per_s"]) == (1, 1.0, 1.0)  # at least 1 s
+    # Steady traffic over (nearly) the whole window: about results / window, as before.
+    _results_at(r, keys.shard(0).results, [base + 30_001 + k * 500 for k in range(60)])  # ..59.501 s
+    _results_at(r, keys.shard(1).results, [base + 500 + k * 500 for k in range(119)])  # 0.5 s..59.5 s
+    rec = recent_results(r, keys, 60.0, now=now)
+    assert rec["results"] == 180 and rec["span_s"] == pytest.approx(59.001)
+    assert rec["throughput_per_s"] == pytest.approx(180 / 59.001, abs=0.05)
+    # Sampled (both shards over `sample`): only results since the newest of the shards' oldest
+    # sampled ones (30.001 s) count: 60 of shard 0, 59 of shard 1, over 30.001 s..59.501 s.
+    sampled = recent_results(r, keys, 60.0, now=now, sample=60)
+    assert sampled["results"] == 120 and sampled["span_s"] == pytest.approx(29.5)
+    assert sampled["throughput_per_s"] == pytest.approx(119 / 29.5, abs=0.05)
 
 
 def test_check_fails_without_replicas_names_them(worker_env: dict[str, str]) -> None:

@@ -149,6 +149,11 @@ def test_cli_results_json_has_per_window_lines(r: redis.Redis, redis_url: str, p
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(d["cid"], d.get("index"), d.get("reason")) for d in lines] == [
         ("s", None, None), ("m0", 0, ""), ("m1", 1, "nonfinite"), ("m2", 2, ""), ("m3", 3, ""), ("t", None, None)]
+    # The wire's field names (docs/wire-format.md), not the Python attribute names.
+    wire = {"in", "cid", "status", "label", "class", "probs", "model", "worker", "queue_us", "wait_us", "infer_us",
+            "e2e_us", "ts", "batch", "meta"}
+    assert set(lines[0]) == wire and set(lines[1]) == wire | {"index", "reason"}
+    assert lines[2]["class"] == "" and lines[2]["label"] == -1 and lines[2]["probs"] == []
 
 
 def test_cli_publish_per_entry(r: redis.Redis, redis_url: str, prefix: str, capsys: pytest.CaptureFixture[str]) -> None:

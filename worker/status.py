@@ -37,25 +37,46 @@ def _shard_info(r: redis.Redis, keys: Keys, shard: int, node: str | None) -> tup
     return info, consumers
 
 
+def _id_ms(entry_id: bytes | str) -> int:
+    return int(as_str(entry_id).split("-")[0])
+
+
+#: Shortest span a rate is taken over: results published in one batch share a millisecond, so a
+#: burst's first-to-last span says little below this.
+MIN_RATE_SPAN_S = 1.0
+
+
 def recent_results(r: redis.Redis, keys: Keys, window_s: float = 60.0, sample: int = 20000,
                    now: float | None = None) -> dict[str, Any]:
     """Throughput and e2e p50/p99 of the results published in the last ``window_s`` seconds.
 
-    Reads at most ``sample`` newest entries per shard; when a shard has more, its rate is taken
-    over the span the sample covers.
+    The rate is over the span actually seen, not the whole window: ``span_s`` is the time from the
+    first to the last result in the window (entry ids, all shards together), at least
+    ``MIN_RATE_SPAN_S`` and at most ``window_s``, and ``throughput_per_s`` is the results in that
+    span divided by it. So 3000 results that arrived within 3 s give 1000/s whether the window is
+    10 s or 60 s; a steady stream over the whole window gives results / window. Reads at most
+    ``sample`` newest entries per shard; when a shard has more, the rate counts only the results
+    (of every shard) since the oldest one sampled on such a shard, so all shards cover one span.
     """
     now_ms = int((time.time() if now is None else now) * 1000)
     since = now_ms - int(window_s * 1000)
-    rate, count, e2e = 0.0, 0, []
+    start = since  # the span every shard's sample covers
+    count, e2e, stamps = 0, [], []
     for sk in keys.all_shards():
         rows = r.xrevrange(sk.results, max="+", min=str(since), count=sample)
         if not rows:
             continue
         count += len(rows)
-        span_ms = now_ms - int(as_str(rows[-1][0]).split("-")[0]) if len(rows) >= sample else window_s * 1000
-        rate += len(rows) / max(span_ms / 1000, 1e-3)
+        ms = [_id_ms(i) for i, _ in rows]
+        if len(rows) >= sample:
+            start = max(start, ms[-1])
+        stamps += ms
         e2e += [int(f[b"e2e_us"]) for _, f in rows if f.get(b"status") == b"ok" and b"e2e_us" in f]
+    seen = [t for t in stamps if t >= start]
+    span_s = min(max((max(seen) - min(seen)) / 1000, MIN_RATE_SPAN_S), window_s) if seen else None
+    rate = len(seen) / span_s if span_s else 0.0
     doc: dict[str, Any] = {"window_s": window_s, "results": count, "throughput_per_s": round(rate, 1),
+                           "span_s": None if span_s is None else round(span_s, 3),
                            "e2e_ms_p50": None, "e2e_ms_p99": None}
     if e2e:
         p50, p99 = np.percentile(np.array(e2e) / 1000, [50, 99])
@@ -125,7 +146,9 @@ def render(doc: dict[str, Any]) -> str:
         lines.append(f"{c['name']:<24} {state:<6} {c['pending']:>8} {idle:>9} {_fmt(c['heartbeat_age_s'], 's'):>10}  "
                      f"{_fmt(c['model'])}{precision}")
     rec = doc["recent"]
-    lines += ["", f"last {rec['window_s']:.0f}s: {rec['results']} results, {rec['throughput_per_s']}/s, "
+    span = rec.get("span_s")
+    over = "" if span is None else f" over {span:.1f}s (first to last result, at least {MIN_RATE_SPAN_S:.0f}s)"
+    lines += ["", f"last {rec['window_s']:.0f}s: {rec['results']} results, {rec['throughput_per_s']}/s{over}, "
                   f"e2e p50 {_fmt(rec['e2e_ms_p50'], ' ms')}, p99 {_fmt(rec['e2e_ms_p99'], ' ms')}"]
     m = doc.get("models") or {}
     if m.get("latest"):

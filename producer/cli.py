@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -14,14 +15,16 @@ from pydantic import ValidationError
 from producer.backpressure import BackpressureError
 from producer.client import Entry, Producer
 from producer.config import ProducerSettings
+from producer.group_reader import GroupResultsReader
 from producer.results import ResultsReader
 from producer.sources import LabeledWindow, from_file, synthetic
+from protocol import logs
 from protocol.security import settings_error
 from protocol.wire import Result
 
 #: Flags that steer a command rather than set a :class:`ProducerSettings` field.
 COMMAND_OPTIONS = frozenset({"command", "source", "count", "rate", "length", "seed", "id_prefix", "per_entry",
-                             "follow", "json", "start", "plot"})
+                             "follow", "json", "start", "plot", "reader_group", "consumer", "claim_idle_ms"})
 
 
 def _setting(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
@@ -58,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--from", dest="start", default="0-0", help="stream id to start after ('$': only new)")
     res.add_argument("--plot", metavar="FILE", help="draw latency histogram and throughput into FILE (.png); "
                      "prints a JSON summary instead of the results")
+    res.add_argument("--group", dest="reader_group", metavar="NAME",
+                     help="read as a consumer of this consumer group (created if missing, at the start of the "
+                          "streams, or at their end with --from '$'); each result entry is acknowledged after it "
+                          "is printed, so replicas sharing NAME each get a share and a crashed one's entries are "
+                          "delivered again")
+    res.add_argument("--consumer", metavar="C",
+                     help="with --group: this reader's consumer name, stable across restarts and distinct per "
+                          "replica (default: the host name)")
+    res.add_argument("--claim-idle-ms", type=int, metavar="N",
+                     help="with --group: take over entries unacknowledged this long at other consumers "
+                          "(default 30000)")
     return p
 
 
@@ -153,13 +167,33 @@ def result_json(r: Result) -> dict[str, Any]:
     return {_WIRE_NAMES.get(k, k): v for k, v in vars(r).items()}
 
 
+def _results(args: argparse.Namespace, s: ProducerSettings) -> Iterator[Result]:
+    """The per-window results to show: from a plain reader, or through the consumer group ``--group``
+    (an entry is acknowledged when the next one is asked for, i.e. after its results were shown)."""
+    if args.reader_group is None:
+        yield from ResultsReader(s.connect(), s.keys, start=args.start).iter(count=args.count, follow=args.follow)
+        return
+    logs.configure()  # the reader's log events (claims, skipped entries) go to stderr, never into the output
+    reader = GroupResultsReader(s.connect(), s.keys, args.reader_group, args.consumer or socket.gethostname(),
+                                start="$" if args.start == "$" else "0",
+                                claim_idle_ms=30_000 if args.claim_idle_ms is None else args.claim_idle_ms)
+    for _, results in reader.iter(count=args.count, follow=args.follow):
+        yield from results
+
+
 def cmd_results(args: argparse.Namespace, s: ProducerSettings) -> int:
     """Print results as text or JSON lines."""
-    reader = ResultsReader(s.connect(), s.keys, start=args.start)
+    if args.reader_group is None and (args.consumer is not None or args.claim_idle_ms is not None):
+        print("bigru-producer: --consumer and --claim-idle-ms need --group", file=sys.stderr)
+        return 2
+    if args.reader_group is not None and args.start not in ("0-0", "0", "$"):
+        print("bigru-producer: with --group, --from is '0' (default) or '$' (where a new group starts)",
+              file=sys.stderr)
+        return 2
     if args.plot:
-        return _plot(reader, args)
+        return _plot(_results(args, s), args)
     try:
-        for r in reader.iter(count=args.count, follow=args.follow):
+        for r in _results(args, s):
             if args.json:
                 print(json.dumps(result_json(r)), flush=True)
             else:
@@ -170,12 +204,12 @@ def cmd_results(args: argparse.Namespace, s: ProducerSettings) -> int:
     return 0
 
 
-def _plot(reader: ResultsReader, args: argparse.Namespace) -> int:
+def _plot(source: Iterator[Result], args: argparse.Namespace) -> int:
     from producer.plot import PlotError, plot_results
 
     results = []
     try:
-        for r in reader.iter(count=args.count, follow=args.follow):
+        for r in source:
             results.append(r)
     except KeyboardInterrupt:
         pass

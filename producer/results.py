@@ -1,4 +1,9 @@
-"""Reading the results stream(s) from Python (what ``bigru-producer results`` uses)."""
+"""Reading the results stream(s) from Python (what ``bigru-producer results`` uses).
+
+This reader keeps its position in the process only; a service that must handle every result, shared
+by replicas and with acknowledgements, reads through a consumer group instead
+(``producer.group_reader.GroupResultsReader``, ``bigru-producer results --group``).
+"""
 
 from __future__ import annotations
 

@@ -259,3 +259,31 @@ def test_cli_classify(redis_url: str, prefix: str, serving: WorkerLoop, capsys: 
     assert producer_main(["--redis-url", redis_url, "--prefix", prefix, "classify", "synthetic", "--count", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in out if re.match(r"\d+ ", line)] == [["0", "ok"], ["1", "ok"]]
+
+
+def test_classify_under_the_documented_acl_users(
+    r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path
+) -> None:
+    """The least-privilege worker may write, cap and expire reply streams; the producer may read and delete them."""
+    import uuid
+
+    from protocol.security import acl_rules
+
+    users = {}
+    for role in ("worker", "producer"):
+        pw = uuid.uuid4().hex
+        r.execute_command("ACL", "SETUSER", f"{prefix}-{role}", *acl_rules(role, prefix), f">{pw}")  # type: ignore[arg-type]
+        users[role] = redis.Redis.from_url(redis_url, username=f"{prefix}-{role}", password=pw)
+    loop = make_loop(redis_url, prefix, checkpoint_root, client=users["worker"], burst=False, block_ms=50)
+    t = threading.Thread(target=loop.run, daemon=True)
+    t.start()
+    try:
+        results = Producer(users["producer"], Keys(prefix, prefix)).classify(_windows(6), timeout=30)
+        assert [res.cid for res in results] == [str(i) for i in range(6)]
+        assert t.is_alive()
+    finally:
+        loop.stop.set()
+        t.join(30)
+        for role, c in users.items():
+            c.close()
+            r.execute_command("ACL", "DELUSER", f"{prefix}-{role}")

@@ -1,4 +1,5 @@
-"""``bigru-producer``: publish windows (``publish``) and read results (``results``)."""
+"""``bigru-producer``: publish windows (``publish``), read results (``results``), and classify windows,
+waiting for their results (``classify``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from producer.backpressure import BackpressureError
-from producer.client import Entry, Producer
+from producer.client import ClassifyError, Entry, Producer
 from producer.config import ProducerSettings
 from producer.group_reader import GroupResultsReader
 from producer.results import ResultsReader
@@ -24,7 +25,8 @@ from protocol.wire import Result
 
 #: Flags that steer a command rather than set a :class:`ProducerSettings` field.
 COMMAND_OPTIONS = frozenset({"command", "source", "count", "rate", "length", "seed", "id_prefix", "per_entry",
-                             "follow", "json", "start", "plot", "reader_group", "consumer", "claim_idle_ms"})
+                             "follow", "json", "start", "plot", "reader_group", "consumer", "claim_idle_ms",
+                             "timeout"})
 
 
 def _setting(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
@@ -72,7 +74,44 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--claim-idle-ms", type=int, metavar="N",
                      help="with --group: take over entries unacknowledged this long at other consumers "
                           "(default 30000)")
+    cls = sub.add_parser("classify", help="classify windows and print their results in order (reply streams)")
+    cls.add_argument("source", help="'synthetic', or a .npz / .ts / .csv file")
+    cls.add_argument("--count", type=int, help="windows to classify (default: 10 synthetic, or the whole file)")
+    cls.add_argument("--length", type=int, default=20, help="synthetic: timesteps per window")
+    cls.add_argument("--seed", type=int, default=0)
+    cls.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for every result")
+    cls.add_argument("--json", action="store_true", help="one JSON object per line")
     return p
+
+
+def cmd_classify(args: argparse.Namespace, s: ProducerSettings) -> int:
+    """Classify the source's windows with :meth:`Producer.classify`; one line per window, in order.
+
+    Windows that timed out or were dead-lettered are printed as such (exit status 1).
+    """
+    if args.source == "synthetic":
+        windows = [w.x for w in synthetic(args.count or 10, args.length, args.seed)]
+    else:
+        windows = [w.x for w in from_file(args.source, args.count)]
+    producer = Producer.from_settings(s)
+    err: ClassifyError | None = None
+    try:
+        results: list[Any] = list(producer.classify(windows, timeout=args.timeout))
+    except ClassifyError as e:
+        err, results = e, list(e.results)
+    for i, r in enumerate(results):
+        if r is None:
+            assert err is not None
+            status = f"dead:{err.dead[i]}" if i in err.dead else "timeout"
+            print(json.dumps({"cid": str(i), "status": status}) if args.json else f"{i} {status}", flush=True)
+        elif args.json:
+            print(json.dumps(r.__dict__), flush=True)
+        else:
+            print(f"{r.cid} {r.status} label={r.class_name} p={max(r.probs, default=0):.3f} model={r.model}", flush=True)
+    if err is not None:
+        print(f"bigru-producer: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _entries(windows: Iterable[LabeledWindow], per_entry: int) -> Iterator[list[LabeledWindow]]:
@@ -236,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         print(f"bigru-producer: {settings_error(e)}", file=sys.stderr)
         return 2
+    if args.command == "classify":
+        return cmd_classify(args, s)
     return cmd_publish(args, s) if args.command == "publish" else cmd_results(args, s)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import time
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -10,12 +12,13 @@ from typing import Any
 
 import numpy as np
 import redis
+import redis.asyncio
 
 from producer.backpressure import Backpressure, BackpressureError
 from producer.config import ProducerSettings
-from protocol.keys import Keys
+from protocol.keys import Keys, ShardKeys
 from protocol.replies import as_str
-from protocol.wire import encode_window
+from protocol.wire import Fields, Result, decode_result, encode_window
 from protocol.wire_multi import encode_windows_entry
 
 
@@ -33,6 +36,7 @@ class Entry:
     cids: Sequence[str | None] | None = None
     deadline_us: int | None = None
     meta: Mapping[str, Any] | None = None
+    reply: str | None = None  # reply stream name (single-window entries; see Producer.classify)
 
     @classmethod
     def of_windows(
@@ -56,7 +60,7 @@ class Entry:
         if self.multi:
             return encode_windows_entry(self.x, cids=self.cids, cid=self.cid, deadline_us=self.deadline_us,
                                         meta=self.meta)
-        return encode_window(self.x, cid=self.cid, deadline_us=self.deadline_us, meta=self.meta)
+        return encode_window(self.x, cid=self.cid, deadline_us=self.deadline_us, meta=self.meta, reply=self.reply)
 
 
 class Producer:
@@ -180,6 +184,163 @@ class Producer:
             err.published = out
             raise
         return out
+
+    def classify(
+        self, windows: Iterable[np.ndarray], ids: Sequence[str] | None = None, *, timeout: float = 10.0,
+        meta: Mapping[str, Any] | None = None,
+    ) -> list[Result]:
+        """Classify ``windows`` ([T, F] each) and wait for their results, returned in input order.
+
+        Publishes one single-window entry per window (client ids: ``ids``, else the window's index)
+        naming a fresh reply stream, reads that stream (``XREAD BLOCK``) until every window is
+        answered or ``timeout`` seconds pass, then deletes it. Raises :class:`ClassifyError` naming
+        the windows that timed out or were dead-lettered (with the results it did get). Applies
+        backpressure once, before publishing.
+        """
+        call = _Call(self.keys, windows, ids, meta)
+        if not call.entries:
+            return []
+        deadline = time.monotonic() + timeout
+        self.gate()
+        eids: list[Any] = []
+        for lo in range(0, len(call.entries), self.pipeline_size):
+            pipe = self.r.pipeline(transaction=False)
+            for e in call.entries[lo: lo + self.pipeline_size]:
+                pipe.xadd(call.sk.windows, e.fields())
+            eids += pipe.execute()
+        call.published(eids)
+        try:
+            while not call.done and (block := _block_ms(deadline)) is not None:
+                call.add(self.r.xread({call.key: call.last}, count=1000, block=block))
+        finally:
+            self.r.delete(call.key)
+        return call.outcome()
+
+
+class AsyncProducer:
+    """:meth:`Producer.classify` on ``redis.asyncio`` (no backpressure gate)."""
+
+    def __init__(self, r: redis.asyncio.Redis, keys: Keys, pipeline_size: int = 500) -> None:
+        self.r = r
+        self.keys = keys
+        self.pipeline_size = pipeline_size
+
+    async def classify(
+        self, windows: Iterable[np.ndarray], ids: Sequence[str] | None = None, *, timeout: float = 10.0,
+        meta: Mapping[str, Any] | None = None,
+    ) -> list[Result]:
+        """As :meth:`Producer.classify`, awaiting Redis instead of blocking the thread."""
+        call = _Call(self.keys, windows, ids, meta)
+        if not call.entries:
+            return []
+        deadline = time.monotonic() + timeout
+        eids: list[Any] = []
+        for lo in range(0, len(call.entries), self.pipeline_size):
+            pipe = self.r.pipeline(transaction=False)
+            for e in call.entries[lo: lo + self.pipeline_size]:
+                pipe.xadd(call.sk.windows, e.fields())
+            eids += await pipe.execute()
+        call.published(eids)
+        try:
+            while not call.done and (block := _block_ms(deadline)) is not None:
+                call.add(await self.r.xread({call.key: call.last}, count=1000, block=block))
+        finally:
+            await self.r.delete(call.key)
+        return call.outcome()
+
+
+class ClassifyError(RuntimeError):
+    """:meth:`Producer.classify` did not get a result for every window.
+
+    ``timed_out``: indices of the windows with no answer before the timeout; ``dead``: index ->
+    dead-letter reason of the windows the worker dead-lettered; ``results``: one item per window,
+    the :class:`Result` it got or None; ``ids``: the windows' client ids.
+    """
+
+    def __init__(self, timed_out: list[int], dead: dict[int, str], results: list[Result | None],
+                 ids: list[str]) -> None:
+        self.timed_out, self.dead, self.results, self.ids = timed_out, dead, results, ids
+        parts = []
+        if timed_out:
+            parts.append(f"{len(timed_out)} timed out: " + _names(ids[i] for i in timed_out))
+        if dead:
+            parts.append(f"{len(dead)} dead-lettered: " + _names(f"{ids[i]} ({r})" for i, r in sorted(dead.items())))
+        super().__init__(f"classify: {len(results) - len(timed_out) - len(dead)} of {len(results)} windows answered; "
+                         + "; ".join(parts))
+
+
+def _names(items: Iterable[str], most: int = 20) -> str:
+    names = list(items)
+    return ", ".join(names[:most]) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
+
+
+class _Call:
+    """One classify call: its reply stream, the input entries' fields, and the answers so far.
+
+    Every window goes to one shard (the one the reply name's crc32 picks), so the call reads ONE
+    reply stream with the input's hash tag (one Redis Cluster slot).
+    """
+
+    def __init__(self, keys: Keys, windows: Iterable[np.ndarray], ids: Sequence[str] | None,
+                 meta: Mapping[str, Any] | None) -> None:
+        xs = list(windows)
+        self.ids = [str(i) for i in range(len(xs))] if ids is None else [str(c) for c in ids]
+        if len(self.ids) != len(xs):
+            raise ValueError(f"{len(self.ids)} ids for {len(xs)} windows")
+        self.name = uuid.uuid4().hex
+        self.sk: ShardKeys = keys.shard(zlib.crc32(self.name.encode()) % keys.shards)
+        self.key = self.sk.reply(self.name)
+        self.entries = [Entry(x, cid=c, meta=meta, reply=self.name) for x, c in zip(xs, self.ids)]
+        self.index: dict[str, int] = {}
+        self.results: list[Result | None] = [None] * len(xs)
+        self.dead: dict[int, str] = {}
+        self.answered = 0
+        self.last = "0-0"
+
+    def published(self, entry_ids: list[Any]) -> None:
+        """The stream ids of the input entries, in window order."""
+        self.index = {as_str(eid): i for i, eid in enumerate(entry_ids)}
+
+    def add(self, resp: Any) -> None:
+        """An XREAD reply on the reply stream."""
+        for _stream, items in resp or []:
+            for eid, fields in items:
+                self.last = as_str(eid)
+                self._add(fields)
+
+    def _add(self, fields: Fields) -> None:
+        if b"dead.id" in fields:
+            i = self.index.get(fields[b"dead.id"].decode())
+            if i is not None and self.results[i] is None and i not in self.dead:
+                self.dead[i] = fields.get(b"dead.reason", b"").decode()
+                self.answered += 1
+            return
+        r = decode_result(fields)
+        i = self.index.get(r.input_id)
+        if i is not None and self.results[i] is None and i not in self.dead:
+            self.results[i] = r
+            self.answered += 1
+
+    @property
+    def done(self) -> bool:
+        """Every window has its result or dead letter."""
+        return self.answered >= len(self.results)
+
+    def outcome(self) -> list[Result]:
+        """The results in window order, or :class:`ClassifyError`."""
+        timed_out = [i for i, r in enumerate(self.results) if r is None and i not in self.dead]
+        if timed_out or self.dead:
+            raise ClassifyError(timed_out, self.dead, self.results, self.ids)
+        return [r for r in self.results if r is not None]
+
+
+#: Longest single XREAD BLOCK of a classify call (short enough for any client socket timeout).
+_BLOCK_MS = 1000
+
+
+def _block_ms(deadline: float) -> int | None:
+    left = deadline - time.monotonic()
+    return None if left <= 0 else max(1, min(_BLOCK_MS, int(left * 1000)))
 
 
 def _first_id(ids: Sequence[str | None] | None) -> str | None:

@@ -6,7 +6,11 @@ atomic publish script touches a single Redis Cluster slot.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+#: A reply stream name (the ``reply`` field of an input entry): ASCII, 1 to 64 of ``[A-Za-z0-9_.:-]``.
+REPLY_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,18 @@ class ShardKeys:
     windows: str
     results: str
     dead: str
+
+    @property
+    def tag(self) -> str:
+        """The shard's hash tag, e.g. ``{bigru}`` or ``{bigru:3}``."""
+        return self.windows.rsplit(":", 1)[0]
+
+    def reply(self, name: str) -> str:
+        """Reply stream ``{<tag>}:reply:<name>`` of an input entry whose ``reply`` field is ``name``
+        (same hash tag as the input, so the publish script stays in one Redis Cluster slot)."""
+        if not REPLY_NAME.fullmatch(name):
+            raise ValueError(f"bad reply name {name!r}: 1-64 characters of [A-Za-z0-9_.:-]")
+        return f"{self.tag}:reply:{name}"
 
 
 @dataclass(frozen=True)

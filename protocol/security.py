@@ -42,10 +42,12 @@ def acl_rules(role: Role, prefix: str = "bigru") -> list[str]:
             "+xreadgroup", "+xack", "+xclaim", "+xautoclaim", "+xpending", "+xtrim", "+xlen",
             "+xgroup|create", "+xgroup|delconsumer", "+xinfo|groups", "+xinfo|consumers", "+script|load",
             *_streams(prefix, "windows"),
-            # The publish/trim/reap scripts name the input, results and dead-letter streams.
-            _selector("+evalsha", *_streams(prefix, "windows", "results", "dead")),
-            # Results and dead letters are appended by the publish script.
-            _selector("+xadd", *_streams(prefix, "results", "dead")),
+            # The publish/trim/reap scripts name the input, results, dead-letter and reply streams.
+            _selector("+evalsha", *_streams(prefix, "windows", "results", "dead", "reply:*")),
+            # Results and dead letters (and replies) are appended by the publish script...
+            _selector("+xadd", *_streams(prefix, "results", "dead", "reply:*")),
+            # ...which also refreshes a reply stream's expiry.
+            _selector("+expire", *_streams(prefix, "reply:*")),
             # Heartbeat keys and the workers hash (also read by `bigru-worker --check`).
             _selector("+get", "+set", "+del", "+exists", "+hset", "+hdel", "+hkeys", "+hget", "+hgetall",
                       f"~{prefix}:hb:*", f"~{prefix}:workers"),
@@ -57,7 +59,9 @@ def acl_rules(role: Role, prefix: str = "bigru") -> list[str]:
         ]
     if role == "producer":
         # XADD to the input stream; read the group's lag (XRANGE counts it when XINFO cannot).
-        return [*base, "+xadd", "+xinfo|groups", "+xlen", "+xrange", *_streams(prefix, "windows")]
+        # Producer.classify reads and deletes its reply stream.
+        return [*base, "+xadd", "+xinfo|groups", "+xlen", "+xrange", *_streams(prefix, "windows"),
+                _selector("+xread", "+del", *_streams(prefix, "reply:*"))]
     if role == "reader":
         return [*base, "+xread", "+xrange", "+xrevrange", "+xlen", *_streams(prefix, "results", "dead")]
     raise ValueError(f"unknown role {role!r}; expected worker, producer or reader")

@@ -13,6 +13,8 @@ An input entry is a Redis stream entry whose fields are:
 ``cid``   optional client id (UTF-8) echoed in the result
 ``dl``    optional deadline, unix microseconds, ASCII decimal
 ``meta``  optional msgpack map of string keys to scalar values, echoed in the result
+``reply`` optional reply stream name (ASCII ``[A-Za-z0-9_.:-]``, <= 64): the output also goes to
+          ``{<tag>}:reply:<name>``
 ========  ========================================================================
 
 An entry whose ``x`` has shape ``[N, T, F]`` carries N windows: see ``protocol/wire_multi.py``.
@@ -27,6 +29,8 @@ from typing import Any
 
 import msgpack
 import numpy as np
+
+from protocol.keys import REPLY_NAME
 
 WIRE_VERSION = 1
 
@@ -67,6 +71,7 @@ class Window:
     cid: str = ""
     deadline_us: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    reply: str | None = None  # reply stream name (the ``reply`` field)
 
 
 @dataclass
@@ -124,8 +129,9 @@ def encode_window(
     ts_us: int | None = None,
     deadline_us: int | None = None,
     meta: Mapping[str, Any] | None = None,
+    reply: str | None = None,
 ) -> dict[bytes, bytes]:
-    """Build the stream fields of an input entry."""
+    """Build the stream fields of an input entry (``reply``: the reply stream name)."""
     fields: dict[bytes, bytes] = {
         b"v": str(WIRE_VERSION).encode(),
         b"x": encode_array(x),
@@ -137,7 +143,38 @@ def encode_window(
         fields[b"dl"] = str(int(deadline_us)).encode()
     if meta:
         fields[b"meta"] = _pack(dict(meta))
+    if reply is not None:
+        fields[b"reply"] = reply_field(reply)
     return fields
+
+
+def reply_field(name: str) -> bytes:
+    """The ``reply`` field's value for reply stream ``name`` (ValueError when the name is invalid)."""
+    if not REPLY_NAME.fullmatch(name):
+        raise ValueError(f"bad reply name {name!r}: 1-64 characters of [A-Za-z0-9_.:-]")
+    return name.encode("ascii")
+
+
+def decode_reply(fields: Fields) -> str | None:
+    """The entry's reply stream name, None without one; :class:`WireError` ``bad_reply`` when invalid."""
+    raw = fields.get(b"reply")
+    if raw is None:
+        return None
+    try:
+        name = raw.decode("ascii") if len(raw) <= 64 else ""
+    except UnicodeDecodeError:
+        name = ""
+    if not REPLY_NAME.fullmatch(name):
+        raise WireError("bad_reply", "reply must be 1-64 ASCII characters of [A-Za-z0-9_.:-]")
+    return name
+
+
+def reply_or_none(fields: Fields) -> str | None:
+    """:func:`decode_reply`, None for an invalid name too (where a dead letter needs its reply stream)."""
+    try:
+        return decode_reply(fields)
+    except WireError:
+        return None
 
 
 def _unpack_limited(raw: bytes, max_bytes: int, what: str) -> Any:
@@ -292,7 +329,8 @@ def _decode_fields(fields: Fields, limits: Limits) -> Window:
         ):
             raise WireError("bad_meta", "meta must be a map of string keys to scalars")
         meta = m
-    return Window(x=_EMPTY, ts_us=ts, cid=cid, deadline_us=_int_field(fields, b"dl", required=False), meta=meta)
+    return Window(x=_EMPTY, ts_us=ts, cid=cid, deadline_us=_int_field(fields, b"dl", required=False), meta=meta,
+                  reply=decode_reply(fields))
 
 
 def encode_result(r: Result) -> dict[bytes, bytes]:

@@ -56,6 +56,7 @@ class MultiWindow:
     deadline_us: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     bad: dict[int, str] = field(default_factory=dict)
+    reply: str | None = None  # reply stream name (the ``reply`` field)
 
     @property
     def n(self) -> int:
@@ -212,7 +213,7 @@ def decode_multi(fields: Fields, limits: Limits, n_features: int | None = None) 
     if not limits.allow_nonfinite and not np.isfinite(arr).all():
         bad = {int(i): "nonfinite" for i in np.flatnonzero(~np.isfinite(arr).all(axis=(1, 2)))}
     return MultiWindow(x=arr, ts_us=common.ts_us, cid=common.cid, cids=cids, deadline_us=common.deadline_us,
-                       meta=common.meta, bad=bad)
+                       meta=common.meta, bad=bad, reply=common.reply)
 
 
 def decode_entries(

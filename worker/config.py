@@ -85,6 +85,14 @@ class WorkerSettings(RedisConnSettings):
     heartbeat_interval_s: float = Field(2.0, gt=0, description="how often a replica refreshes its heartbeat")
     results_maxlen: int = Field(1_000_000, ge=1, description="approximate cap of the results stream")
     dead_maxlen: int = Field(100_000, ge=1, description="approximate cap of the dead-letter stream")
+    reply_maxlen: int = Field(
+        10_000, ge=1, description="approximate cap of each reply stream (`{bigru}:reply:<name>`, an input's `reply` field)"
+    )
+    reply_ttl_s: int = Field(300, ge=1, description="a reply stream expires this long after its last write")
+    results_shared: bool = Field(
+        True, description="also write the outputs of entries that name a reply stream to the shared results and "
+        "dead-letter streams (false: only to the reply stream)"
+    )
     max_window_bytes: int = Field(4 * 1024 * 1024, ge=64, description="largest accepted `x` field, in bytes")
     max_length: int = Field(10_000, ge=1, description="largest accepted T (timesteps per window)")
     allow_nonfinite: bool = Field(False, description="accept NaN/inf values")

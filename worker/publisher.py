@@ -13,26 +13,39 @@ from typing import Any
 import msgpack
 import redis
 
-from protocol.keys import Keys, ShardKeys
+from protocol.keys import Keys
 from worker.reader import Entry
 
-# Each input's XACK return value gates its output XADD: an entry that another consumer already
-# acknowledged (after a reclaim) publishes nothing, so every input gets exactly one output.
-# KEYS = input, results, dead (one hash tag); ARGV = group, results maxlen, dead maxlen, and one
-# msgpack array of records [kind 'r'|'d', input id, [field, value, ...]] (a multi-window result
-# with dead windows adds a dead letter: [kind 'r', input id, fields, dead fields]): a single
-# argument, so the client packs a batch in one C call instead of one protocol argument per field.
+# Each input's XACK return value gates its output XADDs: an entry that another consumer already
+# acknowledged (after a reclaim) publishes nothing, so every input gets exactly one output (and, with
+# a reply stream, exactly one reply). KEYS = input, results, dead, then the reply streams of the
+# batch (one hash tag); ARGV = group, results maxlen, dead maxlen, one msgpack array of records,
+# reply maxlen, reply ttl (s), results_shared ('1'|'0'). A record is [kind 'r'|'d', input id,
+# [field, value, ...], dead fields or false, reply key index or 0]: a multi-window result with dead
+# windows carries its dead letter (always written to the dead stream, never to the reply stream); a
+# record naming reply key k (KEYS[3 + k]) also goes to that stream (capped, its expiry refreshed),
+# and with results_shared '0' only there. The records are a single argument, so the client packs a
+# batch in one C call instead of one protocol argument per field.
 PUBLISH_LUA = """
 local group = ARGV[1]
 local records = cmsgpack.unpack(ARGV[4])
+local shared = ARGV[7] == '1'
 local published = 0
 for i = 1, #records do
   local rec = records[i]
   if redis.call('XACK', KEYS[1], group, rec[2]) == 1 then
-    local target, maxlen = KEYS[2], ARGV[2]
-    if rec[1] == 'd' then target, maxlen = KEYS[3], ARGV[3] end
-    redis.call('XADD', target, 'MAXLEN', '~', maxlen, '*', unpack(rec[3]))
+    local reply = nil
+    if rec[5] and rec[5] > 0 then reply = KEYS[3 + rec[5]] end
+    if shared or not reply then
+      local target, maxlen = KEYS[2], ARGV[2]
+      if rec[1] == 'd' then target, maxlen = KEYS[3], ARGV[3] end
+      redis.call('XADD', target, 'MAXLEN', '~', maxlen, '*', unpack(rec[3]))
+    end
     if rec[4] then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(rec[4])) end
+    if reply then
+      redis.call('XADD', reply, 'MAXLEN', '~', ARGV[5], '*', unpack(rec[3]))
+      redis.call('EXPIRE', reply, ARGV[6])
+    end
     published = published + 1
   end
 end
@@ -51,6 +64,7 @@ class Output:
     kind: str
     fields: dict[bytes, bytes]
     dead: dict[bytes, bytes] | None = None
+    reply: str | None = None  # the input's reply stream name: the output also goes there
 
 
 def own_connection(r: redis.Redis) -> Any:
@@ -66,33 +80,45 @@ class Publisher:
     own and collects the reply on the next call.
     """
 
-    def __init__(self, r: redis.Redis, keys: Keys, results_maxlen: int, dead_maxlen: int) -> None:
+    def __init__(self, r: redis.Redis, keys: Keys, results_maxlen: int, dead_maxlen: int, *,
+                 reply_maxlen: int = 10_000, reply_ttl_s: int = 300, results_shared: bool = True) -> None:
         self.r = r
         self.keys = keys
         self.results_maxlen = results_maxlen
         self.dead_maxlen = dead_maxlen
+        self.reply_maxlen = reply_maxlen
+        self.reply_ttl_s = reply_ttl_s
+        self.results_shared = results_shared
         self._script = r.register_script(PUBLISH_LUA)
         self._packer = msgpack.Packer(use_bin_type=False)  # Redis' cmsgpack predates the bin types
         self._conn: Any = None
         self._unread: list[int] = []  # outputs per sent script whose reply is not read yet
 
-    def _calls(self, outputs: list[Output]) -> list[tuple[ShardKeys, list[Any], int]]:
+    def _calls(self, outputs: list[Output]) -> list[tuple[list[str], list[Any], int]]:
+        """Per shard: the script's KEYS (input, results, dead, reply streams...), ARGV and output count."""
         by_shard: dict[int, list[Output]] = {}
         for o in outputs:
             by_shard.setdefault(o.entry.shard, []).append(o)
         calls = []
         for shard, outs in by_shard.items():
-            records = [[o.kind, o.entry.id, list(chain.from_iterable(o.fields.items()))]
-                       + ([list(chain.from_iterable(o.dead.items()))] if o.dead else []) for o in outs]
-            args = [self.keys.group, self.results_maxlen, self.dead_maxlen, self._packer.pack(records)]
-            calls.append((self.keys.shard(shard), args, len(outs)))
+            sk = self.keys.shard(shard)
+            replies: dict[str, int] = {}
+            records = []
+            for o in outs:
+                k = replies.setdefault(o.reply, len(replies) + 1) if o.reply else 0
+                records.append([o.kind, o.entry.id, list(chain.from_iterable(o.fields.items())),
+                                list(chain.from_iterable(o.dead.items())) if o.dead else False, k])
+            args = [self.keys.group, self.results_maxlen, self.dead_maxlen, self._packer.pack(records),
+                    self.reply_maxlen, self.reply_ttl_s, "1" if self.results_shared else "0"]
+            keys = [sk.windows, sk.results, sk.dead] + [sk.reply(name) for name in replies]
+            calls.append((keys, args, len(outs)))
         return calls
 
     def publish(self, outputs: list[Output]) -> int:
         """Publish results/dead letters and XACK their inputs; returns how many were published."""
         published = 0
-        for sk, args, _ in self._calls(outputs):
-            published += int(self._script(keys=[sk.windows, sk.results, sk.dead], args=args))
+        for keys, args, _ in self._calls(outputs):
+            published += int(self._script(keys=keys, args=args))
         return published
 
     def send(self, outputs: list[Output]) -> list[tuple[int, int]]:
@@ -111,8 +137,8 @@ class Publisher:
             self.r.script_load(PUBLISH_LUA)
             self._conn = own_connection(self.r)
         try:
-            for sk, args, n in self._calls(outputs):
-                self._conn.send_command("EVALSHA", self._script.sha, 3, sk.windows, sk.results, sk.dead, *args)
+            for keys, args, n in self._calls(outputs):
+                self._conn.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
                 self._unread.append(n)
         except BaseException:
             self.reset()

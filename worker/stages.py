@@ -17,7 +17,16 @@ import msgpack
 import numpy as np
 import structlog
 
-from protocol.wire import WIRE_VERSION, Limits, Result, Window, WireError, encode_dead, encode_result
+from protocol.wire import (
+    WIRE_VERSION,
+    Limits,
+    Result,
+    Window,
+    WireError,
+    encode_dead,
+    encode_result,
+    reply_or_none,
+)
 from protocol.wire_multi import MultiWindow, WindowOutcome, decode_entries, encode_dead_windows, encode_multi_result
 from worker.publisher import Output
 from worker.reader import Entry
@@ -205,7 +214,7 @@ class Stages:
             }
             if w.meta:
                 fields[b"meta"] = pack(w.meta)
-            out.append(Output(e, "r", fields))
+            out.append(Output(e, "r", fields, reply=w.reply))
         for g in batch.groups:
             out.append(self._group_output(batch, g, rows, labels))
         return out
@@ -232,7 +241,7 @@ class Stages:
             infer_us=int(batch.infer_s * 1e6), e2e_us=max(0, batch.pub_us - mw.ts_us), ts_us=batch.pub_us,
             batch=len(batch.xs), meta=mw.meta,
         )
-        return Output(e, "r", fields, self._dead_windows(e, bad))
+        return Output(e, "r", fields, self._dead_windows(e, bad), mw.reply)
 
     def _dead_windows(self, e: Entry, bad: dict[int, str]) -> dict[bytes, bytes] | None:
         if not bad:
@@ -250,7 +259,8 @@ class Stages:
         self.on_dead(reason)
         self.log.warning("dead_letter", id=e.id, reason=reason, detail=detail[:200])
         return Output(e, "d", encode_dead(e.fields, input_id=e.id, reason=reason, detail=detail,
-                                          worker=self.consumer, deliveries=e.deliveries))
+                                          worker=self.consumer, deliveries=e.deliveries),
+                      reply=reply_or_none(e.fields))
 
     def _expired(self, e: Entry, w: Window | MultiWindow, model: Predictor, now: int) -> Output:
         """The ``expired`` result of an entry whose deadline passed before batching."""
@@ -259,11 +269,11 @@ class Stages:
                 input_id=e.id, cid=w.cid, status="expired", label=-1, class_name="", probs=[],
                 model=model.version, worker=self.consumer, queue_us=max(0, e.read_us - w.ts_us),
                 wait_us=0, infer_us=0, e2e_us=max(0, now - w.ts_us), ts_us=now, batch=0, meta=w.meta,
-            )))
+            )), reply=w.reply)
         rows = [WindowOutcome("dead", reason=w.bad[i]) if i in w.bad else WindowOutcome("expired") for i in range(w.n)]
         fields = encode_multi_result(
             e.id, rows, cid=w.cid, cids=w.cids, model=model.version, worker=self.consumer,
             queue_us=max(0, e.read_us - w.ts_us), wait_us=0, infer_us=0, e2e_us=max(0, now - w.ts_us), ts_us=now,
             batch=0, meta=w.meta,
         )
-        return Output(e, "r", fields, self._dead_windows(e, dict(w.bad)))
+        return Output(e, "r", fields, self._dead_windows(e, dict(w.bad)), w.reply)

@@ -308,3 +308,58 @@ def open_loop(url: str, checkpoint: Path, cfg: WorkerConfig, rates: list[float],
         sk = keys.shard(0)
         r.delete(sk.windows, sk.results, sk.dead, keys.workers)
     return out
+
+
+def classify_point(r: redis.Redis, w: Workers, rate: float, seconds: float, calls_per_s: float = 50.0) -> dict[str, Any]:
+    """Round trips of ``Producer.classify`` (one window per call, its own reply stream) while a paced
+    producer loads the replica with single-window entries at ``rate`` windows/s."""
+    count = max(1, int(rate * seconds))
+    prod = subprocess.Popen(
+        [sys.executable, "-m", "producer.cli", "--redis-url", w.url, "--prefix", w.prefix, "publish",
+         "--count", str(count), "--rate", str(rate), "--id-prefix", f"bg{int(rate)}"],
+        env=w.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+    )
+    client = Producer(r, w.keys)
+    x = windows(1, seed=5)[0]
+    lat: list[float] = []
+    failed = 0
+    t_end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < t_end and prod.poll() is None:
+            t0 = time.perf_counter()
+            try:
+                client.classify([x], timeout=5.0)
+                lat.append((time.perf_counter() - t0) * 1000)
+            except Exception:  # noqa: BLE001 - counted, the next call still runs
+                failed += 1
+            time.sleep(1.0 / calls_per_s)
+    finally:
+        try:
+            _, err = prod.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            prod.kill()
+            _, err = prod.communicate()
+    if not lat:
+        raise BenchError(f"no classify round trip at {rate:.0f} windows/s ({failed} failed): {err.decode(errors='replace')[-500:]}")
+    return {"rate_target": round(rate, 1), "calls": len(lat), "failed": failed,
+            "round_trip_ms": _summary(np.array(lat))}
+
+
+def classify_round_trips(url: str, checkpoint: Path, cfg: WorkerConfig, rates: list[float], seconds: float,
+                         log_dir: Path) -> list[dict[str, Any]]:
+    """One worker start, then classify round trips under background load at each rate."""
+    r = redis.Redis.from_url(url)
+    prefix = f"rr{uuid.uuid4().hex[:8]}"
+    keys = Keys(prefix, prefix)
+    out = []
+    gc.collect()
+    gc.freeze()
+    try:
+        with Workers(url, prefix, checkpoint, cfg, log_dir) as w:
+            for rate in rates:
+                out.append({"config": cfg.label, **classify_point(r, w, rate, seconds)})
+                time.sleep(0.3)
+    finally:
+        sk = keys.shard(0)
+        r.delete(sk.windows, sk.results, sk.dead, keys.workers)
+    return out

@@ -31,7 +31,7 @@ import redis  # noqa: E402
 
 from bench import report  # noqa: E402
 from bench.model import build_checkpoint, describe_model, windows  # noqa: E402
-from bench.pipeline import WorkerConfig, open_loop, saturated  # noqa: E402
+from bench.pipeline import WorkerConfig, classify_round_trips, open_loop, saturated  # noqa: E402
 from bench.plumbing import ceiling  # noqa: E402
 from producer.client import Producer  # noqa: E402
 from protocol.keys import Keys  # noqa: E402
@@ -254,6 +254,21 @@ def phase_open_loop(url: str, ckpt: Path, head: str, mb: int, sat: list[dict[str
     return ol
 
 
+def phase_classify(url: str, ckpt: Path, head: str, mb: int, sat: list[dict[str, Any]], plan: Plan,
+                   tmpdir: Path) -> list[dict[str, Any]]:
+    """``Producer.classify`` round trips at 10 % and 50 % of the default replica's saturated rate."""
+    fp32 = sat[0]["windows_per_s"]
+    base = next((r["windows_per_s"] for r in sat if r["replicas"] == 1 and r.get("precision") == "auto"), fp32)
+    cfg = WorkerConfig(backend=head, max_batch=mb, precision="auto")
+    loads = [0.1] if plan.quick else [0.1, 0.5]
+    rows = classify_round_trips(url, ckpt, cfg, [f * base for f in loads], plan.ol_s, tmpdir)
+    for row, f in zip(rows, loads):
+        row["load"] = f
+        print(f"classify round trip at {f:.0%} ({row['rate_target']:.0f}/s background): p50 "
+              f"{row['round_trip_ms']['p50']} p99 {row['round_trip_ms']['p99']} ms ({row['calls']} calls)", flush=True)
+    return rows
+
+
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     """Every phase; returns the result document (also written to ``out_dir``)."""
     t_start = time.monotonic()
@@ -280,6 +295,7 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         doc["saturated"] = sat = phase_saturated(srv.url, ckpt, mo, head, mb, plan, tmpdir)
         doc["open_loop"] = phase_open_loop(srv.url, ckpt, head, mb, sat, plan, tmpdir)
         doc["open_loop_base"] = {"config": sat[0]["label"], "saturated_windows_per_s": sat[0]["windows_per_s"]}
+        doc["classify"] = phase_classify(srv.url, ckpt, head, mb, sat, plan, tmpdir)
     doc["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     doc["seconds"] = round(time.monotonic() - t_start, 1)
     doc["targets"] = report.targets(doc)

@@ -106,3 +106,14 @@ def test_plumbing_ceiling_serves_every_window_of_both_forms() -> None:
         multi = ceiling(srv.url, 3200, 2, max_batch=256, per_entry=64)
     assert single["windows"] == 3000 and single["windows_per_s"] > 0 and single["worker_cpu_us_per_window"] > 0
     assert multi["windows"] == 3200 and multi["per_entry"] == 64 and multi["redis_cpu_us_per_window"] >= 0
+
+
+@pytest.mark.slow
+def test_classify_round_trips_under_background_load(tmp_path: Path) -> None:
+    from bench.pipeline import classify_round_trips
+
+    ckpt = build_checkpoint(tmp_path / "ckpt")
+    with LocalRedis() as srv:
+        (row,) = classify_round_trips(srv.url, ckpt, WorkerConfig(backend="torch", max_batch=16), [100.0], 1.0, tmp_path)
+    rt = row["round_trip_ms"]
+    assert row["calls"] > 5 and row["failed"] == 0 and 0 < rt["p50"] <= rt["p99"] <= rt["max"]

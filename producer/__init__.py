@@ -1,7 +1,7 @@
 """Producer role: publish windows to the input stream and read results back. Never imports torch."""
 
-from producer.client import Producer
+from producer.client import AsyncProducer, ClassifyError, Producer
 from producer.group_reader import GroupResultsReader
 from producer.results import ResultsReader
 
-__all__ = ["GroupResultsReader", "Producer", "ResultsReader"]
+__all__ = ["AsyncProducer", "ClassifyError", "GroupResultsReader", "Producer", "ResultsReader"]

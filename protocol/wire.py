@@ -132,9 +132,23 @@ def encode_window(
     reply: str | None = None,
 ) -> dict[bytes, bytes]:
     """Build the stream fields of an input entry (``reply``: the reply stream name)."""
+    return entry_fields(encode_array(x), cid=cid, ts_us=ts_us, deadline_us=deadline_us, meta=meta, reply=reply)
+
+
+def entry_fields(
+    x: bytes,
+    *,
+    cid: str | None = None,
+    ts_us: int | None = None,
+    deadline_us: int | None = None,
+    meta: Mapping[str, Any] | None = None,
+    reply: str | None = None,
+) -> dict[bytes, bytes]:
+    """The fields both entry forms share, in the order ``v x ts cid dl meta reply``, around an
+    encoded ``x`` (one window, or N for a multi-window entry)."""
     fields: dict[bytes, bytes] = {
         b"v": str(WIRE_VERSION).encode(),
-        b"x": encode_array(x),
+        b"x": x,
         b"ts": str(now_us() if ts_us is None else int(ts_us)).encode(),
     }
     if cid:

@@ -30,7 +30,7 @@ from protocol.wire import (
     decode_result,
     decode_windows,
     encode_dead,
-    now_us,
+    entry_fields,
     parse_x,
 )
 
@@ -98,26 +98,17 @@ def encode_windows_entry(
     ts_us: int | None = None,
     deadline_us: int | None = None,
     meta: Mapping[str, Any] | None = None,
+    reply: str | None = None,
 ) -> dict[bytes, bytes]:
     """Build the stream fields of a multi-window input entry from ``xs`` ``[N, T, F]``.
 
     ``cids`` (one per window, ``None`` sent as ``""``) becomes the ``cids`` field; ``cid``,
     ``ts_us``, ``deadline_us`` and ``meta`` are shared by the entry. Fields are in the order
-    ``v x ts cid dl meta cids`` (those present).
+    ``v x ts cid dl meta reply cids`` (those present).
     """
-    x = encode_windows_array(xs)
     n = int(np.shape(xs)[0])
-    fields: dict[bytes, bytes] = {
-        b"v": _VERSION,
-        b"x": x,
-        b"ts": str(now_us() if ts_us is None else int(ts_us)).encode(),
-    }
-    if cid:
-        fields[b"cid"] = cid.encode()
-    if deadline_us is not None:
-        fields[b"dl"] = str(int(deadline_us)).encode()
-    if meta:
-        fields[b"meta"] = _pack(dict(meta))
+    fields = entry_fields(encode_windows_array(xs), cid=cid, ts_us=ts_us, deadline_us=deadline_us, meta=meta,
+                          reply=reply)
     if cids is not None:
         if len(cids) != n:
             raise WireError("bad_cids", f"{len(cids)} cids for {n} windows")

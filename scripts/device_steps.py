@@ -253,6 +253,7 @@ class _Autocast:
     def __init__(self, pred: Any) -> None:
         self.pred = pred
         self.backend = "torch-bf16"
+        self.precision = "bf16"
 
     def predict(self, xs: list[Any]) -> Any:
         import torch

@@ -28,7 +28,7 @@ from protocol.wire import now_us
 from worker.batching import BatchWait, make_batch_wait
 from worker.compute import Compute
 from worker.config import WorkerSettings
-from worker.liveness import ClaimKeeper, Heartbeat
+from worker.liveness import ClaimKeeper, Heartbeat, Pulse
 from worker.maintenance import Maintenance
 from worker.publisher import Publisher
 from worker.reader import Collector, Entry, ReadPlan, ensure_groups
@@ -156,7 +156,8 @@ class LoopParts:
         keys = s.keys
         policy = make_batch_wait(s)
         plan = ReadPlan([keys.shard(i) for i in s.assigned_shards], s.max_batch,
-                        s.burst_idle_ms if s.burst else s.block_ms, s.burst, s.claim_idle_ms, s.reclaim_interval_ms)
+                        s.burst_idle_ms if s.burst else s.block_ms, s.burst, s.claim_idle_ms, s.reclaim_interval_ms,
+                        max_batch_bytes=s.max_batch_bytes, entry_bytes=s.max_window_bytes)
         return cls(
             collector=Collector(r, keys, consumer, plan, policy, clock.monotonic, clock.now_us, stop,
                                 on_reclaimed=counters.reclaimed),
@@ -186,7 +187,10 @@ class WorkerLoop:
         p = parts or LoopParts.build(r, settings, consumer, self.clock, self.stop, self.counters)
         self.collector, self.stages, self.publisher, self.policy = p.collector, p.stages, p.publisher, p.policy
         self.maintenance, self.beats = p.maintenance, p.heartbeat
-        self.compute = Compute(self.stages.predict, overlap=p.overlap)
+        self.compute = Compute(self._predict, overlap=p.overlap)
+        self._progress = self.clock.monotonic()  # the loop thread last began a step
+        self._computing_since: float | None = None  # the batch on the compute thread began
+        self.pulse = Pulse(lambda: self.heartbeat(force=True), self._working, settings.heartbeat_interval_s)
         self._held: dict[int, tuple[float, list[Entry]]] = {}  # batches read and not yet published
         self.keeper = ClaimKeeper(r, self.keys, consumer, settings.claim_idle_ms, self._held_batches, self.stop,
                                   self.clock.monotonic)
@@ -209,6 +213,20 @@ class WorkerLoop:
     def _held_batches(self) -> list[tuple[float, list[Entry]]]:
         return list(self._held.values())
 
+    def _predict(self, batch: Batch) -> Batch:
+        self._computing_since = self.clock.monotonic()
+        try:
+            return self.stages.predict(batch)
+        finally:
+            self._computing_since = None
+
+    def _working(self) -> bool:
+        """Whether the heartbeat thread may vouch for this replica: the loop stepped within the
+        heartbeat TTL, or a batch has been computing for less than ``stall_s``."""
+        now = self.clock.monotonic()
+        since = self._computing_since
+        return now - self._progress < self.s.heartbeat_ttl_s or (since is not None and now - since < self.s.stall_s)
+
     def heartbeat(self, force: bool = False) -> None:
         """Refresh this replica's heartbeat (when due, or now with ``force``)."""
         model = self.models.current
@@ -221,6 +239,7 @@ class WorkerLoop:
 
         Returns False when burst mode found the stream drained.
         """
+        self._progress = self.clock.monotonic()
         served = self.models.current.version
         self.models.poll()
         self.heartbeat(force=self.models.current.version != served)  # a swap shows in status at once
@@ -279,6 +298,7 @@ class WorkerLoop:
         """Serve until ``stop`` is set (or, in burst mode, the stream is drained)."""
         ensure_groups(self.r, self.keys)
         self.keeper.start()
+        self.pulse.start()
         outage_since: float | None = None
         delay = 0.05
         self.log.info("worker_started", model=self.models.current.version, pid=os.getpid())
@@ -319,6 +339,7 @@ class WorkerLoop:
 
     def shutdown(self) -> None:
         """Drop our heartbeat; delete our consumer if it holds no pending entries."""
+        self.pulse.close()
         try:
             self.beats.remove()
             for sk in self.keys.all_shards():

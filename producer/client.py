@@ -80,7 +80,8 @@ _T = TypeVar("_T")
 
 def _reloads_script(fn: Callable[..., _T]) -> Callable[..., _T]:
     """Run ``fn`` again once after reloading the idempotent-XADD script when the server had lost it
-    (``NOSCRIPT``, e.g. after a restart): safe, since a write that did land returns its first id."""
+    (``NOSCRIPT``, e.g. after a restart): safe, since a write that did land returns its first id (and
+    a ``classify`` call writes to one shard, so none of its writes landed)."""
 
     @functools.wraps(fn)
     def wrapper(self: Producer, *args: Any, **kwargs: Any) -> _T:
@@ -246,6 +247,7 @@ class Producer:
             raise
         return out
 
+    @_reloads_script
     def classify(
         self, windows: Iterable[np.ndarray], ids: Sequence[str] | None = None, *, timeout: float = 10.0,
         meta: Mapping[str, Any] | None = None,

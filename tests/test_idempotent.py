@@ -168,6 +168,10 @@ def test_script_missing_after_a_flush_is_reloaded(r: redis.Redis, redis_url: str
     r.script_flush()
     assert prod.publish_many([W] * 4, ["a", "b", "c", "d"])[:3] == first
     assert r.xlen(keys.shard(0).windows) == 4
+    r.script_flush()
+    with pytest.raises(Exception, match="timed out"):  # classify reloads it too (not NoScriptError)
+        prod.classify([W], ["z"], timeout=0.05)
+    assert r.xlen(keys.shard(0).windows) == 5
 
 
 def test_classify_writes_are_idempotent_per_call(r: redis.Redis, redis_url: str, prefix: str) -> None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import redis
@@ -18,7 +17,10 @@ import redis.asyncio
 
 from producer.backpressure import Backpressure, BackpressureError
 from producer.config import ProducerSettings
-from protocol.idempotent import IdempotentWriter, entry_id
+from producer.writes import entry_id as _eid
+from producer.writes import reloads_script as _reloads_script
+from producer.writes import write as _write
+from protocol.idempotent import IdempotentWriter
 from protocol.keys import Keys, ShardKeys
 from protocol.replies import as_str
 from protocol.wire import Fields, Result, decode_result, encode_window
@@ -73,42 +75,6 @@ class Entry:
             return encode_windows_entry(self.x, cids=self.cids, cid=self.cid, deadline_us=self.deadline_us,
                                         meta=self.meta)
         return encode_window(self.x, cid=self.cid, deadline_us=self.deadline_us, meta=self.meta, reply=self.reply)
-
-
-_T = TypeVar("_T")
-
-
-def _reloads_script(fn: Callable[..., _T]) -> Callable[..., _T]:
-    """Run ``fn`` again once after reloading the idempotent-XADD script when the server had lost it
-    (``NOSCRIPT``, e.g. after a restart): safe, since a write that did land returns its first id (and
-    a ``classify`` call writes to one shard, so none of its writes landed)."""
-
-    @functools.wraps(fn)
-    def wrapper(self: Producer, *args: Any, **kwargs: Any) -> _T:
-        try:
-            return fn(self, *args, **kwargs)
-        except redis.exceptions.NoScriptError:
-            if self.idempotence is None:
-                raise
-            self.idempotence.reload(self.r)
-            return fn(self, *args, **kwargs)
-
-    return wrapper
-
-
-def _add(idem: IdempotentWriter | None, target: Any, sk: ShardKeys, e: Entry, fields: Mapping[Any, Any],
-         iid: str | None = None) -> Any:
-    """Append (pipeline) or send (client) the write of entry ``e``: a plain ``XADD``, or with ``idem`` the
-    idempotent write keyed by ``iid``, else the entry's :attr:`Entry.iid`, else a random id (which still
-    covers redis-py's own re-send after a dropped connection)."""
-    if idem is None:
-        return target.xadd(sk.windows, fields)
-    return idem.add(target, sk, fields, iid or e.iid or uuid.uuid4().hex)
-
-
-def _eid(reply: Any) -> str:
-    """The entry id of a write's reply (plain or idempotent)."""
-    return entry_id(reply)[0]
 
 
 class Producer:
@@ -182,10 +148,10 @@ class Producer:
         return self.keys.shard(self.shard_for(e.route))
 
     def _add(self, target: Any, sk: ShardKeys, e: Entry, iid: str | None = None) -> Any:
-        """Append (pipeline) or send (client) the write of ``e`` to ``sk`` (see :func:`_add`)."""
+        """Append (pipeline) or send (client) the write of ``e`` to ``sk`` (see :func:`producer.writes.write`)."""
         if self.idempotence is not None:
             self.idempotence.prepare(self.r)
-        return _add(self.idempotence, target, sk, e, e.fields(), iid)
+        return _write(self.idempotence, target, sk, e.fields(), iid or e.iid)
 
     def publish(
         self,
@@ -305,7 +271,7 @@ class AsyncProducer:
         for lo in range(0, len(call.entries), self.pipeline_size):
             pipe = self.r.pipeline(transaction=False)
             for e in call.entries[lo: lo + self.pipeline_size]:
-                _add(self.idempotence, pipe, call.sk, e, e.fields(), call.iid(e))
+                _write(self.idempotence, pipe, call.sk, e.fields(), call.iid(e))
             eids += await pipe.execute()
         call.published(eids)
         try:

@@ -262,3 +262,15 @@ def test_cluster_several_shards() -> None:
         by_cid = {f[b"cid"].decode(): i.decode() for sk in keys.all_shards() for i, f in rc.xrange(sk.windows)}
         assert [by_cid[c] for c in cids] == ids
         rc.close()
+
+
+def test_cli_publish_twice_with_a_producer_id_adds_each_window_once(r: redis.Redis, redis_url: str,
+                                                                    prefix: str) -> None:
+    from producer.cli import main
+
+    args = ["--redis-url", redis_url, "--prefix", prefix, "publish", "--count", "50", "--producer-id", "cli-1",
+            "--idempotency-window-s", "60"]
+    assert main(args) == 0 and main(args) == 0
+    assert r.xlen(Keys(prefix, prefix).shard(0).windows) == 50
+    assert main(args[:-4]) == 0  # without a producer id: a second copy
+    assert r.xlen(Keys(prefix, prefix).shard(0).windows) == 100

@@ -16,6 +16,7 @@ import redis.asyncio
 
 from producer.backpressure import Backpressure, BackpressureError
 from producer.config import ProducerSettings
+from protocol.durability import Durability, ReplicaAckError, execute
 from protocol.keys import Keys, ShardKeys
 from protocol.replies import as_str
 from protocol.wire import Fields, Result, decode_result, encode_window
@@ -71,15 +72,21 @@ class Producer:
     every ``publish_many`` chunk first checks the consumer group's lag and raises
     :class:`BackpressureError` (or waits) when it is over the limit. The lag counts stream entries,
     so a multi-window entry counts once.
+
+    With ``durability`` enabled every round trip ends with ``WAIT`` for its replicas; fewer
+    replicas than asked raises :class:`~protocol.durability.ReplicaAckError` (the entries were
+    written: ``err.results`` holds their ids; they may or may not survive a failover).
     """
 
     def __init__(
-        self, r: redis.Redis, keys: Keys, pipeline_size: int = 500, backpressure: Backpressure | None = None
+        self, r: redis.Redis, keys: Keys, pipeline_size: int = 500, backpressure: Backpressure | None = None,
+        durability: Durability | None = None,
     ) -> None:
         self.r = r
         self.keys = keys
         self.pipeline_size = pipeline_size
         self.backpressure = backpressure
+        self.durability = durability or Durability()
         self._rr = itertools.count()
 
     @classmethod
@@ -90,7 +97,7 @@ class Producer:
         if s.max_lag > 0:
             gate = Backpressure(r, s.keys, s.max_lag, s.backpressure, block_timeout_s=s.backpressure_timeout_s,
                                 check_interval_s=s.lag_check_interval_ms / 1000)
-        return cls(r, s.keys, s.pipeline_size, gate)
+        return cls(r, s.keys, s.pipeline_size, gate, Durability(s.wait_replicas, s.wait_timeout_ms))
 
     def gate(self) -> None:
         """Apply backpressure (no-op without a gate)."""
@@ -114,13 +121,21 @@ class Producer:
         if not entries:
             return []
         self.gate()
-        if len(entries) == 1:
+        if len(entries) == 1 and not self.durability.enabled:
             (e,) = entries
             return [as_str(self.r.xadd(self._stream(e), e.fields()))]
         pipe = self.r.pipeline(transaction=False)
         for e in entries:
             pipe.xadd(self._stream(e), e.fields())
-        return [as_str(eid) for eid in pipe.execute()]
+        return [as_str(eid) for eid in self._execute(pipe)]
+
+    def _execute(self, pipe: Any) -> list[Any]:
+        """Run a pipeline of XADDs, then ``WAIT`` for the replicas when durability asks for it."""
+        try:
+            return execute(self.r, pipe, self.durability).check()
+        except ReplicaAckError as err:
+            err.results = [as_str(eid) for eid in err.results]
+            raise
 
     def _stream(self, e: Entry) -> str:
         return self.keys.shard(self.shard_for(e.route)).windows
@@ -171,7 +186,8 @@ class Producer:
         first non-empty id, else round-robin. ``meta`` is set on every entry.
 
         On backpressure refusal the :class:`BackpressureError` carries the ids already published
-        (``err.published``); the remaining windows were not sent.
+        (``err.published``); the remaining windows were not sent. A :class:`ReplicaAckError` carries
+        them too (earlier chunks' ids and its chunk's, all written).
         """
         if per_entry < 1:
             raise ValueError(f"per_entry must be >= 1, got {per_entry}")
@@ -182,6 +198,9 @@ class Producer:
                 out += self.publish_entries(chunk)
         except BackpressureError as err:
             err.published = out
+            raise
+        except ReplicaAckError as err:
+            err.published = out + err.results
             raise
         return out
 
@@ -207,7 +226,7 @@ class Producer:
             pipe = self.r.pipeline(transaction=False)
             for e in call.entries[lo: lo + self.pipeline_size]:
                 pipe.xadd(call.sk.windows, e.fields())
-            eids += pipe.execute()
+            eids += self._execute(pipe)
         call.published(eids)
         try:
             while not call.done and (block := _block_ms(deadline)) is not None:

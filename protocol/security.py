@@ -38,6 +38,8 @@ def acl_rules(role: Role, prefix: str = "bigru") -> list[str]:
     if role == "worker":
         return [
             *base,
+            # WAIT after the publish script (BIGRU_WAIT_REPLICAS; keyless, @connection).
+            "+wait",
             # Consume the input stream through the group; trim what every group acknowledged.
             "+xreadgroup", "+xack", "+xclaim", "+xautoclaim", "+xpending", "+xtrim", "+xlen",
             "+xgroup|create", "+xgroup|delconsumer", "+xinfo|groups", "+xinfo|consumers", "+script|load",
@@ -60,7 +62,8 @@ def acl_rules(role: Role, prefix: str = "bigru") -> list[str]:
     if role == "producer":
         # XADD to the input stream; read the group's lag (XRANGE counts it when XINFO cannot).
         # Producer.classify reads and deletes its reply stream.
-        return [*base, "+xadd", "+xinfo|groups", "+xlen", "+xrange", *_streams(prefix, "windows"),
+        # WAIT after its XADDs with BIGRU_WAIT_REPLICAS.
+        return [*base, "+wait", "+xadd", "+xinfo|groups", "+xlen", "+xrange", *_streams(prefix, "windows"),
                 _selector("+xread", "+del", *_streams(prefix, "reply:*"))]
     if role == "reader":
         return [*base, "+xread", "+xrange", "+xrevrange", "+xlen", *_streams(prefix, "results", "dead")]

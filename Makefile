@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis demo test test-fast lint bench bench-scale accuracy compare config-table clean
+.PHONY: venv redis demo test test-fast lint bench bench-scale failover accuracy compare config-table clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,10 @@ bench: venv redis
 # 1/2/4 replicas on one Redis and on a local 3-master cluster -> bench-out/scaleout.json
 bench-scale: venv redis
 	$(PY) scripts/scaleout.py
+
+# kill -9 a cluster master mid-stream with and without WAIT for replicas -> results/failover.{json,md}
+failover: venv redis
+	$(PY) scripts/failover.py
 
 # Training experiments (CPU-heavy; results/ holds the committed outputs).
 accuracy: venv

@@ -20,6 +20,7 @@ from producer.config import ProducerSettings
 from producer.writes import entry_id as _eid
 from producer.writes import reloads_script as _reloads_script
 from producer.writes import write as _write
+from protocol.durability import Durability, ReplicaAckError, execute
 from protocol.idempotent import IdempotentWriter
 from protocol.keys import Keys, ShardKeys
 from protocol.replies import as_str
@@ -89,17 +90,23 @@ class Producer:
     With an :class:`~protocol.idempotent.IdempotentWriter` (``idempotence``) every write is idempotent:
     a retried write of the same entry id (:attr:`Entry.iid`) within the writer's window returns the
     first entry's id instead of adding a second entry (docs/reliability.md, "Idempotent publishing").
+
+    With ``durability`` enabled every round trip ends with ``WAIT`` for its replicas; fewer
+    replicas than asked raises :class:`~protocol.durability.ReplicaAckError` (the entries were
+    written: ``err.results`` holds their ids; they may or may not survive a failover).
     """
 
     def __init__(
         self, r: redis.Redis, keys: Keys, pipeline_size: int = 500, backpressure: Backpressure | None = None,
         idempotence: IdempotentWriter | None = None,
+        durability: Durability | None = None,
     ) -> None:
         self.r = r
         self.keys = keys
         self.pipeline_size = pipeline_size
         self.backpressure = backpressure
         self.idempotence = idempotence
+        self.durability = durability or Durability()
         self._rr = itertools.count()
 
     @classmethod
@@ -111,7 +118,7 @@ class Producer:
             gate = Backpressure(r, s.keys, s.max_lag, s.backpressure, block_timeout_s=s.backpressure_timeout_s,
                                 check_interval_s=s.lag_check_interval_ms / 1000)
         idem = IdempotentWriter(s.keys, s.producer_id, s.idempotency_window_s) if s.producer_id else None
-        return cls(r, s.keys, s.pipeline_size, gate, idem)
+        return cls(r, s.keys, s.pipeline_size, gate, idem, Durability(s.wait_replicas, s.wait_timeout_ms))
 
     def gate(self) -> None:
         """Apply backpressure (no-op without a gate)."""
@@ -136,13 +143,21 @@ class Producer:
         if not entries:
             return []
         self.gate()
-        if len(entries) == 1:
+        if len(entries) == 1 and not self.durability.enabled:
             (e,) = entries
             return [_eid(self._add(self.r, self._shard(e), e))]
         pipe = self.r.pipeline(transaction=False)
         for e in entries:
             self._add(pipe, self._shard(e), e)
-        return [_eid(eid) for eid in pipe.execute()]
+        return [_eid(eid) for eid in self._execute(pipe)]
+
+    def _execute(self, pipe: Any) -> list[Any]:
+        """Run a pipeline of XADDs, then ``WAIT`` for the replicas when durability asks for it."""
+        try:
+            return execute(self.r, pipe, self.durability).check()
+        except ReplicaAckError as err:
+            err.results = [_eid(eid) for eid in err.results]
+            raise
 
     def _shard(self, e: Entry) -> ShardKeys:
         return self.keys.shard(self.shard_for(e.route))
@@ -199,7 +214,8 @@ class Producer:
         first non-empty id, else round-robin. ``meta`` is set on every entry.
 
         On backpressure refusal the :class:`BackpressureError` carries the ids already published
-        (``err.published``); the remaining windows were not sent.
+        (``err.published``); the remaining windows were not sent. A :class:`ReplicaAckError` carries
+        them too (earlier chunks' ids and its chunk's, all written).
         """
         if per_entry < 1:
             raise ValueError(f"per_entry must be >= 1, got {per_entry}")
@@ -210,6 +226,9 @@ class Producer:
                 out += self.publish_entries(chunk)
         except BackpressureError as err:
             err.published = out
+            raise
+        except ReplicaAckError as err:
+            err.published = out + err.results
             raise
         return out
 
@@ -236,7 +255,7 @@ class Producer:
             pipe = self.r.pipeline(transaction=False)
             for e in call.entries[lo: lo + self.pipeline_size]:
                 self._add(pipe, call.sk, e, call.iid(e))
-            eids += pipe.execute()
+            eids += self._execute(pipe)
         call.published(eids)
         try:
             while not call.done and (block := _block_ms(deadline)) is not None:

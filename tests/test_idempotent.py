@@ -19,6 +19,7 @@ import redis.asyncio
 
 from producer.client import AsyncProducer, Entry, Producer
 from producer.config import ProducerSettings
+from protocol.durability import Durability
 from protocol.idempotent import (
     IdempotentWriter,
     detect_mode,
@@ -248,11 +249,14 @@ def test_native_commands_are_built_as_documented(r: redis.Redis, prefix: str) ->
 # --- Redis Cluster ------------------------------------------------------------------------------
 
 
-def test_cluster_several_shards() -> None:
+@pytest.mark.parametrize("replicas", [0, 1], ids=["plain", "wait-replicas"])
+def test_cluster_several_shards(replicas: int) -> None:
+    """Idempotent writes route by their stream key on a cluster, also through the per-node WAIT path."""
     keys = Keys("idc", "idc", shards=6)
-    with LocalCluster(3) as cluster:
+    with LocalCluster(3, replicas=replicas) as cluster:
         rc = connect(cluster.url)
-        prod = Producer(rc, keys, idempotence=IdempotentWriter(keys, "p1", 60))
+        prod = Producer(rc, keys, idempotence=IdempotentWriter(keys, "p1", 60),
+                        durability=Durability(replicas, 2000))
         cids = [f"w-{i}" for i in range(120)]
         ids = prod.publish_many([W] * 120, cids)
         assert prod.idempotence is not None and prod.idempotence.mode == "script"

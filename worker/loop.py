@@ -23,6 +23,7 @@ from typing import Protocol
 import redis
 import structlog
 
+from protocol.durability import Durability, ReplicaAckShort
 from protocol.redisconn import TRANSIENT
 from protocol.wire import now_us
 from worker.batching import BatchWait, make_batch_wait
@@ -77,6 +78,9 @@ class Observer:
     def reload(self, accepted: bool, version: str) -> None:
         """Called when a new model version was accepted (swapped in) or refused (old one keeps serving)."""
 
+    def replica_ack_short(self) -> None:
+        """Called when a publish's ``WAIT`` got fewer replica acknowledgements than ``wait_replicas``."""
+
 
 @dataclass
 class Clock:
@@ -100,6 +104,7 @@ class LoopStats:
     expired: int = 0
     reclaimed: int = 0
     duplicates: int = 0
+    replica_ack_short: int = 0  # publishes whose WAIT fell short of wait_replicas
     windows: int = 0  # windows that went through the model
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_BATCHES))
 
@@ -110,6 +115,7 @@ class Counters:
     def __init__(self, observer: Observer) -> None:
         self.stats = LoopStats()
         self.observer = observer
+        self.log = structlog.get_logger("worker")
 
     def batch(self, b: Batch) -> None:
         """A batch was published."""
@@ -135,6 +141,12 @@ class Counters:
         """``n`` outputs were refused because their inputs were acknowledged elsewhere."""
         self.stats.duplicates += n
         self.observer.duplicates(n)
+
+    def replica_ack_short(self, short: ReplicaAckShort) -> None:
+        """A publish's ``WAIT`` got fewer replica acknowledgements than asked (logged, counted, not retried)."""
+        self.stats.replica_ack_short += 1
+        self.observer.replica_ack_short()
+        self.log.warning("replica_ack_short", node=short.node, asked=short.asked, acked=short.acked)
 
 
 @dataclass
@@ -163,7 +175,9 @@ class LoopParts:
                                 on_reclaimed=counters.reclaimed),
             stages=Stages(consumer, s.limits, s.max_deliveries, counters.dead, clock.now_us, s.max_batch),
             publisher=Publisher(r, keys, s.results_maxlen, s.dead_maxlen, reply_maxlen=s.reply_maxlen,
-                                reply_ttl_s=s.reply_ttl_s, results_shared=s.results_shared),
+                                reply_ttl_s=s.reply_ttl_s, results_shared=s.results_shared,
+                                durability=Durability(s.wait_replicas, s.wait_timeout_ms),
+                                on_short=counters.replica_ack_short),
             policy=policy,
             maintenance=Maintenance(r, keys, consumer, interval_s=s.maintenance_interval_ms / 1000, trim=s.trim_input,
                                     reap_idle_ms=s.reap_idle_ms, monotonic=clock.monotonic),

@@ -39,7 +39,7 @@ import redis  # noqa: E402
 
 from bench import soak_report  # noqa: E402
 from bench.model import build_checkpoint, windows  # noqa: E402
-from bench.pipeline import settings_env  # noqa: E402
+from bench.pipeline import settings_env, terminate  # noqa: E402
 from bench.soak_load import Oracle, produce, rss_kb  # noqa: E402
 from producer.client import Producer  # noqa: E402
 from protocol.keys import Keys  # noqa: E402
@@ -106,16 +106,7 @@ class Pool:
 
     def stop(self) -> int | None:
         """SIGTERM the supervisor (each replica finishes its batch); its exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return None if self.proc is None else terminate(self.proc, 60)
 
     def tail(self) -> str:
         """The end of the pool's log."""
@@ -211,10 +202,12 @@ class Soak:
         set_latest_version(self.root, self.next_version)
         self.event("reload", version=self.next_version)
 
-    def kill(self) -> tuple[str, int]:
-        """SIGKILL the last replica; (consumer, pid)."""
+    def kill(self) -> tuple[str, int] | None:
+        """SIGKILL the last replica; (consumer, pid), or None while it has no live heartbeat."""
         consumer = self.pool.consumers[-1]
-        pid = self.pool.pids()[consumer]
+        pid = self.pool.pids().get(consumer)
+        if pid is None:
+            return None
         os.kill(pid, signal.SIGKILL)
         self.event("kill", consumer=consumer, pid=pid, signal="SIGKILL")
         return consumer, pid
@@ -244,8 +237,8 @@ class Soak:
             if len(models) == self.plan.replicas and set(models.values()) == {self.next_version}:
                 self.converged = True
                 self.event("reload_served", version=self.next_version, after_s=round(t - self.reloaded, 2))
-        if self.killed is None and t >= 2 * self.plan.seconds / 3:
-            self.killed = (*self.kill(), t)
+        if self.killed is None and t >= 2 * self.plan.seconds / 3 and (victim := self.kill()):
+            self.killed = (*victim, t)
         if self.killed is not None and not self.restarted:
             consumer, old, t_kill = self.killed
             pid = self.pool.pids().get(consumer)

@@ -29,12 +29,16 @@ def incarnations(doc: dict[str, Any]) -> list[dict[str, Any]]:
             if kb is not None:
                 procs.setdefault((name, pid), []).append((s["t"], kb))
     out = []
+    served = _event(doc, "reload_served")
     for (name, pid), pts in procs.items():
         t0, t1 = pts[0][0], pts[-1][0]
+        before = [kb for t, kb in pts if served and t < served["t"] - served["after_s"]]
+        after = [kb for t, kb in pts if served and t >= served["t"] + 10]
         second = [kb for t, kb in pts if 60 <= t - t0 < 120]
         last = [kb for t, kb in pts if t >= t1 - 60]
         row: dict[str, Any] = {"name": name, "pid": pid, "from_s": t0, "to_s": t1, "span_s": round(t1 - t0, 1),
                                "first_mib": round(pts[0][1] / 1024, 1), "max_mib": round(max(kb for _, kb in pts) / 1024, 1),
+                               "reload_step_mib": round((after[0] - before[-1]) / 1024, 1) if before and after else None,
                                "second_min_mib": None, "last_min_mib": None, "change": None, "pass": None}
         if t1 - t0 >= MIN_JUDGED_S and second and last:
             a, b = sum(second) / len(second), sum(last) / len(last)
@@ -130,10 +134,13 @@ def markdown(doc: dict[str, Any], plot: str | None) -> str:
               f"within ±{RSS_TOLERANCE:.0%}. The replica the supervisor restarts is a new process and is judged "
               f"on its own minutes; the killed one up to its kill. A process under load for less than "
               f"{MIN_JUDGED_S:.0f} s is not judged. Lost and duplicates come from a reader that follows the "
-              "results stream from its first entry and counts results per client id.", "", "## Processes", ""]
-    lines += _table(["process", "pid", "under load (s)", "first MiB", "2nd minute MiB", "last minute MiB", "max MiB"],
+              "results stream from its first entry and counts results per client id. The step across the hot "
+              "reload: the last sample before the reload against the first one 10 s after every replica served "
+              "the new version.", "", "## Processes", ""]
+    lines += _table(["process", "pid", "under load (s)", "first MiB", "2nd minute MiB", "last minute MiB", "max MiB",
+                     "step across the hot reload MiB"],
                     [[r["name"], r["pid"], f"{r['from_s']:.0f}-{r['to_s']:.0f}", r["first_mib"], r["second_min_mib"],
-                      r["last_min_mib"], r["max_mib"]] for r in incarnations(doc)])
+                      r["last_min_mib"], r["max_mib"], r["reload_step_mib"]] for r in incarnations(doc)])
     lines += ["", "## Events", ""]
     lines += _table(["t (s)", "event", "detail"],
                     [[e["t"], e["event"], ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("t", "event"))]

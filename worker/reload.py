@@ -28,10 +28,14 @@ from protocol import registry
 from protocol.redisconn import TRANSIENT
 from training.checkpoint_file import CheckpointError, is_root, load_served, read_latest, version_file
 from training.checkpoint_file import parse as parse_file
+from worker import memory
 from worker.backends import ServingPredictor, make_predictor
 from worker.config import WorkerSettings
 from worker.gate import GateRules, Refused, check_schema, evaluate, parse
 from worker.loop import ModelSource, Observer, Predictor, StaticModel
+
+#: Seconds after a swap before freed memory is given back (batches on the old model publish first).
+RELEASE_AFTER_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -85,11 +89,15 @@ class ReloadingSource:
         self._seq = 0  # registry pointer seq already acted on
         self._dir_seen = self._read_dir_latest()
         self._threads: list[threading.Thread] = []
+        self._release_at = 0.0  # monotonic time to give freed memory back after a swap (0: none due)
 
     # -- serving side (main thread) -------------------------------------------------------------
 
     def poll(self) -> None:
         """Swap in an accepted candidate, if one is waiting (called by the loop between batches)."""
+        if self._release_at and time.monotonic() >= self._release_at:
+            self._release_at = 0.0  # the old model's batches are published by now: give its memory back
+            memory.release()
         if self._pending is None:
             return
         with self._lock:
@@ -102,6 +110,7 @@ class ReloadingSource:
         self.log.info("model_swapped", version=new.version, previous=old.version)
         self.observer.reload(True, new.version)
         self.observer.model_version(new.version)
+        self._release_at = time.monotonic() + RELEASE_AFTER_S
 
     def request_check(self) -> None:
         """Wake the checker now (announcements, SIGHUP)."""

@@ -47,6 +47,7 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     stop = threading.Event()
     _install_stop_handlers(stop, supervised)
     from protocol.redisconn import TRANSIENT
+    from worker import memory
     from worker.loop import WorkerLoop
     from worker.metrics import start_metrics
     from worker.reload import install_sighup, open_source
@@ -66,6 +67,7 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     # every window in flight would wait out).
     gc.collect()
     gc.freeze()
+    memory.release()  # what loading freed (e.g. the int8 build's temporaries)
     model = source.current
     loop = WorkerLoop(r, settings, consumer, source, stop=stop, observer=metrics)
     # Ready only now that the model is loaded and warmed up: the first heartbeat (what

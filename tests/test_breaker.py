@@ -156,9 +156,7 @@ def test_poison_window_alone_in_its_batch_is_still_dead_lettered(
 
     keys = Keys(prefix, prefix)
     loop = make_loop(redis_url, prefix, checkpoint_root, predictor=Poison(predictor), max_batch=1)
-    windows = [np.zeros((20, 1), np.float32) for _ in range(20)]
-    windows[10] = np.full((20, 1), 42.0, np.float32)
-    ids = Producer(r, keys).publish_many(windows)
+    ids = Producer(r, keys).publish_many([np.full((20, 1), 42.0 if i == 10 else 0.0, np.float32) for i in range(20)])
     stats = loop.run()
     out = Outputs(r, keys)
     out.poll()

@@ -1,11 +1,11 @@
-# The single entry point: `make demo`, `make test`, `make lint`, `make bench`.
+# The single entry point: `make demo`, `make test`, `make lint`, `make bench`, `make soak`.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis demo test test-fast lint bench bench-scale accuracy compare config-table clean
+.PHONY: venv redis demo test test-fast lint bench soak bench-scale failover accuracy compare config-table clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -36,9 +36,18 @@ lint: venv
 bench: venv redis
 	$(PY) -m bench.run
 
+# 10 minutes at half load, 2 replicas, a hot reload and a kill -9 -> results/soak.{json,md,png}; exit 1 on a miss
+# (SOAK_ARGS="--minutes 1.5" for a short run).
+soak: venv redis
+	$(PY) -m bench.soak $(SOAK_ARGS)
+
 # 1/2/4 replicas on one Redis and on a local 3-master cluster -> bench-out/scaleout.json
 bench-scale: venv redis
 	$(PY) scripts/scaleout.py
+
+# kill -9 a cluster master mid-stream with and without WAIT for replicas -> results/failover.{json,md}
+failover: venv redis
+	$(PY) scripts/failover.py
 
 # Training experiments (CPU-heavy; results/ holds the committed outputs).
 accuracy: venv

@@ -116,6 +116,18 @@ def worker_env(cfg: WorkerConfig, **values: Any) -> dict[str, str]:
     return {**settings_env({**BENCH_SETTINGS, **cfg_values, **values}), **cfg.extra_env}
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """SIGTERM ``proc`` (a worker pool finishes its batches) and wait; SIGKILL after ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class Workers:
     """``python -m worker.cli`` with a config, as a context manager that waits until all are live."""
 
@@ -142,13 +154,8 @@ class Workers:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            terminate(self.proc, 30)
 
     def tail(self) -> str:
         """The end of the workers' log."""

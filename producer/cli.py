@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--seed", type=int, default=0)
     pub.add_argument("--id-prefix", default="w", help="client ids are <prefix>-<index>")
     _setting(pub, "max_lag", type=int)
+    _setting(pub, "producer_id")
+    _setting(pub, "idempotency_window_s", type=int)
     pub.add_argument("--block", dest="backpressure", action="store_const", const="block", default=None,
                      help="over --max-lag, wait instead of refusing (backpressure=block)")
     pub.add_argument("--per-entry", type=int, default=1, metavar="N",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 import uuid
@@ -16,6 +17,11 @@ import redis.asyncio
 
 from producer.backpressure import Backpressure, BackpressureError
 from producer.config import ProducerSettings
+from producer.writes import entry_id as _eid
+from producer.writes import reloads_script as _reloads_script
+from producer.writes import write as _write
+from protocol.durability import Durability, ReplicaAckError, execute
+from protocol.idempotent import IdempotentWriter
 from protocol.keys import Keys, ShardKeys
 from protocol.replies import as_str
 from protocol.wire import Fields, Result, decode_result, encode_window
@@ -51,6 +57,15 @@ class Entry:
         return cls(np.stack(windows), multi=True, cids=cids, meta=meta)
 
     @property
+    def iid(self) -> str | None:
+        """The idempotency id: ``cid``, else (multi-window) ``d:`` and a digest of ``cids``, else None."""
+        if self.cid:
+            return self.cid
+        if self.cids and any(self.cids):
+            return "d:" + hashlib.sha256("\x1f".join(c or "" for c in self.cids).encode()).hexdigest()[:32]
+        return None
+
+    @property
     def route(self) -> str | None:
         """The id that picks the shard: ``cid``, else the first non-empty of ``cids`` (None: round-robin)."""
         return self.cid or _first_id(self.cids)
@@ -71,15 +86,27 @@ class Producer:
     every ``publish_many`` chunk first checks the consumer group's lag and raises
     :class:`BackpressureError` (or waits) when it is over the limit. The lag counts stream entries,
     so a multi-window entry counts once.
+
+    With an :class:`~protocol.idempotent.IdempotentWriter` (``idempotence``) every write is idempotent:
+    a retried write of the same entry id (:attr:`Entry.iid`) within the writer's window returns the
+    first entry's id instead of adding a second entry (docs/reliability.md, "Idempotent publishing").
+
+    With ``durability`` enabled every round trip ends with ``WAIT`` for its replicas; fewer
+    replicas than asked raises :class:`~protocol.durability.ReplicaAckError` (the entries were
+    written: ``err.results`` holds their ids; they may or may not survive a failover).
     """
 
     def __init__(
-        self, r: redis.Redis, keys: Keys, pipeline_size: int = 500, backpressure: Backpressure | None = None
+        self, r: redis.Redis, keys: Keys, pipeline_size: int = 500, backpressure: Backpressure | None = None,
+        idempotence: IdempotentWriter | None = None,
+        durability: Durability | None = None,
     ) -> None:
         self.r = r
         self.keys = keys
         self.pipeline_size = pipeline_size
         self.backpressure = backpressure
+        self.idempotence = idempotence
+        self.durability = durability or Durability()
         self._rr = itertools.count()
 
     @classmethod
@@ -90,7 +117,8 @@ class Producer:
         if s.max_lag > 0:
             gate = Backpressure(r, s.keys, s.max_lag, s.backpressure, block_timeout_s=s.backpressure_timeout_s,
                                 check_interval_s=s.lag_check_interval_ms / 1000)
-        return cls(r, s.keys, s.pipeline_size, gate)
+        idem = IdempotentWriter(s.keys, s.producer_id, s.idempotency_window_s) if s.producer_id else None
+        return cls(r, s.keys, s.pipeline_size, gate, idem, Durability(s.wait_replicas, s.wait_timeout_ms))
 
     def gate(self) -> None:
         """Apply backpressure (no-op without a gate)."""
@@ -105,6 +133,7 @@ class Producer:
             return zlib.crc32(cid.encode()) % self.keys.shards
         return next(self._rr) % self.keys.shards
 
+    @_reloads_script
     def publish_entries(self, entries: Sequence[Entry]) -> list[str]:
         """Send ``entries`` in one pipelined round trip after one backpressure check; their stream entry ids.
 
@@ -114,16 +143,30 @@ class Producer:
         if not entries:
             return []
         self.gate()
-        if len(entries) == 1:
+        if len(entries) == 1 and not self.durability.enabled:
             (e,) = entries
-            return [as_str(self.r.xadd(self._stream(e), e.fields()))]
+            return [_eid(self._add(self.r, self._shard(e), e))]
         pipe = self.r.pipeline(transaction=False)
         for e in entries:
-            pipe.xadd(self._stream(e), e.fields())
-        return [as_str(eid) for eid in pipe.execute()]
+            self._add(pipe, self._shard(e), e)
+        return [_eid(eid) for eid in self._execute(pipe)]
 
-    def _stream(self, e: Entry) -> str:
-        return self.keys.shard(self.shard_for(e.route)).windows
+    def _execute(self, pipe: Any) -> list[Any]:
+        """Run a pipeline of XADDs, then ``WAIT`` for the replicas when durability asks for it."""
+        try:
+            return execute(self.r, pipe, self.durability).check()
+        except ReplicaAckError as err:
+            err.results = [_eid(eid) for eid in err.results]
+            raise
+
+    def _shard(self, e: Entry) -> ShardKeys:
+        return self.keys.shard(self.shard_for(e.route))
+
+    def _add(self, target: Any, sk: ShardKeys, e: Entry, iid: str | None = None) -> Any:
+        """Append (pipeline) or send (client) the write of ``e`` to ``sk`` (see :func:`producer.writes.write`)."""
+        if self.idempotence is not None:
+            self.idempotence.prepare(self.r)
+        return _write(self.idempotence, target, sk, e.fields(), iid or e.iid)
 
     def publish(
         self,
@@ -171,7 +214,8 @@ class Producer:
         first non-empty id, else round-robin. ``meta`` is set on every entry.
 
         On backpressure refusal the :class:`BackpressureError` carries the ids already published
-        (``err.published``); the remaining windows were not sent.
+        (``err.published``); the remaining windows were not sent. A :class:`ReplicaAckError` carries
+        them too (earlier chunks' ids and its chunk's, all written).
         """
         if per_entry < 1:
             raise ValueError(f"per_entry must be >= 1, got {per_entry}")
@@ -183,8 +227,12 @@ class Producer:
         except BackpressureError as err:
             err.published = out
             raise
+        except ReplicaAckError as err:
+            err.published = out + err.results
+            raise
         return out
 
+    @_reloads_script
     def classify(
         self, windows: Iterable[np.ndarray], ids: Sequence[str] | None = None, *, timeout: float = 10.0,
         meta: Mapping[str, Any] | None = None,
@@ -206,8 +254,8 @@ class Producer:
         for lo in range(0, len(call.entries), self.pipeline_size):
             pipe = self.r.pipeline(transaction=False)
             for e in call.entries[lo: lo + self.pipeline_size]:
-                pipe.xadd(call.sk.windows, e.fields())
-            eids += pipe.execute()
+                self._add(pipe, call.sk, e, call.iid(e))
+            eids += self._execute(pipe)
         call.published(eids)
         try:
             while not call.done and (block := _block_ms(deadline)) is not None:
@@ -220,10 +268,12 @@ class Producer:
 class AsyncProducer:
     """:meth:`Producer.classify` on ``redis.asyncio`` (no backpressure gate)."""
 
-    def __init__(self, r: redis.asyncio.Redis, keys: Keys, pipeline_size: int = 500) -> None:
+    def __init__(self, r: redis.asyncio.Redis, keys: Keys, pipeline_size: int = 500,
+                 idempotence: IdempotentWriter | None = None) -> None:
         self.r = r
         self.keys = keys
         self.pipeline_size = pipeline_size
+        self.idempotence = idempotence
 
     async def classify(
         self, windows: Iterable[np.ndarray], ids: Sequence[str] | None = None, *, timeout: float = 10.0,
@@ -234,11 +284,13 @@ class AsyncProducer:
         if not call.entries:
             return []
         deadline = time.monotonic() + timeout
+        if self.idempotence is not None:
+            await self.idempotence.aprepare(self.r)
         eids: list[Any] = []
         for lo in range(0, len(call.entries), self.pipeline_size):
             pipe = self.r.pipeline(transaction=False)
             for e in call.entries[lo: lo + self.pipeline_size]:
-                pipe.xadd(call.sk.windows, e.fields())
+                _write(self.idempotence, pipe, call.sk, e.fields(), call.iid(e))
             eids += await pipe.execute()
         call.published(eids)
         try:
@@ -297,9 +349,14 @@ class _Call:
         self.answered = 0
         self.last = "0-0"
 
+    def iid(self, e: Entry) -> str:
+        """An input entry's idempotency id: the call's reply name and the window's id (unique to the call,
+        so a later call reusing client ids is never taken for a retry of this one)."""
+        return f"{self.name}:{e.cid}"
+
     def published(self, entry_ids: list[Any]) -> None:
-        """The stream ids of the input entries, in window order."""
-        self.index = {as_str(eid): i for i, eid in enumerate(entry_ids)}
+        """The stream ids of the input entries (plain or idempotent write replies), in window order."""
+        self.index = {_eid(eid): i for i, eid in enumerate(entry_ids)}
 
     def add(self, resp: Any) -> None:
         """An XREAD reply on the reply stream."""

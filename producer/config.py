@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from protocol.idempotent import MAX_WINDOW_S
 from protocol.keys import Keys
 from protocol.redisconn import RedisConnSettings
 
@@ -34,6 +35,13 @@ class ProducerSettings(RedisConnSettings):
         30.0, gt=0, description="with `backpressure=block`: give up (the same error) after this long"
     )
     lag_check_interval_ms: float = Field(50.0, ge=0, description="re-read the group's lag at most this often")
+    producer_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="set: publish idempotently as this producer (a "
+        "retried write of the same client id within `idempotency_window_s` returns the first entry id); unset: off"
+    )
+    idempotency_window_s: int = Field(
+        300, ge=1, le=MAX_WINDOW_S, description="with `producer_id`: how long a client id is remembered (seconds)"
+    )
 
     @property
     def keys(self) -> Keys:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-#: A reply stream name (the ``reply`` field of an input entry): ASCII, 1 to 64 of ``[A-Za-z0-9_.:-]``.
+#: A reply stream name (the ``reply`` field of an input entry) or a producer id: ASCII, 1 to 64 of ``[A-Za-z0-9_.:-]``.
 REPLY_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
@@ -33,6 +33,15 @@ class ShardKeys:
         if not REPLY_NAME.fullmatch(name):
             raise ValueError(f"bad reply name {name!r}: 1-64 characters of [A-Za-z0-9_.:-]")
         return f"{self.tag}:reply:{name}"
+
+    def idmp(self, producer: str, iid: str) -> str:
+        """Dedup key ``{<tag>}:idmp:<producer>:<iid>`` of an idempotent write (holds the first entry id;
+        same hash tag as the input stream, so the idempotent-XADD script stays in one Redis Cluster slot)."""
+        if not REPLY_NAME.fullmatch(producer):
+            raise ValueError(f"bad producer id {producer!r}: 1-64 characters of [A-Za-z0-9_.:-]")
+        if not iid:
+            raise ValueError("empty idempotency id")
+        return f"{self.tag}:idmp:{producer}:{iid}"
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,15 @@ class RedisConnSettings(BaseSettings):
     redis_cert_file: Path | None = Field(None, description="TLS: client certificate (with `redis_key_file`)")
     redis_key_file: Path | None = Field(None, description="TLS: client private key (with `redis_cert_file`)")
     redis_tls_check_hostname: bool = Field(True, description="TLS: the server certificate must name the URL's host")
+    wait_replicas: int = Field(
+        0, ge=0, le=16, description="durability: after its writes (the producer's `XADD`s, the worker's publish script) a "
+        "client sends `WAIT` until this many replicas acknowledged them (0: don't wait). See "
+        "[docs/reliability.md](docs/reliability.md#failover)"
+    )
+    wait_timeout_ms: int = Field(
+        1000, ge=1, description="durability: longest `WAIT`; fewer replicas by then: the producer raises "
+        "`ReplicaAckError`, the worker logs `replica_ack_short` and counts it (`bigru_replica_ack_short`)"
+    )
 
     @model_validator(mode="after")
     def _check_connection(self) -> RedisConnSettings:

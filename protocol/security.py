@@ -38,6 +38,8 @@ def acl_rules(role: Role, prefix: str = "bigru") -> list[str]:
     if role == "worker":
         return [
             *base,
+            # WAIT after the publish script (BIGRU_WAIT_REPLICAS; keyless, @connection).
+            "+wait",
             # Consume the input stream through the group; trim what every group acknowledged.
             "+xreadgroup", "+xack", "+xclaim", "+xautoclaim", "+xpending", "+xtrim", "+xlen",
             "+xgroup|create", "+xgroup|delconsumer", "+xinfo|groups", "+xinfo|consumers", "+script|load",
@@ -60,8 +62,15 @@ def acl_rules(role: Role, prefix: str = "bigru") -> list[str]:
     if role == "producer":
         # XADD to the input stream; read the group's lag (XRANGE counts it when XINFO cannot).
         # Producer.classify reads and deletes its reply stream.
-        return [*base, "+xadd", "+xinfo|groups", "+xlen", "+xrange", *_streams(prefix, "windows"),
-                _selector("+xread", "+del", *_streams(prefix, "reply:*"))]
+        # Idempotent publishing (protocol.idempotent): COMMAND DOCS picks the path; the script path runs
+        # EVALSHA on an input stream and its dedup keys, whose GET/SET run inside the script; the
+        # native path (Redis >= 8.6) reads XINFO STREAM (and needs +xcfgset added there, a command 7.x
+        # does not know). WAIT after its writes with BIGRU_WAIT_REPLICAS.
+        return [*base, "+wait", "+xadd", "+xinfo|groups", "+xinfo|stream", "+xlen", "+xrange", "+command|docs",
+                "+script|load", *_streams(prefix, "windows"),
+                _selector("+xread", "+del", *_streams(prefix, "reply:*")),
+                _selector("+evalsha", *_streams(prefix, "windows", "idmp:*")),
+                _selector("+get", "+set", *_streams(prefix, "idmp:*"))]
     if role == "reader":
         return [*base, "+xread", "+xrange", "+xrevrange", "+xlen", *_streams(prefix, "results", "dead")]
     if role == "redrive":

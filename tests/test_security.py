@@ -21,6 +21,7 @@ from producer.backpressure import Backpressure
 from producer.client import Producer
 from producer.config import ProducerSettings
 from producer.results import ResultsReader
+from protocol.idempotent import IdempotentWriter
 from protocol.keys import Keys
 from protocol.security import Role, acl_rules, acl_setuser, settings_error
 from scripts.localredis import LocalRedis
@@ -83,7 +84,8 @@ def test_acl_users_run_the_pipeline_and_nothing_else(
         "producer": [("FLUSHALL",), ("CONFIG", "SET", "appendonly", "no"), ("KEYS", "*"), ("XADD", sk.results, "*", "a", "1"),
                      ("XREADGROUP", "GROUP", prefix, "x", "STREAMS", sk.windows, ">"), ("XACK", sk.windows, prefix, ids[0]),
                      ("DEL", sk.windows), ("XTRIM", sk.windows, "MAXLEN", "0"), ("GET", f"{prefix}:model:latest"),
-                     ("EVALSHA", "0" * 40, "0"), ("SCAN", "0")],
+                     ("EVALSHA", "0" * 40, "1", sk.results), ("EVAL", "return 1", "0"), ("SCRIPT", "FLUSH"),
+                     ("SET", sk.windows, "x"), ("GET", f"{prefix}:idmp:p:x"), ("SCAN", "0")],
         "reader": [("FLUSHALL",), ("KEYS", "*"), ("XADD", sk.results, "*", "a", "1"), ("XADD", sk.windows, "*", "a", "1"),
                    ("XRANGE", sk.windows, "-", "+"), ("DEL", sk.results)],
     }
@@ -103,6 +105,22 @@ def test_acl_users_run_the_pipeline_and_nothing_else(
         for cmd in cmds:
             assert _dryrun(r, f"{prefix}-{role}", *cmd), (role, cmd)
     assert r.dbsize() > 0  # nothing was flushed
+
+
+def test_acl_producer_publishes_idempotently(r: redis.Redis, prefix: str, acl_users: dict[Role, redis.Redis]) -> None:
+    """The producer user loads the idempotent-XADD script itself and runs it on its dedup keys."""
+    keys = Keys(prefix, prefix, shards=2)
+    prod_r = acl_users["producer"]
+    producer = Producer(prod_r, keys, idempotence=IdempotentWriter(keys, "p1", 60))
+    ids = producer.publish_many([np.zeros((20, 1), np.float32)] * 20, [f"w-{i}" for i in range(20)])
+    assert producer.idempotence is not None and producer.idempotence.mode == "script"
+    assert producer.publish_many([np.zeros((20, 1), np.float32)] * 20, [f"w-{i}" for i in range(20)]) == ids
+    assert sum(r.xlen(sk.windows) for sk in keys.all_shards()) == 20
+    # Its dedup keys, and only those, besides the input streams: a script cannot reach other keys.
+    user = f"{prefix}-producer"
+    assert _dryrun(r, user, "EVALSHA", "0" * 40, "2", keys.shard(1).windows, keys.shard(1).idmp("p1", "a"), "60")
+    assert not _dryrun(r, user, "EVALSHA", "0" * 40, "2", keys.shard(1).results, keys.shard(1).idmp("p1", "a"))
+    assert not _dryrun(r, user, "SET", keys.shard(1).windows, "x")
 
 
 def test_security_doc_acl_lines_grant_exactly_the_tested_rules() -> None:

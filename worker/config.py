@@ -83,6 +83,10 @@ class WorkerSettings(RedisConnSettings):
         15.0, gt=0, description="heartbeat key lifetime: a replica is stale this long after its last refresh"
     )
     heartbeat_interval_s: float = Field(2.0, gt=0, description="how often a replica refreshes its heartbeat")
+    stall_s: float = Field(
+        120.0, gt=0, description="the heartbeat is refreshed from a thread during long batches, until the loop has "
+        "made no progress and one batch has computed for this long (then `--check` fails)"
+    )
     results_maxlen: int = Field(1_000_000, ge=1, description="approximate cap of the results stream")
     dead_maxlen: int = Field(100_000, ge=1, description="approximate cap of the dead-letter stream")
     reply_maxlen: int = Field(
@@ -94,6 +98,10 @@ class WorkerSettings(RedisConnSettings):
         "dead-letter streams (false: only to the reply stream)"
     )
     max_window_bytes: int = Field(4 * 1024 * 1024, ge=64, description="largest accepted `x` field, in bytes")
+    max_batch_bytes: int = Field(
+        256 * 1024 * 1024, ge=64, description="byte budget of one batch's entries: a read asks for at most the "
+        "bytes left divided by `max_window_bytes`, so a flood of large entries cannot multiply a replica's memory"
+    )
     max_length: int = Field(10_000, ge=1, description="largest accepted T (timesteps per window)")
     allow_nonfinite: bool = Field(False, description="accept NaN/inf values")
     reload: bool = Field(
@@ -115,7 +123,7 @@ class WorkerSettings(RedisConnSettings):
     reload_require_golden: bool = Field(True, description="refuse checkpoints that carry no golden batch")
     breaker: bool = Field(
         True, description="stop taking work when the model itself fails, instead of dead-lettering every window "
-        "(see [docs/reliability.md](docs/reliability.md#8-a-broken-model-the-breaker))"
+        "(see [docs/reliability.md](docs/reliability.md#10-a-broken-model-the-breaker))"
     )
     breaker_failure_ratio: float = Field(
         0.5, gt=0, le=1, description="a batch is suspect when at least this share of its windows fail alone; a "
@@ -144,6 +152,9 @@ class WorkerSettings(RedisConnSettings):
     def _check(self) -> WorkerSettings:
         if self.metrics_port and self.metrics_port + self.replicas - 1 > 65535:
             raise ValueError("metrics_port + replicas - 1 exceeds 65535 (one metrics port per replica)")
+        if self.max_batch_bytes < self.max_window_bytes:
+            raise ValueError(f"max_batch_bytes ({self.max_batch_bytes}) must be at least max_window_bytes "
+                             f"({self.max_window_bytes}): one batch must hold one window of the largest accepted size")
         return self
 
     @property

@@ -1,7 +1,9 @@
 """What a replica tells the world while it serves: its heartbeat key, and claims kept fresh.
 
 The heartbeat (a key with a TTL plus an entry in the workers hash) is what ``bigru-worker --check``
-and ``status`` read. The claim keeper is a thread that resets the idle time of entries this replica
+and ``status`` read. The loop refreshes it between batches; a :class:`Pulse` thread refreshes it
+too, so a batch that computes longer than the TTL does not make a working replica look dead, while
+a replica whose loop is stuck (or whose batch computes past ``stall_s``) still goes stale. The claim keeper is a thread that resets the idle time of entries this replica
 holds, so a slow batch is not reclaimed by another consumer while it is still being served.
 """
 
@@ -54,6 +56,35 @@ class Heartbeat:
         """Drop the heartbeat key and the workers hash entry (clean shutdown)."""
         self.r.delete(self.keys.heartbeat(self.consumer))
         self.r.hdel(self.keys.workers, self.consumer)
+
+
+class Pulse:
+    """A daemon thread calling ``beat()`` every ``interval_s`` while ``alive()`` says the replica works."""
+
+    def __init__(self, beat: Callable[[], None], alive: Callable[[], bool], interval_s: float) -> None:
+        self.beat, self.alive, self.interval_s = beat, alive, interval_s
+        self.log = structlog.get_logger("worker")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread and wait for it (so no beat follows a clean shutdown's removal)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if not self.alive():
+                continue
+            try:
+                self.beat()
+            except Exception as err:  # never let the heartbeat thread die (Redis outages included)
+                self.log.warning("heartbeat_failed", error=str(err))
 
 
 class ClaimKeeper:

@@ -23,13 +23,14 @@ from typing import Protocol
 import redis
 import structlog
 
+from protocol.durability import Durability, ReplicaAckShort
 from protocol.redisconn import TRANSIENT
 from protocol.wire import now_us
 from worker.batching import BatchWait, make_batch_wait
 from worker.compute import Compute
 from worker.config import WorkerSettings
 from worker.guard import ModelGuard, breaker_rules
-from worker.liveness import ClaimKeeper, Heartbeat
+from worker.liveness import ClaimKeeper, Heartbeat, Pulse
 from worker.maintenance import Maintenance
 from worker.publisher import Publisher
 from worker.reader import Collector, Entry, ReadPlan, ensure_groups
@@ -78,6 +79,9 @@ class Observer:
     def reload(self, accepted: bool, version: str) -> None:
         """Called when a new model version was accepted (swapped in) or refused (old one keeps serving)."""
 
+    def replica_ack_short(self) -> None:
+        """Called when a publish's ``WAIT`` got fewer replica acknowledgements than ``wait_replicas``."""
+
     def breaker(self, state: str, trips: int) -> None:
         """Called when the breaker changes state (``worker.breaker``); ``trips`` counts its openings."""
 
@@ -104,6 +108,7 @@ class LoopStats:
     expired: int = 0
     reclaimed: int = 0
     duplicates: int = 0
+    replica_ack_short: int = 0  # publishes whose WAIT fell short of wait_replicas
     windows: int = 0  # windows that went through the model
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_BATCHES))
 
@@ -114,6 +119,7 @@ class Counters:
     def __init__(self, observer: Observer) -> None:
         self.stats = LoopStats()
         self.observer = observer
+        self.log = structlog.get_logger("worker")
 
     def batch(self, b: Batch) -> None:
         """A batch was published."""
@@ -140,6 +146,12 @@ class Counters:
         self.stats.duplicates += n
         self.observer.duplicates(n)
 
+    def replica_ack_short(self, short: ReplicaAckShort) -> None:
+        """A publish's ``WAIT`` got fewer replica acknowledgements than asked (logged, counted, not retried)."""
+        self.stats.replica_ack_short += 1
+        self.observer.replica_ack_short()
+        self.log.warning("replica_ack_short", node=short.node, asked=short.asked, acked=short.acked)
+
     def breaker(self, state: str, trips: int) -> None:
         """The breaker changed state."""
         self.observer.breaker(state, trips)
@@ -164,13 +176,16 @@ class LoopParts:
         keys = s.keys
         policy = make_batch_wait(s)
         plan = ReadPlan([keys.shard(i) for i in s.assigned_shards], s.max_batch,
-                        s.burst_idle_ms if s.burst else s.block_ms, s.burst, s.claim_idle_ms, s.reclaim_interval_ms)
+                        s.burst_idle_ms if s.burst else s.block_ms, s.burst, s.claim_idle_ms, s.reclaim_interval_ms,
+                        max_batch_bytes=s.max_batch_bytes, entry_bytes=s.max_window_bytes)
         return cls(
             collector=Collector(r, keys, consumer, plan, policy, clock.monotonic, clock.now_us, stop,
                                 on_reclaimed=counters.reclaimed),
             stages=Stages(consumer, s.limits, s.max_deliveries, counters.dead, clock.now_us, s.max_batch),
             publisher=Publisher(r, keys, s.results_maxlen, s.dead_maxlen, reply_maxlen=s.reply_maxlen,
-                                reply_ttl_s=s.reply_ttl_s, results_shared=s.results_shared),
+                                reply_ttl_s=s.reply_ttl_s, results_shared=s.results_shared,
+                                durability=Durability(s.wait_replicas, s.wait_timeout_ms),
+                                on_short=counters.replica_ack_short),
             policy=policy,
             maintenance=Maintenance(r, keys, consumer, interval_s=s.maintenance_interval_ms / 1000, trim=s.trim_input,
                                     reap_idle_ms=s.reap_idle_ms, monotonic=clock.monotonic),
@@ -196,8 +211,11 @@ class WorkerLoop:
         self.maintenance, self.beats = p.maintenance, p.heartbeat
         self.guard = ModelGuard(r, self.keys, consumer, breaker_rules(settings), models, self.counters.breaker,
                                 self.clock.monotonic)
-        self.compute = Compute(self._predict, overlap=p.overlap)
         self._beat_state = self.guard.breaker.state
+        self.compute = Compute(self._predict, overlap=p.overlap)
+        self._progress = self.clock.monotonic()  # the loop thread last began a step
+        self._computing_since: float | None = None  # the batch on the compute thread began
+        self.pulse = Pulse(lambda: self.heartbeat(force=True), self._working, settings.heartbeat_interval_s)
         self._held: dict[int, tuple[float, list[Entry]]] = {}  # batches read and not yet published
         self.keeper = ClaimKeeper(r, self.keys, consumer, settings.claim_idle_ms, self._held_batches, self.stop,
                                   self.clock.monotonic)
@@ -220,6 +238,21 @@ class WorkerLoop:
     def _held_batches(self) -> list[tuple[float, list[Entry]]]:
         return list(self._held.values())
 
+    def _predict(self, batch: Batch) -> Batch:
+        """The predict stage, then the breaker's verdict (on the compute thread)."""
+        self._computing_since = self.clock.monotonic()
+        try:
+            return self.guard.judge(self.stages.predict(batch))
+        finally:
+            self._computing_since = None
+
+    def _working(self) -> bool:
+        """Whether the heartbeat thread may vouch for this replica: the loop stepped within the
+        heartbeat TTL, or a batch has been computing for less than ``stall_s``."""
+        now = self.clock.monotonic()
+        since = self._computing_since
+        return now - self._progress < self.s.heartbeat_ttl_s or (since is not None and now - since < self.s.stall_s)
+
     def heartbeat(self, force: bool = False) -> None:
         """Refresh this replica's heartbeat (when due, or now with ``force``)."""
         model = self.models.current
@@ -235,6 +268,7 @@ class WorkerLoop:
 
         Returns False when burst mode found the stream drained.
         """
+        self._progress = self.clock.monotonic()
         served = self.models.current.version
         self.models.poll()
         self.heartbeat(force=self.models.current.version != served)  # a swap shows in status at once
@@ -257,10 +291,6 @@ class WorkerLoop:
         while self.compute.inflight and (self.compute.inflight >= 2 or self.compute.ready()):
             self.finish(self.compute.take())
         return True
-
-    def _predict(self, batch: Batch) -> Batch:
-        """The predict stage, then the breaker's verdict (on the compute thread)."""
-        return self.guard.judge(self.stages.predict(batch))
 
     def finish(self, batch: Batch) -> None:
         """Encode and publish a computed batch (its inputs are acknowledged by the publish script)."""
@@ -319,6 +349,7 @@ class WorkerLoop:
         """Serve until ``stop`` is set (or, in burst mode, the stream is drained)."""
         ensure_groups(self.r, self.keys)
         self.keeper.start()
+        self.pulse.start()
         outage_since: float | None = None
         delay = 0.05
         self.log.info("worker_started", model=self.models.current.version, pid=os.getpid())
@@ -359,6 +390,7 @@ class WorkerLoop:
 
     def shutdown(self) -> None:
         """Drop our heartbeat; delete our consumer if it holds no pending entries."""
+        self.pulse.close()
         try:
             self.beats.remove()
             for sk in self.keys.all_shards():

@@ -69,6 +69,8 @@ class WorkerMetrics(Observer):
         self.reclaimed_total = count("bigru_windows_reclaimed", "Entries claimed from other (dead or stuck) consumers")
         self.duplicates_total = count("bigru_duplicates_suppressed", "Outputs not published: input acknowledged elsewhere")
         self.batches = count("bigru_batches", "Batches processed")
+        self.replica_ack_short_total = count(
+            "bigru_replica_ack_short", "Publishes whose WAIT got fewer replica acknowledgements than wait_replicas")
         self._dead = Counter("bigru_dead_letters", "Entries dead-lettered, by reason", ["worker", "reason"], registry=reg)
         self._reloads = Counter("bigru_model_reloads", "Model reloads, by outcome", ["worker", "outcome"], registry=reg)
         for outcome in ("accepted", "refused"):
@@ -118,6 +120,10 @@ class WorkerMetrics(Observer):
     def duplicates(self, n: int) -> None:
         """Count outputs suppressed because their input was acknowledged elsewhere."""
         self.duplicates_total.inc(n)
+
+    def replica_ack_short(self) -> None:
+        """Count a publish whose ``WAIT`` fell short of ``wait_replicas``."""
+        self.replica_ack_short_total.inc()
 
     def model_version(self, version: str) -> None:
         """Mark ``version`` as the served model (and the replica as ready)."""

@@ -6,13 +6,17 @@ computes the next batch. An input whose script never ran stays pending and is re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 import msgpack
 import redis
+from redis.exceptions import NoScriptError
 
+from protocol.cluster import is_cluster
+from protocol.durability import Durability, ReplicaAckShort, execute, execute_on_nodes, wait_reply
 from protocol.keys import Keys
 from worker.reader import Entry
 
@@ -77,11 +81,15 @@ class Publisher:
     """Runs the atomic publish-and-acknowledge script, one call per shard.
 
     :meth:`publish` waits for Redis; :meth:`send` only writes the command on a connection of its
-    own and collects the reply on the next call.
+    own and collects the reply on the next call. With ``durability`` enabled a ``WAIT`` follows
+    every script call on the same connection; a reply naming fewer replicas than asked goes to
+    ``on_short`` (the inputs are acknowledged either way; nothing is retried).
     """
 
     def __init__(self, r: redis.Redis, keys: Keys, results_maxlen: int, dead_maxlen: int, *,
-                 reply_maxlen: int = 10_000, reply_ttl_s: int = 300, results_shared: bool = True) -> None:
+                 reply_maxlen: int = 10_000, reply_ttl_s: int = 300, results_shared: bool = True,
+                 durability: Durability | None = None,
+                 on_short: Callable[[ReplicaAckShort], None] | None = None) -> None:
         self.r = r
         self.keys = keys
         self.results_maxlen = results_maxlen
@@ -93,6 +101,9 @@ class Publisher:
         self._packer = msgpack.Packer(use_bin_type=False)  # Redis' cmsgpack predates the bin types
         self._conn: Any = None
         self._unread: list[int] = []  # outputs per sent script whose reply is not read yet
+        self.durability = durability or Durability()
+        self.on_short = on_short or (lambda short: None)
+        self._node = "?"  # host:port of the own connection (named in shortfalls)
 
     def _calls(self, outputs: list[Output]) -> list[tuple[list[str], list[Any], int]]:
         """Per shard: the script's KEYS (input, results, dead, reply streams...), ARGV and output count."""
@@ -118,8 +129,33 @@ class Publisher:
         """Publish results/dead letters and XACK their inputs; returns how many were published."""
         published = 0
         for keys, args, _ in self._calls(outputs):
-            published += int(self._script(keys=keys, args=args))
+            if self.durability.enabled:
+                published += self._publish_waiting(keys, args)
+            else:
+                published += int(self._script(keys=keys, args=args))
         return published
+
+    def _publish_waiting(self, keys: list[str], args: list[Any]) -> int:
+        """One script call and ``WAIT`` on the same connection (per node on a cluster); reloads the
+        script once if the server lacks it (a promoted replica has an empty script cache)."""
+        cmd = ("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        for attempt in (0, 1):
+            try:
+                if is_cluster(self.r):
+                    out = execute_on_nodes(self.r, [(keys[0], cmd, {})], self.durability)
+                else:
+                    pipe = self.r.pipeline(transaction=False)
+                    pipe.execute_command(*cmd)
+                    out = execute(self.r, pipe, self.durability)
+            except NoScriptError:
+                if attempt:
+                    raise
+                self.r.script_load(PUBLISH_LUA)
+                continue
+            for short in out.short:
+                self.on_short(short)
+            return int(out.results[0])
+        raise AssertionError("unreachable")
 
     def send(self, outputs: list[Output]) -> list[tuple[int, int]]:
         """Publish without waiting; returns ``(outputs, published)`` of earlier sends now answered.
@@ -136,9 +172,13 @@ class Publisher:
             # Redis restart the cache is empty again and collect() reports that as an outage.
             self.r.script_load(PUBLISH_LUA)
             self._conn = own_connection(self.r)
+            self._node = f"{getattr(self._conn, 'host', 'unix')}:{getattr(self._conn, 'port', '')}"
+        wait = self.durability
         try:
             for keys, args, n in self._calls(outputs):
                 self._conn.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+                if wait.enabled:  # counts this connection's writes, so it must follow them here
+                    self._conn.send_command("WAIT", wait.replicas, wait.timeout_ms)
                 self._unread.append(n)
         except BaseException:
             self.reset()
@@ -150,7 +190,7 @@ class Publisher:
         done = []
         try:
             while self._unread:
-                published = int(self._conn.read_response())
+                published = self._read_one()
                 done.append((self._unread.pop(0), published))
         except redis.ResponseError as e:
             if "NOSCRIPT" in str(e):
@@ -164,6 +204,19 @@ class Publisher:
             self.reset()
             raise
         return done
+
+    def _read_one(self) -> int:
+        """One script reply, and its ``WAIT`` reply (read even after an error reply, to stay in step)."""
+        try:
+            reply: Any = self._conn.read_response()
+        except redis.ResponseError as e:
+            reply = e
+        if self.durability.enabled:
+            for short in wait_reply(self._node, self.durability.replicas, self._conn.read_response()):
+                self.on_short(short)
+        if isinstance(reply, Exception):
+            raise reply
+        return int(reply)
 
     def reset(self) -> None:
         """Drop the connection and forget unanswered sends (their inputs stay pending)."""

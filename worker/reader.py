@@ -34,6 +34,7 @@ class Entry:
     fields: dict[bytes, bytes]
     read_us: int
     deliveries: int = 1
+    size: int = 0  # bytes of field names and values (the batch byte budget counts these)
 
 
 def ensure_groups(r: redis.Redis, keys: Keys) -> None:
@@ -51,7 +52,7 @@ def _entries(shard: int, raw: Sequence[Any], read_us: int) -> list[Entry]:
     for eid, fields in raw:
         if fields is None:  # deleted while pending (Redis < 7 reports these inline)
             continue
-        out.append(Entry(shard, as_str(eid), fields, read_us))
+        out.append(Entry(shard, as_str(eid), fields, read_us, size=sum(map(len, fields)) + sum(map(len, fields.values()))))
     return out
 
 
@@ -129,6 +130,8 @@ class ReadPlan:
     burst: bool
     claim_idle_ms: int
     reclaim_interval_ms: int
+    max_batch_bytes: int = 1 << 62
+    entry_bytes: int = 1  # the largest entry expected (``max_window_bytes``): a read asks for room / this
 
 
 class ModelBusy(Protocol):
@@ -165,11 +168,31 @@ class Collector:
         self._next_reclaim = 0.0
         self._rr = 0
         self.entry_windows = 1.0  # windows per entry in the last batch (multi-window entries hold many)
+        # Bytes one entry may take: ``entry_bytes``, or more after an oversized entry was seen (decays back).
+        self.unit = plan.entry_bytes
 
     def observe_entries(self, entries: int, windows: int) -> None:
         """Learn how many windows an entry holds, so ``max_batch`` bounds windows, not entries."""
         if entries:
             self.entry_windows = max(1.0, windows / entries)
+
+    def want(self, batch: list[Entry]) -> int:
+        """How many more entries to read into ``batch``: ``limit`` windows and ``max_batch_bytes`` allow.
+
+        A read asks for at most the bytes left divided by the largest entry expected, so a flood of
+        maximum-size entries fills a batch up to the byte budget, not ``max_batch`` times the largest
+        entry. An empty batch always takes at least one entry.
+        """
+        room = self.plan.max_batch_bytes - sum(e.size for e in batch)
+        n = min(self.limit - len(batch), room // self.unit)
+        return max(n, 0 if batch else 1)
+
+    def _observe_sizes(self, got: list[Entry]) -> None:
+        biggest = max((e.size for e in got), default=0)
+        if biggest > self.unit:
+            self.unit = biggest  # an oversized (hostile) entry: expect more like it for a while
+        elif self.unit > self.plan.entry_bytes:
+            self.unit = max(self.plan.entry_bytes, self.unit // 2)
 
     @property
     def limit(self) -> int:
@@ -182,8 +205,13 @@ class Collector:
         self._pending_after.clear()
 
     def _read(self, sk: ShardKeys, count: int, block_ms: int | None = None, pending: bool = False) -> list[Entry]:
-        return read(self.r, self.keys, sk, self.consumer, count, block_ms, pending,
-                    self.now_us if block_ms else self.now_us(), self._pending_after.get(sk.shard, "0"))
+        if count <= 0:  # COUNT 0 would mean "no limit" to Redis
+            return []
+        got = read(self.r, self.keys, sk, self.consumer, count, block_ms, pending,
+                   self.now_us if block_ms else self.now_us(), self._pending_after.get(sk.shard, "0"))
+        if got:
+            self._observe_sizes(got)
+        return got
 
     def _next_shard(self) -> ShardKeys:
         sk = self.plan.shards[self._rr % len(self.plan.shards)]
@@ -198,8 +226,8 @@ class Collector:
         p = self.plan
         batch: list[Entry] = []
         for sk in p.shards:  # non-blocking pass over every shard
-            batch += self._read(sk, self.limit - len(batch))
-            if len(batch) >= self.limit:
+            batch += self._read(sk, self.want(batch))
+            if not self.want(batch):
                 return batch
         if not batch:
             if model.inflight:  # never block while a batch waits to be published
@@ -220,7 +248,7 @@ class Collector:
         if not self.pending_phase:
             return []
         for sk in self.plan.shards:
-            got = self._read(sk, self.limit, pending=True)
+            got = self._read(sk, self.want([]), pending=True)
             if got:  # the next pending read starts after these (still pending while they compute)
                 self._pending_after[sk.shard] = got[-1].id
                 delivery_counts(self.r, self.keys, got)
@@ -234,7 +262,7 @@ class Collector:
     def _poll_while_busy(self, model: ModelBusy) -> list[Entry]:
         """Nothing in hand and the model busy: read what arrives until the model is done."""
         while not model.wait_idle(FILL_POLL_S) and not self.stop.is_set():
-            got = self._read(self._next_shard(), self.limit)
+            got = self._read(self._next_shard(), self.want([]))
             if got:
                 return got
         return []
@@ -243,10 +271,10 @@ class Collector:
         p = self.plan
         block = p.block_ms
         if len(p.shards) == 1:
-            return self._read(p.shards[0], self.limit, block_ms=block)
+            return self._read(p.shards[0], self.want([]), block_ms=block)
         deadline = self.monotonic() + block / 1000
         while self.monotonic() < deadline and not self.stop.is_set():
-            got = self._read(self._next_shard(), self.limit, block_ms=10)
+            got = self._read(self._next_shard(), self.want([]), block_ms=10)
             if got:
                 return got
         return []
@@ -255,13 +283,13 @@ class Collector:
         """Grow the batch: freely while the model is busy, then as long as the policy allows."""
         start = self.monotonic()
         oldest_age_s = max(0.0, (self.now_us() - enqueued_us(batch[0])) / 1e6)
-        while len(batch) < self.limit and not self.stop.is_set():
+        while self.want(batch) and not self.stop.is_set():
             busy = model.busy()
             if not busy:
                 remaining = self.policy.fill_deadline(start, oldest_age_s, len(batch)) - self.monotonic()
                 if remaining <= 0:
                     break
-            got = self._read(self._next_shard(), self.limit - len(batch))
+            got = self._read(self._next_shard(), self.want(batch))
             if got:
                 batch += got
             elif busy:
@@ -276,12 +304,13 @@ class Collector:
         self._next_reclaim = self.monotonic() + p.reclaim_interval_ms / 1000
         for sk in p.shards:
             got, deleted, self._claim_cursor[sk.shard] = autoclaim(
-                self.r, self.keys, sk, self.consumer, p.claim_idle_ms, self.limit, self.now_us(),
+                self.r, self.keys, sk, self.consumer, p.claim_idle_ms, self.want([]), self.now_us(),
                 self._claim_cursor.get(sk.shard, "0-0"),
             )
             if deleted:
                 self.log.warning("reclaim_deleted_entries", shard=sk.shard, ids=deleted[:10], count=len(deleted))
             if got:
+                self._observe_sizes(got)
                 delivery_counts(self.r, self.keys, got)
                 self.on_reclaimed(len(got))
                 self.log.info("reclaimed", shard=sk.shard, count=len(got))

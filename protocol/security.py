@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-Role = Literal["worker", "producer", "reader"]
+Role = Literal["worker", "producer", "reader", "redrive"]
 
 #: Connection housekeeping every role needs (redis-py ignores a refused CLIENT SETINFO).
 _CONNECTION = ["+ping", "+select"]
@@ -73,7 +73,13 @@ def acl_rules(role: Role, prefix: str = "bigru") -> list[str]:
                 _selector("+get", "+set", *_streams(prefix, "idmp:*"))]
     if role == "reader":
         return [*base, "+xread", "+xrange", "+xrevrange", "+xlen", *_streams(prefix, "results", "dead")]
-    raise ValueError(f"unknown role {role!r}; expected worker, producer or reader")
+    if role == "redrive":
+        # Read dead letters; the redrive script deletes one and re-adds its fields to the input stream.
+        return [*base, "+xrange", "+xlen", "+script|load", *_streams(prefix, "dead"),
+                _selector("+evalsha", *_streams(prefix, "dead", "windows")),
+                _selector("+xdel", *_streams(prefix, "dead")),
+                _selector("+xadd", *_streams(prefix, "windows"))]
+    raise ValueError(f"unknown role {role!r}; expected worker, producer, reader or redrive")
 
 
 def acl_setuser(role: Role, user: str, password_placeholder: str = "<password>", prefix: str = "bigru") -> str:

@@ -397,6 +397,13 @@ def decode_result(fields: Fields) -> Result:
 
 #: Prefix of the fields a worker adds to a dead-letter entry (the original fields are kept).
 DEAD_PREFIX = b"dead."
+#: How a dead letter's note for an original field too large to copy begins.
+TRUNCATED_PREFIX = b"<truncated: "
+
+
+def is_truncated(value: bytes) -> bool:
+    """Whether a dead letter's field is the note :func:`encode_dead` leaves for a field it did not copy."""
+    return value.startswith(TRUNCATED_PREFIX) and value.endswith(b">") and len(value) < 128
 
 
 def encode_dead(
@@ -419,7 +426,7 @@ def encode_dead(
         if k.startswith(DEAD_PREFIX):
             continue
         if len(v) > max_field_bytes:
-            fields[k] = f"<truncated: {len(v)} bytes, starts {v[:16].hex()}>".encode()
+            fields[k] = TRUNCATED_PREFIX + f"{len(v)} bytes, starts {v[:16].hex()}>".encode()
         else:
             fields[k] = v
     fields.update(

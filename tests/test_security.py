@@ -127,7 +127,7 @@ def test_security_doc_acl_lines_grant_exactly_the_tested_rules() -> None:
     """The ACL SETUSER lines in docs/security.md, pasted into redis-cli, create the users tested above."""
     text = (ROOT / "docs" / "security.md").read_text()
     lines = {m.group(1): m.group(0) for m in re.finditer(r"^ACL SETUSER bigru-(\w+) .*$", text, re.M)}
-    assert set(lines) == {"worker", "producer", "reader"}
+    assert set(lines) == {"worker", "producer", "reader", "redrive"}
     with LocalRedis() as srv:
         admin = srv.client()
         for role, line in lines.items():

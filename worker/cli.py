@@ -1,4 +1,4 @@
-"""``bigru-worker``: serve the classifier from a Redis stream (and ``--check`` / ``status``)."""
+"""``bigru-worker``: serve the classifier from a Redis stream (and ``--check`` / ``status`` / ``redrive``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from protocol.security import settings_error
 from worker.config import WorkerSettings
 
 #: Flags that steer this command rather than set a :class:`WorkerSettings` field.
-COMMAND_OPTIONS = frozenset({"command", "check", "json", "watch", "interval"})
+COMMAND_OPTIONS = frozenset({"command", "check", "json", "watch", "interval", "reason", "since", "until", "limit",
+                             "dry_run"})
 
 
 def _setting(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
@@ -24,7 +25,7 @@ def _setting(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Flags default to None so that unset flags fall back to the environment and ``.env``."""
     p = argparse.ArgumentParser(prog="bigru-worker", description=__doc__)
-    p.add_argument("command", nargs="?", choices=["serve", "status"], default="serve")
+    p.add_argument("command", nargs="?", choices=["serve", "status", "redrive"], default="serve")
     _setting(p, "redis_url")
     _setting(p, "prefix")
     _setting(p, "group")
@@ -46,7 +47,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="status: print JSON")
     p.add_argument("--watch", action="store_true", help="status: refresh until interrupted")
     p.add_argument("--interval", type=float, default=2.0, help="status --watch: seconds between refreshes")
+    p.add_argument("--reason", action="append", help="redrive: move dead letters of this reason back onto the "
+                   "input stream (repeatable, e.g. predict_failed, max_deliveries)")
+    p.add_argument("--since", help="redrive: dead-lettered at or after (unix seconds, ISO 8601, or an age: 30m, 2h)")
+    p.add_argument("--until", help="redrive: dead-lettered at or before (same forms as --since)")
+    p.add_argument("--limit", type=int, help="redrive: move at most this many")
+    p.add_argument("--dry-run", action="store_true", help="redrive: count what would move, move nothing")
     return p
+
+
+def redrive(settings: WorkerSettings, args: argparse.Namespace) -> int:
+    """``bigru-worker redrive``: print the summary as JSON; 2 on a bad argument."""
+    import json
+
+    from protocol.logs import configure
+    from worker.redrive import RedriveError, Redriver, Selection, parse_time
+
+    configure(settings.log_level, settings.log_json)  # logs to stderr: stdout carries the summary
+
+    if not args.reason:
+        print("bigru-worker redrive: --reason is required", file=sys.stderr)
+        return 2
+    try:
+        sel = Selection(frozenset(args.reason), None if args.since is None else parse_time(args.since),
+                        None if args.until is None else parse_time(args.until), args.limit)
+    except RedriveError as e:
+        print(f"bigru-worker redrive: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(Redriver(settings.connect(), settings.keys).run(sel, dry_run=args.dry_run).doc()))
+    return 0
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
@@ -63,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         print(f"bigru-worker: {settings_error(e)}", file=sys.stderr)
         return 2
+    if args.command == "redrive":
+        return redrive(settings, args)
     if args.check or args.command == "status":
         from redis.exceptions import RedisClusterException, RedisError
 

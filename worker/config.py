@@ -121,6 +121,20 @@ class WorkerSettings(RedisConnSettings):
     )
     reload_allow_schema_change: bool = Field(False, description="accept a different feature count or class list")
     reload_require_golden: bool = Field(True, description="refuse checkpoints that carry no golden batch")
+    breaker: bool = Field(
+        True, description="stop taking work when the model itself fails, instead of dead-lettering every window "
+        "(see [docs/reliability.md](docs/reliability.md#10-a-broken-model-the-breaker))"
+    )
+    breaker_failure_ratio: float = Field(
+        0.5, gt=0, le=1, description="a batch is suspect when at least this share of its windows fail alone; a "
+        "suspect batch whose probe (golden batch, else recently served windows) fails too opens the breaker"
+    )
+    breaker_backoff_ms: int = Field(1000, ge=1, description="first probe of an open breaker after this long (doubling)")
+    breaker_backoff_max_ms: int = Field(60_000, ge=1, description="longest wait between two probes of an open breaker")
+    breaker_reload_batches: int = Field(
+        100, ge=0, description="a model that breaks within this many batches after a hot reload is refused and the "
+        "previous version served again"
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus endpoint of replica 0 (replica i: port + i); 0 or unset: off"
     )

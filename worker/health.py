@@ -2,7 +2,9 @@
 
 A replica writes its first heartbeat only after its model is loaded and warmed up, then refreshes
 it every ``heartbeat_interval_s``; the key expires ``heartbeat_ttl_s`` after the last refresh.
-A replica is therefore *ready* exactly while its heartbeat key exists.
+A replica is therefore *ready* exactly while its heartbeat key exists and its breaker
+(``worker.breaker``) is not open: a replica whose model is broken keeps its heartbeat (so status
+shows why) and fails ``--check``.
 """
 
 from __future__ import annotations
@@ -32,10 +34,16 @@ def live_replicas(r: redis.Redis, keys: Keys, host: str | None = None) -> list[d
 
 
 def check(r: redis.Redis, keys: Keys, consumers: list[str]) -> tuple[bool, str]:
-    """True when every consumer in ``consumers`` (this host's replicas) has a fresh heartbeat."""
-    missing = [c for c in consumers if heartbeat(r, keys, c) is None]
-    alive = len(consumers) - len(missing)
-    msg = f"{alive}/{len(consumers)} replicas ready"
+    """True when every consumer in ``consumers`` (this host's replicas) has a fresh heartbeat and a
+    breaker that is not open."""
+    beats = {c: heartbeat(r, keys, c) for c in consumers}
+    missing = [c for c, hb in beats.items() if hb is None]
+    broken = [c for c, hb in beats.items() if hb is not None and hb.get("breaker") == "open"]
+    ready = len(consumers) - len(missing) - len(broken)
+    msg = f"{ready}/{len(consumers)} replicas ready"
     if missing:
         msg += f"; missing or stale: {', '.join(missing)}"
-    return not missing, msg
+    if broken:
+        msg += "; breaker open (model failing): " + ", ".join(
+            f"{c} ({str(beats[c].get('breaker_reason', ''))[:120]})" for c in broken)  # type: ignore[union-attr]
+    return not missing and not broken, msg

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -34,8 +34,9 @@ class Heartbeat:
         self.started = time.time()
         self._next = 0.0
 
-    def beat(self, model: str, results: int, dead: int, force: bool = False, precision: str = "fp32") -> None:
-        """Refresh the heartbeat key (TTL) and the workers hash entry, if due."""
+    def beat(self, model: str, results: int, dead: int, force: bool = False, precision: str = "fp32",
+             extra: Mapping[str, Any] | None = None) -> None:
+        """Refresh the heartbeat key (TTL) and the workers hash entry, if due (``extra``: more fields)."""
         now = self.monotonic()
         if not force and now < self._next:
             return
@@ -43,6 +44,7 @@ class Heartbeat:
         info: dict[str, Any] = {
             "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(), "model": model,
             "precision": precision, "started": self.started, "ts": time.time(), "results": results, "dead": dead,
+            **(extra or {}),
         }
         doc = json.dumps(info)
         pipe = self.r.pipeline(transaction=False)

@@ -29,6 +29,7 @@ from protocol.wire import now_us
 from worker.batching import BatchWait, make_batch_wait
 from worker.compute import Compute
 from worker.config import WorkerSettings
+from worker.guard import ModelGuard, breaker_rules
 from worker.liveness import ClaimKeeper, Heartbeat, Pulse
 from worker.maintenance import Maintenance
 from worker.publisher import Publisher
@@ -80,6 +81,9 @@ class Observer:
 
     def replica_ack_short(self) -> None:
         """Called when a publish's ``WAIT`` got fewer replica acknowledgements than ``wait_replicas``."""
+
+    def breaker(self, state: str, trips: int) -> None:
+        """Called when the breaker changes state (``worker.breaker``); ``trips`` counts its openings."""
 
 
 @dataclass
@@ -148,6 +152,10 @@ class Counters:
         self.observer.replica_ack_short()
         self.log.warning("replica_ack_short", node=short.node, asked=short.asked, acked=short.acked)
 
+    def breaker(self, state: str, trips: int) -> None:
+        """The breaker changed state."""
+        self.observer.breaker(state, trips)
+
 
 @dataclass
 class LoopParts:
@@ -201,6 +209,9 @@ class WorkerLoop:
         p = parts or LoopParts.build(r, settings, consumer, self.clock, self.stop, self.counters)
         self.collector, self.stages, self.publisher, self.policy = p.collector, p.stages, p.publisher, p.policy
         self.maintenance, self.beats = p.maintenance, p.heartbeat
+        self.guard = ModelGuard(r, self.keys, consumer, breaker_rules(settings), models, self.counters.breaker,
+                                self.clock.monotonic)
+        self._beat_state = self.guard.breaker.state
         self.compute = Compute(self._predict, overlap=p.overlap)
         self._progress = self.clock.monotonic()  # the loop thread last began a step
         self._computing_since: float | None = None  # the batch on the compute thread began
@@ -228,9 +239,10 @@ class WorkerLoop:
         return list(self._held.values())
 
     def _predict(self, batch: Batch) -> Batch:
+        """The predict stage, then the breaker's verdict (on the compute thread)."""
         self._computing_since = self.clock.monotonic()
         try:
-            return self.stages.predict(batch)
+            return self.guard.judge(self.stages.predict(batch))
         finally:
             self._computing_since = None
 
@@ -244,7 +256,10 @@ class WorkerLoop:
     def heartbeat(self, force: bool = False) -> None:
         """Refresh this replica's heartbeat (when due, or now with ``force``)."""
         model = self.models.current
-        self.beats.beat(model.version, self.stats.results, self.stats.dead, force, getattr(model, "precision", "fp32"))
+        state = self.guard.breaker.state
+        force, self._beat_state = force or state != self._beat_state, state  # a breaker change shows at once
+        self.beats.beat(model.version, self.stats.results, self.stats.dead, force, getattr(model, "precision", "fp32"),
+                        extra=self.guard.heartbeat_fields())
 
     # -- driver -------------------------------------------------------------------------------
 
@@ -258,6 +273,10 @@ class WorkerLoop:
         self.models.poll()
         self.heartbeat(force=self.models.current.version != served)  # a swap shows in status at once
         self.maintenance.maybe_run()
+        self.guard.observe(self.models.current.version)
+        if self.guard.holding:  # the model is broken: take no work, probe with backoff
+            self.guard.hold(self.stop)
+            return True
         entries = self.collector.collect(self.compute)
         if entries is None and not self.compute.inflight:
             return False
@@ -275,6 +294,9 @@ class WorkerLoop:
 
     def finish(self, batch: Batch) -> None:
         """Encode and publish a computed batch (its inputs are acknowledged by the publish script)."""
+        if batch.broken is not None:
+            self._hold(batch)
+            return
         outputs = self.stages.encode(batch)
         try:
             self._count_published(self.publisher.send(outputs))
@@ -282,12 +304,27 @@ class WorkerLoop:
             self._held.pop(id(batch), None)
         self.policy.observe(len(batch.entries), time.perf_counter() - (batch.t_submit or time.perf_counter()))
         self.counters.batch(batch)
+        self.guard.served()
+
+    def _hold(self, batch: Batch) -> None:
+        """The model is broken: publish nothing of ``batch`` or the batches behind it; release their inputs."""
+        while self.compute.inflight:
+            try:
+                self.compute.take()
+            except Exception as err:  # dropped either way
+                self.log.warning("held_batch_failed", error=str(err))
+        held = [e for _, entries in self._held.values() for e in entries]
+        self._held.clear()
+        self._count_published(self.publisher.collect())
+        self.collector.restart()  # once closed, re-read them first
+        self.guard.trip(batch, held)
 
     def process(self, entries: list[Entry]) -> Batch:
         """Run one batch of entries through every stage, synchronously (tests, shutdown)."""
         batch = self.stages.decode(entries, self.models.current)
         batch.t_submit = time.perf_counter()
-        self.stages.predict(batch)
+        self._predict(batch)
+        self._held[id(batch)] = (self.clock.monotonic(), batch.entries)
         self.finish(batch)
         return batch
 

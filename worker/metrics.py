@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from protocol.keys import Keys
 from protocol.replies import group_info
+from worker.breaker import STATES
 from worker.loop import Observer
 from worker.stages import Batch
 
@@ -79,6 +80,10 @@ class WorkerMetrics(Observer):
         self.ready_gauge = Gauge("bigru_ready", "1 once the model is loaded and warmed up", w, registry=reg).labels(worker)
         self.last_batch = Gauge("bigru_last_batch_timestamp_seconds", "Unix time of the last batch", w,
                                 registry=reg).labels(worker)
+        self.breaker_state = Gauge("bigru_breaker_state", "Model breaker: 0 closed, 1 open (taking no work), "
+                                   "2 probing (half-open)", w, registry=reg).labels(worker)
+        self.breaker_trips = count("bigru_breaker_trips", "Times the breaker opened (the model failed systemically)")
+        self._trips = 0
         self._version: str | None = None
 
     # -- Observer hooks -------------------------------------------------------------------------
@@ -128,6 +133,13 @@ class WorkerMetrics(Observer):
             self._model.labels(self.worker, version).set(1)
             self._version = version
         self.ready_gauge.set(1)
+
+    def breaker(self, state: str, trips: int) -> None:
+        """The breaker's state and trip count."""
+        self.breaker_state.set(STATES.index(state))
+        if trips > self._trips:
+            self.breaker_trips.inc(trips - self._trips)
+            self._trips = trips
 
     def reload(self, accepted: bool, version: str) -> None:
         """Count a reload attempt; an accepted one also switches the served version."""

@@ -58,14 +58,14 @@ def _entries(shard: int, raw: Sequence[Any], read_us: int) -> list[Entry]:
 
 def read(
     r: redis.Redis, keys: Keys, sk: ShardKeys, consumer: str, count: int, block_ms: int | None, pending: bool,
-    read_us: int | Callable[[], int],
+    read_us: int | Callable[[], int], after: str = "0",
 ) -> list[Entry]:
-    """XREADGROUP from one shard: new entries (``>``), or this consumer's own pending ones (``0``).
+    """XREADGROUP from one shard: new entries (``>``), or this consumer's own pending ones after ``after``.
 
     ``read_us`` stamps the entries; pass a clock function to stamp them when the reply arrives
     (a blocking read may wait long for its first entry).
     """
-    resp = r.xreadgroup(keys.group, consumer, {sk.windows: "0" if pending else ">"}, count=count, block=block_ms)
+    resp = r.xreadgroup(keys.group, consumer, {sk.windows: after if pending else ">"}, count=count, block=block_ms)
     if not resp:
         return []
     return _entries(sk.shard, resp[0][1], read_us() if callable(read_us) else read_us)
@@ -163,6 +163,7 @@ class Collector:
         self.monotonic, self.now_us, self.stop, self.on_reclaimed = monotonic, now_us, stop, on_reclaimed
         self.log = structlog.get_logger("worker").bind(consumer=consumer)
         self.pending_phase = True
+        self._pending_after: dict[int, str] = {}  # own pending entries already read in this pending phase
         self._claim_cursor: dict[int, str] = {}
         self._next_reclaim = 0.0
         self._rr = 0
@@ -199,14 +200,15 @@ class Collector:
         return max(1, round(self.plan.max_batch / self.entry_windows))
 
     def restart(self) -> None:
-        """After an outage or a lost group: re-read this consumer's own pending entries first."""
+        """After an outage, a lost group or an open breaker: re-read this consumer's own pending entries first."""
         self.pending_phase = True
+        self._pending_after.clear()
 
     def _read(self, sk: ShardKeys, count: int, block_ms: int | None = None, pending: bool = False) -> list[Entry]:
         if count <= 0:  # COUNT 0 would mean "no limit" to Redis
             return []
         got = read(self.r, self.keys, sk, self.consumer, count, block_ms, pending,
-                   self.now_us if block_ms else self.now_us())
+                   self.now_us if block_ms else self.now_us(), self._pending_after.get(sk.shard, "0"))
         if got:
             self._observe_sizes(got)
         return got
@@ -247,7 +249,8 @@ class Collector:
             return []
         for sk in self.plan.shards:
             got = self._read(sk, self.want([]), pending=True)
-            if got:
+            if got:  # the next pending read starts after these (still pending while they compute)
+                self._pending_after[sk.shard] = got[-1].id
                 delivery_counts(self.r, self.keys, got)
                 return got
         self.pending_phase = False

@@ -79,6 +79,7 @@ class ReloadingSource:
         self.root = checkpoint_root(settings)
         self.current: Predictor = initial
         self._served = initial  # the same object as ``current``, typed for the gate
+        self.previous: ServingPredictor | None = None  # the version served before the last swap
         self.swaps = 0
         self.refused: dict[str, str] = {}  # version -> reason, for this worker's lifetime
         self.log = structlog.get_logger("reload").bind(consumer=consumer)
@@ -106,11 +107,31 @@ class ReloadingSource:
             return
         old = self._served
         self.current = self._served = new
+        self.previous = old
         self.swaps += 1
         self.log.info("model_swapped", version=new.version, previous=old.version)
         self.observer.reload(True, new.version)
         self.observer.model_version(new.version)
         self._release_at = time.monotonic() + RELEASE_AFTER_S
+
+    def fall_back(self, reason: str) -> str | None:
+        """The served version broke soon after its swap (``worker.guard``): serve the previous one again
+        and refuse the broken one (logged, noted in the registry, never served again by this worker
+        unless promoted). Returns the version now served, or None when there is no previous one."""
+        prev, bad = self.previous, self._served
+        if prev is None:
+            return None
+        self.current = self._served = prev
+        self.previous = None
+        self.refused[bad.version] = "broken_after_reload"
+        self.log.error("model_fell_back", version=prev.version, refused=bad.version, reason=reason[:300])
+        self.observer.reload(False, bad.version)
+        self.observer.model_version(prev.version)
+        try:
+            registry.note_refusal(self.r, self.keys, bad.version, self.consumer, "broken_after_reload", reason)
+        except TRANSIENT as e:
+            self.log.warning("refusal_note_failed", version=bad.version, error=str(e))
+        return prev.version
 
     def request_check(self) -> None:
         """Wake the checker now (announcements, SIGHUP)."""

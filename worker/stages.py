@@ -77,6 +77,7 @@ class Batch:
     pub_us: int = 0  # outputs encoded, about to be published (unix µs)
     expired: int = 0
     t_submit: float = 0.0  # perf_counter when handed to the model (the batch-wait policy's service time)
+    broken: str | None = None  # set by the breaker (worker.guard): the model, not the windows, failed
 
     @property
     def served(self) -> int:
@@ -85,6 +86,8 @@ class Batch:
 
 
 DeadHook = Callable[[str], None]
+#: Original fields larger than this are truncated in a dead letter (unless the entry passed validation).
+DEAD_FIELD_BYTES = 64 * 1024
 
 
 class Stages:
@@ -202,7 +205,7 @@ class Stages:
         for i, ((e, w), row, label) in enumerate(zip(batch.items, rows, labels)):
             if failed and i in failed:
                 err = failed[i]
-                out.append(self.dead(e, "predict_failed", f"{type(err).__name__}: {err}"))
+                out.append(self.dead(e, "predict_failed", f"{type(err).__name__}: {err}", whole=True))
                 continue
             ts = w.ts_us
             lab = classes[label]
@@ -254,12 +257,17 @@ class Stages:
 
     # -- early outputs --------------------------------------------------------------------------
 
-    def dead(self, e: Entry, reason: str, detail: str) -> Output:
-        """A dead-letter output for ``e`` (counted and logged)."""
+    def dead(self, e: Entry, reason: str, detail: str, whole: bool = False) -> Output:
+        """A dead-letter output for ``e`` (counted and logged).
+
+        ``whole``: the entry passed validation, so its fields are at most ``max_window_bytes`` and are
+        kept whole (not truncated at 64 KiB), so that ``bigru-worker redrive`` can move it back.
+        """
         self.on_dead(reason)
         self.log.warning("dead_letter", id=e.id, reason=reason, detail=detail[:200])
+        cap = max(DEAD_FIELD_BYTES, self.limits.max_window_bytes) if whole else DEAD_FIELD_BYTES
         return Output(e, "d", encode_dead(e.fields, input_id=e.id, reason=reason, detail=detail,
-                                          worker=self.consumer, deliveries=e.deliveries),
+                                          worker=self.consumer, deliveries=e.deliveries, max_field_bytes=cap),
                       reply=reply_or_none(e.fields))
 
     def _expired(self, e: Entry, w: Window | MultiWindow, model: Predictor, now: int) -> Output:

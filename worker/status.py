@@ -102,7 +102,8 @@ def snapshot(r: redis.Redis, keys: Keys, window_s: float = 60.0) -> dict[str, An
         c = per_consumer.setdefault(name, {"name": name, "pending": 0, "idle_ms": None})
         c.update(host=hb.get("host"), pid=hb.get("pid"), model=hb.get("model"), precision=hb.get("precision"),
                  served=hb.get("results"),
-                 dead=hb.get("dead"), heartbeat_age_s=round(now - float(hb.get("ts", 0)), 1))
+                 dead=hb.get("dead"), heartbeat_age_s=round(now - float(hb.get("ts", 0)), 1),
+                 breaker=hb.get("breaker", "closed"), breaker_trips=hb.get("breaker_trips", 0))
     for name, c in per_consumer.items():
         c["alive"] = bool(r.exists(keys.heartbeat(name)))
         c.setdefault("model", None)
@@ -138,12 +139,12 @@ def render(doc: dict[str, Any]) -> str:
     for s in doc["shards"]:
         lines.append(f"{s['shard']:>5} {s['length']:>9} {_fmt(s['lag']):>9} {_fmt(s['pending']):>8} {s['results']:>9} "
                      f"{s['dead']:>6}" + (f"  {s.get('node', '')}" if with_node else ""))
-    lines += ["", f"{'consumer':<24} {'state':<6} {'pending':>8} {'idle':>9} {'heartbeat':>10}  model"]
+    lines += ["", f"{'consumer':<24} {'state':<7} {'pending':>8} {'idle':>9} {'heartbeat':>10}  model"]
     for c in doc["consumers"]:
         idle = "-" if c["idle_ms"] is None else f"{c['idle_ms'] / 1000:.1f}s"
-        state = "ready" if c["alive"] else "stale"
+        state = "stale" if not c["alive"] else "ready" if c.get("breaker", "closed") == "closed" else c["breaker"]
         precision = f" ({c['precision']})" if c.get("precision") else ""
-        lines.append(f"{c['name']:<24} {state:<6} {c['pending']:>8} {idle:>9} {_fmt(c['heartbeat_age_s'], 's'):>10}  "
+        lines.append(f"{c['name']:<24} {state:<7} {c['pending']:>8} {idle:>9} {_fmt(c['heartbeat_age_s'], 's'):>10}  "
                      f"{_fmt(c['model'])}{precision}")
     rec = doc["recent"]
     span = rec.get("span_s")

@@ -6,6 +6,7 @@ real WorkerLoops, faults injected by predictor wrappers)."""
 from __future__ import annotations
 
 import threading
+import types
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,28 @@ def test_reload_to_a_version_that_breaks_falls_back_to_the_previous_one(
     assert src.check() is None  # the broken version is not taken again
     models = {f[b"model"].decode() for _, f in r.xrange(keys.shard(0).results)}
     assert models <= {base, entry.version} and base in models
+
+
+def test_previous_version_is_dropped_once_the_fallback_window_passes() -> None:
+    """The version kept for a fallback costs a model's memory: it goes after ``reload_batches`` good batches."""
+    from worker.guard import ModelGuard
+
+    class Models:
+        def __init__(self) -> None:
+            self.current = types.SimpleNamespace(version="v1")
+            self.forgotten = 0
+
+        def forget_previous(self) -> None:
+            self.forgotten += 1
+
+    models = Models()
+    guard = ModelGuard(None, Keys("p", "p"), "c", BreakerRules(reload_batches=3), models,  # type: ignore[arg-type]
+                       on_state=lambda state, trips: None)
+    models.current.version = "v2"
+    guard.observe("v2")  # a swap
+    for _ in range(3):
+        guard.served()
+    assert models.forgotten == 0  # still inside the window: a failure now would fall back to v1
+    guard.served()
+    guard.served()
+    assert models.forgotten == 1

@@ -113,6 +113,10 @@ class ModelGuard:
     def served(self) -> None:
         """A batch was published without a broken verdict (closes a half-open breaker)."""
         self.since_swap += 1
+        if self.since_swap == self.rules.reload_batches + 1:  # no fallback any more: free the old version
+            forget = getattr(self.models, "forget_previous", None)
+            if forget is not None:
+                forget()
         if self.breaker.served():
             self.log.info("breaker_closed", model=self._version, trips=self.breaker.trips)
             self._notify()

@@ -114,6 +114,12 @@ class ReloadingSource:
         self.observer.model_version(new.version)
         self._release_at = time.monotonic() + RELEASE_AFTER_S
 
+    def forget_previous(self) -> None:
+        """The fallback window passed (``worker.guard``): drop the previous version, give its memory back."""
+        if self.previous is not None:
+            self.previous = None
+            self._release_at = time.monotonic() + RELEASE_AFTER_S
+
     def fall_back(self, reason: str) -> str | None:
         """The served version broke soon after its swap (``worker.guard``): serve the previous one again
         and refuse the broken one (logged, noted in the registry, never served again by this worker

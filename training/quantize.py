@@ -44,12 +44,19 @@ class QuantizeError(ExportError):
     """The checkpoint's int8 graph cannot be built (no golden batch to calibrate on, or the quantizer failed)."""
 
 
+#: Windows per calibration batch. MinMax calibration takes the range over all batches, so the chunk
+#: size does not change the graph; it bounds the work buffers onnxruntime keeps on the building
+#: thread (a worker's reload checker thread) for good.
+CALIBRATION_CHUNK = 64
+
+
 def calibration_batches(ckpt: CheckpointMeta) -> list[np.ndarray]:
-    """The golden batch grouped by window length: one [n, T, F] float32 array per distinct length."""
+    """The golden batch grouped by window length, in [n <= 64, T, F] float32 arrays."""
     by_len: dict[int, list[np.ndarray]] = {}
     for w in ckpt.golden_windows():
         by_len.setdefault(w.shape[0], []).append(w)
-    return [np.stack(v).astype(np.float32) for _, v in sorted(by_len.items())]
+    return [np.stack(v[i: i + CALIBRATION_CHUNK]).astype(np.float32)
+            for _, v in sorted(by_len.items()) for i in range(0, len(v), CALIBRATION_CHUNK)]
 
 
 @contextlib.contextmanager

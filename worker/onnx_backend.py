@@ -143,7 +143,8 @@ class OnnxPredictor:
         self.graph, self.session, self.precision = graph, session, "int8"
         log.info("int8_serving", fp32_accuracy=fp32, int8_accuracy=int8, max_drop=max_drop, golden=len(xs))
 
-    def _accuracy(self, session: Any, xs: list[np.ndarray], names: list[str], batch: int = 256) -> float:
+    def _accuracy(self, session: Any, xs: list[np.ndarray], names: list[str], batch: int = 64) -> float:
+        # 64, not the whole golden batch: see worker.gate.GOLDEN_CHUNK (per-thread work buffers).
         hits = 0
         for i in range(0, len(xs), batch):
             labels = self._predict(session, xs[i : i + batch]).argmax(axis=1)

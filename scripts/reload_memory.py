@@ -1,0 +1,112 @@
+"""RSS of one replica across hot reloads: ``python scripts/reload_memory.py [--reloads 4] [--out results]``.
+
+Starts its own redis-server and one ``python -m worker.cli`` replica on a checkpoint root, then
+publishes ``--reloads`` new versions into the root one after another (``latest`` moves, the replica
+verifies and swaps each), with a trickle of windows so batches flow. After each swap it waits for the
+replica to serve ``--batches`` batches (past the breaker's fallback window, when the previous version
+is dropped) and reads the replica's RSS from ``/proc``. Writes ``results/reload_memory.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.model import build_checkpoint  # noqa: E402
+from producer.client import Producer  # noqa: E402
+from protocol.keys import Keys  # noqa: E402
+from scripts.localredis import LocalRedis  # noqa: E402
+from training.checkpoint_file import set_latest_version  # noqa: E402
+from worker.health import heartbeat  # noqa: E402
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of ``pid`` in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def serve(prod: Producer, r: object, keys: Keys, n_batches: int) -> None:
+    """Publish single windows one at a time until the replica has published ``n_batches`` more results."""
+    sk = keys.shard(0)
+    start = r.xlen(sk.results)  # type: ignore[attr-defined]
+    while r.xlen(sk.results) - start < n_batches:  # type: ignore[attr-defined]
+        prod.publish(np.zeros((20, 1), np.float32))
+        time.sleep(0.005)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the measurement and write the results files."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reloads", type=int, default=4)
+    p.add_argument("--batches", type=int, default=150, help="batches served after each swap before reading RSS")
+    p.add_argument("--out", type=Path, default=ROOT / "results")
+    a = p.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="reload-mem-"))
+    root = tmp / "ck"
+    build_checkpoint(root, seed=0, golden=256)
+    staged = []
+    for seed in range(1, a.reloads + 1):
+        build_checkpoint(tmp / f"st{seed}", seed=seed, golden=256)
+        staged.append((tmp / f"st{seed}", (tmp / f"st{seed}" / "latest").read_text().strip()))
+    rows: list[dict[str, object]] = []
+    with LocalRedis() as srv:
+        r = srv.client()
+        keys = Keys("rm", "rm")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", BIGRU_REDIS_URL=srv.url, BIGRU_PREFIX="rm",
+                   BIGRU_GROUP="rm", BIGRU_CHECKPOINT=str(root), BIGRU_REPLICAS="1", BIGRU_WORKER_NAME="rm",
+                   BIGRU_RELOAD_INTERVAL_S="0.5")
+        with open(tmp / "worker.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "worker.cli"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while (hb := heartbeat(r, keys, "rm-0")) is None:
+                if proc.poll() is not None:
+                    raise RuntimeError((tmp / "worker.log").read_text()[-2000:])
+                time.sleep(0.2)
+            pid = int(hb["pid"])
+            prod = Producer(r, keys)
+            serve(prod, r, keys, a.batches)
+            rows.append({"step": "start", "version": hb["model"], "rss_mib": round(rss_mib(pid), 1)})
+            for i, (src, version) in enumerate(staged, 1):
+                shutil.copytree(src / version, root / version)
+                set_latest_version(root, version)
+                while (heartbeat(r, keys, "rm-0") or {}).get("model") != version:
+                    time.sleep(0.2)
+                serve(prod, r, keys, a.batches)
+                time.sleep(2.5)  # the release after a swap is due 2 s after it
+                rows.append({"step": f"reload {i}", "version": version, "rss_mib": round(rss_mib(pid), 1)})
+                print(rows[-1], flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    a.out.mkdir(parents=True, exist_ok=True)
+    doc = {"reloads": a.reloads, "batches_after_each": a.batches, "rows": rows}
+    (a.out / "reload_memory.json").write_text(json.dumps(doc, indent=1))
+    base = float(rows[0]["rss_mib"])  # type: ignore[arg-type]
+    lines = ["# RSS of one replica across hot reloads", "",
+             f"`python scripts/reload_memory.py --reloads {a.reloads}`: one replica (defaults: onnx, precision auto), "
+             f"a trickle of single windows; RSS read after {a.batches} batches on each version (past the "
+             "breaker's fallback window) and the release 2 s after the swap.", "",
+             "| step | RSS MiB | vs start |", "|---|---|---|"]
+    lines += [f"| {row['step']} | {row['rss_mib']} | {float(row['rss_mib']) / base - 1:+.1%} |" for row in rows]  # type: ignore[arg-type]
+    (a.out / "reload_memory.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.failover_scenario import run_failover
+from scripts.failover_scenario import FailoverFigures, run_failover
 from tests.chaos_support import FIGURES
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster, pytest.mark.slow]
@@ -32,16 +32,21 @@ pytestmark = [pytest.mark.chaos, pytest.mark.cluster, pytest.mark.slow]
 RECOVERY_BOUND_S = 15.0
 
 
-@pytest.mark.parametrize("wait_replicas", [1, 0], ids=["wait1", "nowait"])
-def test_kill9_master_mid_stream_replica_takes_over(wait_replicas: int, checkpoint_root: Path,
-                                                     tmp_path: Path) -> None:
-    fig = run_failover(checkpoint_root, tmp_path, wait_replicas=wait_replicas)
+def _record_and_check(fig: FailoverFigures, name: str) -> None:
+    """Write the run's figures to ``results/chaos/<name>.json`` and check what holds in every run."""
     FIGURES.mkdir(parents=True, exist_ok=True)
-    (FIGURES / f"failover_wait{wait_replicas}.json").write_text(json.dumps(fig.as_dict(), indent=2) + "\n")
+    (FIGURES / f"{name}.json").write_text(json.dumps(fig.as_dict(), indent=2) + "\n")
     print(f"\nCHAOS {json.dumps(fig.as_dict())}")
     assert "timeout" not in fig.extra, fig.extra
     assert fig.workers_alive, "a worker process died or was restarted"
     assert fig.accepted > 1000 and fig.killed_shards
+
+
+@pytest.mark.parametrize("wait_replicas", [1, 0], ids=["wait1", "nowait"])
+def test_kill9_master_mid_stream_replica_takes_over(wait_replicas: int, checkpoint_root: Path,
+                                                     tmp_path: Path) -> None:
+    fig = run_failover(checkpoint_root, tmp_path, wait_replicas=wait_replicas)
+    _record_and_check(fig, f"failover_wait{wait_replicas}")
     assert 0 <= fig.recovery_s <= RECOVERY_BOUND_S, fig.recovery_s
     if wait_replicas:
         # Every window whose WAIT succeeded survived the failover and got a result.
@@ -57,12 +62,7 @@ def test_kill9_master_mid_stream_replica_takes_over(wait_replicas: int, checkpoi
 def test_kill9_master_while_its_replica_lags(wait_replicas: int, checkpoint_root: Path, tmp_path: Path) -> None:
     fig = run_failover(checkpoint_root, tmp_path, wait_replicas=wait_replicas, lag_s=1.0,
                        before_s=2.0, after_s=3.0)
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    (FIGURES / f"failover_lag_wait{wait_replicas}.json").write_text(json.dumps(fig.as_dict(), indent=2) + "\n")
-    print(f"\nCHAOS {json.dumps(fig.as_dict())}")
-    assert "timeout" not in fig.extra, fig.extra
-    assert fig.workers_alive, "a worker process died or was restarted"
-    assert fig.accepted > 1000 and fig.killed_shards
+    _record_and_check(fig, f"failover_lag_wait{wait_replicas}")
     assert 0 <= fig.promoted_s <= RECOVERY_BOUND_S, fig.promoted_s
     if wait_replicas:
         # Nothing is accepted while the replica is behind; every accepted window has a result in the

@@ -106,7 +106,7 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as the table docs/reliability.md quotes."""
     lines = ["| scenario | wait_replicas | run | accepted | accepted in stall | written, WAIT short | ReplicaAckError "
              "calls | accepted on retry | failed chunks | results | lost (reader) | duplicates (reader) "
-             "| lost (survived streams) | duplicates (survived streams) | promoted (s) | recovery (s) "
+             "| lost (survived streams) | duplicates (survived streams; of which two input entries) | promoted (s) | recovery (s) "
              "| all served (s) | workers restarted |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in report["failover"]:
@@ -116,7 +116,8 @@ def markdown(report: dict[str, Any]) -> str:
                      f"| {run.get('accepted_in_stall', 0) if lag else '—'} | {run['short_acked']} "
                      f"| {run.get('short_calls', 0)} | {run.get('retried_ok', 0)} "
                      f"| {run['failed_chunks']} | {run['results']} | {run['lost']} | {run['duplicates']} "
-                     f"| {run.get('lost_final', '—')} | {run.get('duplicates_final', '—')} "
+                     f"| {run.get('lost_final', '—')} | {run.get('duplicates_final', '—')}"
+                     f"; {run.get('duplicates_final_two_inputs', '—')} "
                      f"| {run['promoted_s']} | {run['recovery_s']} "
                      f"| {run['all_served_s'] if run['all_served_s'] >= 0 else 'never'} "
                      f"| {'no' if run['workers_alive'] else 'YES'} |")

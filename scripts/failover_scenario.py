@@ -69,6 +69,7 @@ class FailoverFigures:
     duplicates: int = 0  # surplus results, any cid (live reader)
     lost_final: int = 0  # accepted cids with no result in the surviving results streams
     duplicates_final: int = 0  # surplus results in the surviving results streams
+    duplicates_final_two_inputs: int = 0  # of which for a cid written as two input entries (a resent write)
     recovery_s: float = 0.0  # kill -> first result published after the kill on a shard the killed master served
     promoted_s: float = 0.0  # kill -> a replica serves the slot and the cluster is ok
     rejoined_s: float = 0.0  # kill -> the killed node restarted and linked as the new master's replica
@@ -92,6 +93,7 @@ class ResultsByCid:
         self.pos = {sk.results: "0-0" for sk in keys.all_shards()}
         self.shard_of = {sk.results: sk.shard for sk in keys.all_shards()}
         self.count: Counter[str] = Counter()
+        self.inputs: dict[str, set[tuple[int, str]]] = {}  # cid -> (shard, input entry id) its results name
         self.first_after: dict[int, int] = {}  # shard -> earliest result ts_us seen after `since_us`
         self.since_us: int | None = None
 
@@ -110,6 +112,7 @@ class ResultsByCid:
                     self.count[res.cid] += 1
                     n += 1
                     shard = self.shard_of[stream]
+                    self.inputs.setdefault(res.cid, set()).add((shard, res.input_id))
                     if self.since_us is not None and res.ts_us >= self.since_us:
                         self.first_after[shard] = min(self.first_after.get(shard, res.ts_us), res.ts_us)
         return n
@@ -244,15 +247,16 @@ def _settle(out: ResultsByCid, want: set[str], quiet_s: float, timeout: float) -
     return False
 
 
-def _audit(rc: Any, keys: Keys, accepted: list[str]) -> tuple[int, int]:
-    """(accepted cids with no result, surplus results) in the results streams as they survived,
-    read again from the start."""
+def _audit(rc: Any, keys: Keys, accepted: list[str]) -> tuple[int, int, int]:
+    """(accepted cids with no result, surplus results, surplus results of cids whose results name
+    two or more input entries) in the results streams as they survived, read again from the start."""
     survived = ResultsByCid(rc, keys)
     for _ in range(3):  # a shard's node may be briefly unreachable: read what is left
         while survived.poll():
             pass
     return (sum(1 for c in accepted if not survived.count[c]),
-            sum(n - 1 for n in survived.count.values() if n > 1))
+            sum(n - 1 for n in survived.count.values() if n > 1),
+            sum(n - 1 for c, n in survived.count.items() if n > 1 and len(survived.inputs[c]) > 1))
 
 
 def run_failover(checkpoint: Path, logdir: Path, *, wait_replicas: int, rate: float = 500.0,
@@ -326,7 +330,7 @@ def run_failover(checkpoint: Path, logdir: Path, *, wait_replicas: int, rate: fl
         fig.results = sum(out.count[c] for c in prod.accepted)
         fig.lost = sum(1 for c in prod.accepted if not out.count[c])
         fig.duplicates = sum(n - 1 for n in out.count.values() if n > 1)
-        fig.lost_final, fig.duplicates_final = final
+        fig.lost_final, fig.duplicates_final, fig.duplicates_final_two_inputs = final
         fig.worker_ack_short = sum(p.read_text().count("replica_ack_short") for p in logdir.glob("fo*.log"))
         fig.extra["producer_errors"] = dict(prod.errors)
         fig.extra["short_unserved"] = sum(1 for c in prod.short if not out.count[c])

@@ -107,8 +107,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["| scenario | wait_replicas | run | accepted | accepted in stall | written, WAIT short | ReplicaAckError "
              "calls | accepted on retry | failed chunks | results | lost (reader) | duplicates (reader) "
              "| lost (survived streams) | duplicates (survived streams; of which two input entries) | promoted (s) | recovery (s) "
-             "| all served (s) | workers restarted |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| all served (s) | worker `replica_ack_short` | workers restarted |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in report["failover"]:
         lag = run.get("lag_s", 0.0)
         scenario = f"lagging replica {lag} s" if lag else "clean"
@@ -119,13 +119,14 @@ def markdown(report: dict[str, Any]) -> str:
                      f"| {run.get('lost_final', '—')} | {run.get('duplicates_final', '—')}"
                      f"; {run.get('duplicates_final_two_inputs', '—')} "
                      f"| {run['promoted_s']} | {run['recovery_s']} "
-                     f"| {run['all_served_s'] if run['all_served_s'] >= 0 else 'never'} "
+                     f"| {run['all_served_s'] if run['all_served_s'] >= 0 else 'never'} | {run['worker_ack_short']} "
                      f"| {'no' if run['workers_alive'] else 'YES'} |")
     t = report["throughput"]
     m = t["median_windows_per_s"]
     lines += ["", "| throughput (median windows/s) | wait 0 | wait 1 | ratio |", "|---|---|---|---|",
               f"| producer `publish_many` | {m['producer_0']} | {m['producer_1']} | {t['producer_ratio_wait1_to_wait0']} |",
-              f"| 2 worker processes | {m['worker_0']} | {m['worker_1']} | {t['worker_ratio_wait1_to_wait0']} |"]
+              f"| 2 worker processes | {m['worker_0']} | {m['worker_1']} | {t['worker_ratio_wait1_to_wait0']} |",
+              "", "single runs (windows/s): " + "; ".join(f"{k} {' / '.join(map(str, v))}" for k, v in t["runs"].items())]
     return "\n".join(lines) + "\n"
 
 

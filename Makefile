@@ -45,7 +45,7 @@ soak: venv redis
 bench-scale: venv redis
 	$(PY) scripts/scaleout.py
 
-# kill -9 a cluster master mid-stream with and without WAIT for replicas -> results/failover.{json,md}
+# kill -9 a cluster master mid-stream (clean, and with its replica lagging 1 s) with and without WAIT for replicas -> results/failover.{json,md}
 failover: venv redis
 	$(PY) scripts/failover.py
 

@@ -166,6 +166,29 @@ class LocalCluster:
                    f":{killed.port} to rejoin as a replica")
         return time.monotonic() - killed.at
 
+    def replica_ports_of(self, master_port: int) -> list[int]:
+        """Ports of the replicas linked to the master on ``master_port`` (its ``INFO replication``)."""
+        info = self._info(self.node(master_port), "replication")
+        return [int(v["port"]) for k, v in info.items()  # type: ignore[index]
+                if k.startswith("slave") and isinstance(v, dict)]
+
+    def stall_replica(self, port: int, timeout_ms: int) -> None:
+        """Make the replica on ``port`` stop applying its replication stream for ``timeout_ms``
+        (``CLIENT PAUSE <timeout_ms> ALL``; the pause ends by itself).
+
+        It applies nothing meanwhile, so its ``REPLCONF ACK`` offset stands still (``WAIT`` counts it
+        as behind). Observed with Redis 7.0: if its master is killed during the pause, the replica
+        comes out of the pause without the writes it had not applied and is promoted without them
+        (its failover starts only after the pause). A ``SIGSTOP``/``SIGCONT`` of the replica loses
+        nothing on loopback: the stream waits in its socket buffer and is applied after ``SIGCONT``,
+        even with the master dead.
+        """
+        c = self.node(port).client(socket_timeout=2.0)
+        try:
+            c.execute_command("CLIENT", "PAUSE", timeout_ms, "ALL")
+        finally:
+            c.close()
+
     def _slot_master(self, slot: int) -> int | None:
         """Port of the master a live node names for ``slot`` (``CLUSTER SLOTS``: [lo, hi, [host, port, id], ...])."""
         for node in self._alive():

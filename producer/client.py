@@ -147,16 +147,43 @@ class Producer:
             (e,) = entries
             return [_eid(self._add(self.r, self._shard(e), e))]
         pipe = self.r.pipeline(transaction=False)
-        for e in entries:
-            self._add(pipe, self._shard(e), e)
-        return [_eid(eid) for eid in self._execute(pipe)]
+        return self._execute(pipe, self._queue(pipe, entries))
 
-    def _execute(self, pipe: Any) -> list[Any]:
-        """Run a pipeline of XADDs, then ``WAIT`` for the replicas when durability asks for it."""
+    def _queue(self, pipe: Any, entries: Sequence[Entry]) -> list[tuple[int, int | None]]:
+        """Queue the writes of ``entries``; per entry, where its id is: (reply index, index in that reply).
+
+        Idempotent writes on the script path go as one call per shard; otherwise one command per entry.
+        """
+        idem = self.idempotence
+        if idem is not None:
+            idem.prepare(self.r)
+        if idem is None or not idem.batches:
+            for e in entries:
+                self._add(pipe, self._shard(e), e)
+            return [(k, None) for k in range(len(entries))]
+        by_shard: dict[int, list[int]] = {}
+        for i, e in enumerate(entries):
+            by_shard.setdefault(self.shard_for(e.route), []).append(i)
+        slots: list[tuple[int, int | None]] = [(0, None)] * len(entries)
+        for k, (shard, idxs) in enumerate(by_shard.items()):
+            idem.add_many(pipe, self.keys.shard(shard), [(entries[i].fields(), entries[i].iid or uuid.uuid4().hex)
+                                                         for i in idxs])
+            for j, i in enumerate(idxs):
+                slots[i] = (k, j)
+        return slots
+
+    def _execute(self, pipe: Any, slots: list[tuple[int, int | None]] | None = None) -> list[str]:
+        """Run a pipeline of writes (then ``WAIT`` for the replicas when durability asks for it); the
+        entry ids, per ``slots`` (default: one reply per entry)."""
+        def ids(replies: list[Any]) -> list[str]:
+            if slots is None:
+                return [_eid(eid) for eid in replies]
+            return [_eid(replies[k] if j is None else replies[k][j]) for k, j in slots]
+
         try:
-            return execute(self.r, pipe, self.durability).check()
+            return ids(execute(self.r, pipe, self.durability).check())
         except ReplicaAckError as err:
-            err.results = [_eid(eid) for eid in err.results]
+            err.results = ids(err.results)
             raise
 
     def _shard(self, e: Entry) -> ShardKeys:

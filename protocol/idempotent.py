@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
 from typing import Any, Literal
 
+import msgpack
 import redis
 import redis.asyncio
 import structlog
@@ -48,6 +49,27 @@ if id then return {id, 1} end
 id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
 return {id, 0}
+"""
+
+#: The same for many entries of one shard in one call (:meth:`IdempotentWriter.add_many`). KEYS: stream,
+#: then one dedup key per entry. ARGV: window (s), one msgpack array of the entries' field/value lists.
+#: Returns one ``{entry id, duplicate}`` pair per entry, in order. One call instead of one per entry
+#: saves the per-call cost that made the per-entry script a third of the plain XADD rate.
+IDMP_MANY_LUA = """
+local recs = cmsgpack.unpack(ARGV[2])
+local out = {}
+for i = 1, #recs do
+  local key = KEYS[i + 1]
+  local id = redis.call('GET', key)
+  if id then
+    out[i] = {id, 1}
+  else
+    id = redis.call('XADD', KEYS[1], '*', unpack(recs[i]))
+    redis.call('SET', key, id, 'EX', ARGV[1])
+    out[i] = {id, 0}
+  end
+end
+return out
 """
 
 log = structlog.get_logger("protocol.idempotent")
@@ -180,6 +202,8 @@ class IdempotentWriter:
         self.mode: Mode | None = None if mode == "auto" else mode
         self._forced = mode != "auto"
         self._sha = ""
+        self._sha_many = ""
+        self._packer = msgpack.Packer(use_bin_type=False)  # Redis' cmsgpack predates the bin types
         self._unconfigured: set[str] = {sk.windows for sk in keys.all_shards()}
         self._checked = float("-inf")
 
@@ -215,6 +239,7 @@ class IdempotentWriter:
             log.info("idempotence_mode", mode=self.mode, producer=self.producer_id, window_s=self.window_s)
         if self.mode == "script":
             self._sha = as_str(await r.script_load(IDMP_LUA))
+            self._sha_many = as_str(await r.script_load(IDMP_MANY_LUA))
         elif self._due():
             for stream in sorted(self._unconfigured):
                 try:
@@ -242,6 +267,7 @@ class IdempotentWriter:
         """(Re)load the script, e.g. after the server lost its script cache (``NOSCRIPT``)."""
         try:
             self._sha = as_str(r.script_load(IDMP_LUA))
+            self._sha_many = as_str(r.script_load(IDMP_MANY_LUA))
         except redis.ResponseError as e:
             raise IdempotenceError(f"cannot load the idempotent-XADD script: {e}") from e
 
@@ -255,3 +281,18 @@ class IdempotentWriter:
         # execute_command, not .evalsha: a cluster pipeline refuses the method but routes the command by its keys.
         return target.execute_command("EVALSHA", self._sha, 2, sk.windows, sk.idmp(self.producer_id, iid),
                                       self.window_s, *flat(fields))
+
+    @property
+    def batches(self) -> bool:
+        """Whether :meth:`add_many` writes many entries in one call (the script path; call :meth:`prepare` first)."""
+        return self.mode == "script"
+
+    def add_many(self, target: Any, sk: ShardKeys, items: Sequence[tuple[Mapping[Any, Any], str]]) -> Any:
+        """Append (pipeline) or send (client) the idempotent writes of ``items`` (fields, idempotency id) to
+        ``sk``'s input stream in ONE script call (only where :attr:`batches`); its reply is one
+        :func:`entry_id`-decodable pair per item, in order."""
+        if not self._sha_many:
+            raise IdempotenceError("IdempotentWriter.add_many before prepare (or on the native path)")
+        records = self._packer.pack([flat(fields) for fields, _ in items])
+        return target.execute_command("EVALSHA", self._sha_many, 1 + len(items), sk.windows,
+                                      *(sk.idmp(self.producer_id, iid) for _, iid in items), self.window_s, records)

@@ -61,12 +61,12 @@ throwaway redis-server {version} (script path; no persistence) on this machine (
 | path | windows/s | Redis memory grown |
 |---|---|---|
 | plain `XADD` | {plain:,.0f} | {plain_mem / 1e6:.1f} MB |
-| idempotent (`EVALSHA` of the script: `GET`, `XADD`, `SET … EX`) | {idem:,.0f} | {idem_mem / 1e6:.1f} MB |
+| idempotent (one script call per shard and pipeline: `GET`, `XADD`, `SET … EX` per entry) | {idem:,.0f} | {idem_mem / 1e6:.1f} MB |
 | ratio idempotent / plain | {idem / plain:.2f} | |
 
 The dedup keys cost about {key_bytes:.0f} bytes per window for as long as the window
-(`idempotency_window_s`) keeps them: at {idem:,.0f} windows/s and the default 300 s window that is
-about {idem * 300 * key_bytes / 1e9:.1f} GB. Size the window to the retries it must cover.
+(`idempotency_window_s`) keeps them: at {idem:,.0f} windows/s and the default 60 s window that is
+about {idem * 60 * key_bytes / 1e9:.1f} GB. Size the window to the retries it must cover.
 """
     OUT.write_text(text)
     print(text)

@@ -127,6 +127,20 @@ def test_same_cid_within_the_window_returns_the_first_id_and_after_it_is_a_new_e
     assert [e[0] for e in stream_entries(r, keys.shard(0).windows)] == [first, again]
 
 
+def test_one_call_per_shard_keeps_order_and_repeats_within_it(r: redis.Redis, redis_url: str, prefix: str) -> None:
+    """publish_many's writes of a shard go as one script call: ids come back in input order, a cid
+    repeated inside the call gets the first one's id, and one already written before too."""
+    keys = Keys(prefix, prefix, shards=3)
+    prod = _producer(redis_url, keys, "p1")
+    early = prod.publish(W, "c5")
+    cids = [f"c{i}" for i in range(10)] + ["c3", "c5"]
+    ids = prod.publish_many([W] * len(cids), cids)
+    assert ids[5] == ids[11] == early and ids[3] == ids[10]
+    assert sum(r.xlen(sk.windows) for sk in keys.all_shards()) == 10  # (ids repeat across shard streams)
+    by_cid = {f[b"cid"].decode(): i.decode() for sk in keys.all_shards() for i, f in r.xrange(sk.windows)}
+    assert [by_cid[c] for c in cids] == ids
+
+
 def test_producers_with_the_same_cid_are_independent(r: redis.Redis, redis_url: str, prefix: str) -> None:
     keys = Keys(prefix, prefix)
     a, b = _producer(redis_url, keys, "p-a"), _producer(redis_url, keys, "p-b")

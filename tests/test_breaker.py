@@ -24,6 +24,7 @@ from training.publish import publish_checkpoint
 from worker import reload as reload_mod
 from worker.breaker import CLOSED, OPEN, PROBING, Breaker, BreakerRules, suspect, verdict
 from worker.config import WorkerSettings
+from worker.gate import GOLDEN_CHUNK
 from worker.health import check
 from worker.loop import WorkerLoop
 from worker.metrics import WorkerMetrics
@@ -169,12 +170,15 @@ def test_poison_window_alone_in_its_batch_is_still_dead_lettered(
 
 
 def break_reloads(monkeypatch: pytest.MonkeyPatch) -> list[Flaky]:
-    """From now on every predictor the reload path makes breaks after 3 calls (the gate uses 1)."""
+    """From now on every predictor the reload path makes breaks 3 calls after it passed the gate
+    (the gate's golden-batch passes, in chunks of ``GOLDEN_CHUNK``, come first)."""
     made: list[Flaky] = []
     real = reload_mod.make_predictor
 
     def make(*args: Any, **kw: Any) -> Any:
-        pred = Flaky(real(*args, **kw), fail_after=3)
+        golden = args[0].golden_batch()
+        passes = -(-len(golden[0]) // GOLDEN_CHUNK) if golden else 0
+        pred = Flaky(real(*args, **kw), fail_after=passes + 3)
         made.append(pred)
         return pred
 

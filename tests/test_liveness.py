@@ -123,3 +123,22 @@ def test_oversized_entries_shrink_reads_to_one(r: redis.Redis, redis_url: str, p
 def test_batch_budget_smaller_than_one_window_fails_at_start() -> None:
     with pytest.raises(ValidationError, match="max_batch_bytes"):
         WorkerSettings(max_window_bytes=1 << 20, max_batch_bytes=1 << 10)
+
+
+def test_a_crashed_loop_stops_its_heartbeat_thread(r: redis.Redis, redis_url: str, prefix: str,
+                                                   checkpoint_root: Path) -> None:
+    """An exception out of run() (a crash, simulated in-process) must not leave a thread vouching for it."""
+
+    class Crash(BaseException):
+        pass
+
+    class Crashing(Slow):
+        def predict(self, xs: list[np.ndarray]) -> np.ndarray:
+            raise Crash
+
+    keys = Keys(prefix, prefix)
+    Producer(r, keys).publish(np.zeros((20, 1), np.float32))
+    loop = make_loop(redis_url, prefix, checkpoint_root, predictor=Crashing(0.0), heartbeat_interval_s=0.05)
+    with pytest.raises(Crash):
+        loop.run()
+    assert not loop.pulse._thread.is_alive()

@@ -350,9 +350,19 @@ class WorkerLoop:
         ensure_groups(self.r, self.keys)
         self.keeper.start()
         self.pulse.start()
+        self.log.info("worker_started", model=self.models.current.version, pid=os.getpid())
+        try:
+            self._serve()
+        except BaseException:
+            self.pulse.close()  # a crashed loop vouches for nothing (its threads may outlive it in-process)
+            raise
+        self._drain()
+        self.shutdown()
+        return self.stats
+
+    def _serve(self) -> None:
         outage_since: float | None = None
         delay = 0.05
-        self.log.info("worker_started", model=self.models.current.version, pid=os.getpid())
         while not self.stop.is_set():
             try:
                 if not self.step():
@@ -373,9 +383,6 @@ class WorkerLoop:
                 self.log.error("group_missing_recreated", error=str(err))
                 self._abandon()
                 ensure_groups(self.r, self.keys)
-        self._drain()
-        self.shutdown()
-        return self.stats
 
     def _drain(self) -> None:
         """On stop: finish and acknowledge the batch in flight, then read the last publish replies."""

@@ -91,7 +91,10 @@ def drain(url: str, checkpoint: Path, device: str, backend: str, replicas: int, 
     entries = -(-n // per_entry)
     cfg = WorkerConfig(backend=backend, replicas=replicas, threads=1, max_batch=max_batch, per_entry=per_entry,
                        # bench.pipeline sets PYTHONPATH to the repo alone; keep the carried wheels' /tmp/site.
-                       extra_env={"BIGRU_DEVICE": device, "PYTHONPATH": child_env()["PYTHONPATH"]})
+                       # Windows here are at most 5 KiB: a read of a 1024-window batch then asks for
+                       # all of it (BIGRU_MAX_BATCH_BYTES / BIGRU_MAX_WINDOW_BYTES entries per read).
+                       extra_env={"BIGRU_DEVICE": device, "PYTHONPATH": child_env()["PYTHONPATH"],
+                                  "BIGRU_MAX_WINDOW_BYTES": "65536"})
     row: dict[str, Any] = {"device": device, "backend": backend, "replicas": replicas, "max_batch": max_batch,
                            "per_entry": per_entry, "windows_sent": n, "prefill_s": round(fill_s, 2)}
     try:

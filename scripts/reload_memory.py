@@ -27,17 +27,10 @@ sys.path.insert(0, str(ROOT))
 from bench.model import build_checkpoint  # noqa: E402
 from producer.client import Producer  # noqa: E402
 from protocol.keys import Keys  # noqa: E402
+from scripts.footprint import proc_rss_mb as rss_mib  # noqa: E402
 from scripts.localredis import LocalRedis  # noqa: E402
 from training.checkpoint_file import set_latest_version  # noqa: E402
 from worker.health import heartbeat  # noqa: E402
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of ``pid`` in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def serve(prod: Producer, r: object, keys: Keys, n_batches: int) -> None:

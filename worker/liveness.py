@@ -35,8 +35,9 @@ class Heartbeat:
         self._next = 0.0
 
     def beat(self, model: str, results: int, dead: int, force: bool = False, precision: str = "fp32",
-             extra: Mapping[str, Any] | None = None) -> None:
-        """Refresh the heartbeat key (TTL) and the workers hash entry, if due (``extra``: more fields)."""
+             extra: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        """Refresh the heartbeat key (TTL) and the workers hash entry, if due (``extra()``: more fields,
+        asked for only when a beat is written)."""
         now = self.monotonic()
         if not force and now < self._next:
             return
@@ -44,7 +45,7 @@ class Heartbeat:
         info: dict[str, Any] = {
             "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(), "model": model,
             "precision": precision, "started": self.started, "ts": time.time(), "results": results, "dead": dead,
-            **(extra or {}),
+            **(extra() if extra is not None else {}),
         }
         doc = json.dumps(info)
         pipe = self.r.pipeline(transaction=False)

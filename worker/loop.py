@@ -259,7 +259,7 @@ class WorkerLoop:
         state = self.guard.breaker.state
         force, self._beat_state = force or state != self._beat_state, state  # a breaker change shows at once
         self.beats.beat(model.version, self.stats.results, self.stats.dead, force, getattr(model, "precision", "fp32"),
-                        extra=self.guard.heartbeat_fields())
+                        extra=self.guard.heartbeat_fields)
 
     # -- driver -------------------------------------------------------------------------------
 
@@ -308,13 +308,7 @@ class WorkerLoop:
 
     def _hold(self, batch: Batch) -> None:
         """The model is broken: publish nothing of ``batch`` or the batches behind it; release their inputs."""
-        while self.compute.inflight:
-            try:
-                self.compute.take()
-            except Exception as err:  # dropped either way
-                self.log.warning("held_batch_failed", error=str(err))
-        held = [e for _, entries in self._held.values() for e in entries]
-        self._held.clear()
+        held = self._drop_inflight("held_batch_failed")
         self._count_published(self.publisher.collect())
         self.collector.restart()  # once closed, re-read them first
         self.guard.trip(batch, held)
@@ -334,14 +328,21 @@ class WorkerLoop:
                 self.counters.duplicates(sent - published)
                 self.log.warning("already_acknowledged", count=sent - published)
 
-    def _abandon(self) -> None:
-        """After a Redis error: drop every batch held; its inputs stay pending and are read again."""
+    def _drop_inflight(self, event: str) -> list[Entry]:
+        """Take and drop every batch in flight (a failure is logged as ``event``); the entries of every
+        batch held, which this replica stops holding (they stay pending)."""
         while self.compute.inflight:
             try:
                 self.compute.take()
             except Exception as err:  # the batch is dropped either way
-                self.log.warning("abandoned_batch_failed", error=str(err))
+                self.log.warning(event, error=str(err))
+        held = [e for _, entries in self._held.values() for e in entries]
         self._held.clear()
+        return held
+
+    def _abandon(self) -> None:
+        """After a Redis error: drop every batch held; its inputs stay pending and are read again."""
+        self._drop_inflight("abandoned_batch_failed")
         self.publisher.reset()
         self.collector.restart()
 

@@ -283,13 +283,13 @@ class Collector:
         """Grow the batch: freely while the model is busy, then as long as the policy allows."""
         start = self.monotonic()
         oldest_age_s = max(0.0, (self.now_us() - enqueued_us(batch[0])) / 1e6)
-        while self.want(batch) and not self.stop.is_set():
+        while (want := self.want(batch)) and not self.stop.is_set():
             busy = model.busy()
             if not busy:
                 remaining = self.policy.fill_deadline(start, oldest_age_s, len(batch)) - self.monotonic()
                 if remaining <= 0:
                     break
-            got = self._read(self._next_shard(), self.want(batch))
+            got = self._read(self._next_shard(), want)
             if got:
                 batch += got
             elif busy:

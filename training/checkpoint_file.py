@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from protocol.wire import WIRE_VERSION
+from training.drift_ref import DriftReference, DriftReferenceError
 from training.model_config import ModelConfig
 
 FILENAME = "checkpoint.safetensors"
@@ -68,6 +69,7 @@ class CheckpointMeta:
     golden_lengths: np.ndarray | None = None  # [N]
     golden_y: np.ndarray | None = None  # [N]
     sha256: str = ""
+    drift: DriftReference | None = None  # training statistics for drift monitoring (None: drift unknown)
 
     @property
     def input_dim(self) -> int:
@@ -99,6 +101,7 @@ class CheckpointMeta:
             "wire_version": self.wire_version,
             "metrics": self.metrics,
             "data_fingerprint": self.data_fingerprint,
+            **({"drift": self.drift.to_dict()} if self.drift is not None else {}),
         }
 
 
@@ -155,12 +158,17 @@ def meta_fields(meta: dict[str, Any], golden: dict[str, np.ndarray], data: bytes
         raise CheckpointError("normalization does not match input_dim or has non-positive std")
     if len(classes) != config.num_classes:
         raise CheckpointError(f"{len(classes)} class names for {config.num_classes} classes")
+    try:
+        drift = None if meta.get("drift") is None else DriftReference.from_dict(meta["drift"], config.input_dim,
+                                                                                config.num_classes)
+    except DriftReferenceError as e:
+        raise CheckpointError(f"checkpoint {version}: {e}") from e
     return {
         "config": config, "classes": classes, "mean": mean, "std": std, "version": version,
         "created_at": str(meta.get("created_at", "")), "metrics": dict(meta.get("metrics") or {}),
         "data_fingerprint": str(meta.get("data_fingerprint", "")), "wire_version": wire,
         "golden_x": golden.get("x"), "golden_lengths": golden.get("lengths"), "golden_y": golden.get("y"),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": hashlib.sha256(data).hexdigest(), "drift": drift,
     }
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from training.augment import AUGMENT_MODES, SMOOTH_AUTOCORR, Augmenter, lag1_autocorrelation
 from training.checkpoint import Checkpoint
 from training.data import Dataset, fingerprint, normalization, pad
+from training.drift_ref import build_reference
 from training.model import ModelConfig, SequenceClassifier
 
 SCHEDULES = ("cosine", "plateau")
@@ -279,9 +280,11 @@ def _checkpoint(run: _Run, train: Dataset, val: Dataset, mcfg: ModelConfig, best
     metrics: dict[str, Any] = {"val_accuracy": vacc, "val_loss": vloss, "epochs": epochs, "best_epoch": best[1],
                                "seconds_per_epoch": seconds_per_epoch, "params": params, "batch_size": run.batch_size,
                                "patience": run.patience, "smoothness": run.smoothness, "augment": run.augment.describe()}
+    val_probs = torch.softmax(predict(run.model, run.val.x, run.val.lengths), dim=-1).numpy()
     return Checkpoint(config=mcfg, classes=list(train.classes), mean=run.mean, std=run.std, state_dict=best[2],
                       metrics=metrics, data_fingerprint=fingerprint(train), golden_x=gx, golden_lengths=gl,
-                      golden_y=np.asarray(val.y)[gidx])
+                      golden_y=np.asarray(val.y)[gidx],
+                      drift=build_reference(train.X, train.y, mcfg.num_classes, val_probs))
 
 
 def fit(

@@ -135,6 +135,11 @@ class WorkerSettings(RedisConnSettings):
         100, ge=0, description="a model that breaks within this many batches after a hot reload is refused and the "
         "previous version served again"
     )
+    drift_sample_every: int = Field(
+        8, ge=0, description="drift monitoring samples every this many served windows against the checkpoint's "
+        "training statistics (0: off; see [docs/lifecycle.md](docs/lifecycle.md#drift))"
+    )
+    drift_window: int = Field(512, ge=16, description="sampled windows in the rolling drift sample")
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus endpoint of replica 0 (replica i: port + i); 0 or unset: off"
     )

@@ -29,6 +29,7 @@ from protocol.wire import now_us
 from worker.batching import BatchWait, make_batch_wait
 from worker.compute import Compute
 from worker.config import WorkerSettings
+from worker.drift import DriftMonitor, DriftReport
 from worker.guard import ModelGuard, breaker_rules
 from worker.liveness import ClaimKeeper, Heartbeat, Pulse
 from worker.maintenance import Maintenance
@@ -84,6 +85,9 @@ class Observer:
 
     def breaker(self, state: str, trips: int) -> None:
         """Called when the breaker changes state (``worker.breaker``); ``trips`` counts its openings."""
+
+    def drift(self, report: DriftReport) -> None:
+        """Called with each drift reading (``worker.drift``)."""
 
 
 @dataclass
@@ -220,6 +224,8 @@ class WorkerLoop:
         self.keeper = ClaimKeeper(r, self.keys, consumer, settings.claim_idle_ms, self._held_batches, self.stop,
                                   self.clock.monotonic)
         self.log = structlog.get_logger("worker").bind(consumer=consumer)
+        self.drift = DriftMonitor(settings.drift_sample_every, settings.drift_window,
+                                  lambda rep: self.counters.observer.drift(rep))
 
     @property
     def stats(self) -> LoopStats:
@@ -259,7 +265,7 @@ class WorkerLoop:
         state = self.guard.breaker.state
         force, self._beat_state = force or state != self._beat_state, state  # a breaker change shows at once
         self.beats.beat(model.version, self.stats.results, self.stats.dead, force, getattr(model, "precision", "fp32"),
-                        extra=self.guard.heartbeat_fields)
+                        extra=lambda: {**self.guard.heartbeat_fields(), **self.drift.heartbeat_fields()})
 
     # -- driver -------------------------------------------------------------------------------
 
@@ -304,6 +310,7 @@ class WorkerLoop:
             self._held.pop(id(batch), None)
         self.policy.observe(len(batch.entries), time.perf_counter() - (batch.t_submit or time.perf_counter()))
         self.counters.batch(batch)
+        self.drift.observe(batch)
         self.guard.served()
 
     def _hold(self, batch: Batch) -> None:

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from protocol.keys import Keys
 from protocol.replies import group_info
 from worker.breaker import STATES
+from worker.drift import DriftGauges, DriftReport
 from worker.loop import Observer
 from worker.stages import Batch
 
@@ -85,6 +86,7 @@ class WorkerMetrics(Observer):
         self.breaker_trips = count("bigru_breaker_trips", "Times the breaker opened (the model failed systemically)")
         self._trips = 0
         self._version: str | None = None
+        self.drift_gauges = DriftGauges(reg, worker)
 
     # -- Observer hooks -------------------------------------------------------------------------
 
@@ -140,6 +142,10 @@ class WorkerMetrics(Observer):
         if trips > self._trips:
             self.breaker_trips.inc(trips - self._trips)
             self._trips = trips
+
+    def drift(self, report: DriftReport) -> None:
+        """Show a drift reading."""
+        self.drift_gauges.set(report)
 
     def reload(self, accepted: bool, version: str) -> None:
         """Count a reload attempt; an accepted one also switches the served version."""

@@ -20,6 +20,7 @@ from protocol.cluster import shard_nodes
 from protocol.keys import Keys
 from protocol.registry import read_pointer
 from protocol.replies import as_str, group_info
+from worker.drift_view import drift_lines
 
 
 def _shard_info(r: redis.Redis, keys: Keys, shard: int, node: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -103,7 +104,7 @@ def snapshot(r: redis.Redis, keys: Keys, window_s: float = 60.0) -> dict[str, An
         c.update(host=hb.get("host"), pid=hb.get("pid"), model=hb.get("model"), precision=hb.get("precision"),
                  served=hb.get("results"),
                  dead=hb.get("dead"), heartbeat_age_s=round(now - float(hb.get("ts", 0)), 1),
-                 breaker=hb.get("breaker", "closed"), breaker_trips=hb.get("breaker_trips", 0))
+                 breaker=hb.get("breaker", "closed"), breaker_trips=hb.get("breaker_trips", 0), drift=hb.get("drift"))
     for name, c in per_consumer.items():
         c["alive"] = bool(r.exists(keys.heartbeat(name)))
         c.setdefault("model", None)
@@ -146,6 +147,7 @@ def render(doc: dict[str, Any]) -> str:
         precision = f" ({c['precision']})" if c.get("precision") else ""
         lines.append(f"{c['name']:<24} {state:<7} {c['pending']:>8} {idle:>9} {_fmt(c['heartbeat_age_s'], 's'):>10}  "
                      f"{_fmt(c['model'])}{precision}")
+    lines += drift_lines(doc["consumers"])
     rec = doc["recent"]
     span = rec.get("span_s")
     over = "" if span is None else f" over {span:.1f}s (first to last result, at least {MIN_RATE_SPAN_S:.0f}s)"

@@ -1,0 +1,227 @@
+"""Drift monitoring of what a replica serves, against the training statistics in its checkpoint.
+
+Every ``sample_every``-th window that goes through the model (counted across batches) is binned per
+feature with the checkpoint's quantile edges (:class:`training.drift_ref.DriftReference`), together
+with its predicted class and top probability. The last ``window`` sampled windows form the rolling
+sample; every ``report_every`` sampled windows the monitor computes a :class:`DriftReport`: the PSI
+of each feature against the training shares, the PSI of the predicted-class distribution against
+the model's own predictions on its validation split, and the mean top probability.
+
+It runs on the loop thread after a batch is published (while the next batch computes), and costs
+one vectorised comparison per sampled batch. A checkpoint without statistics reports drift as
+unknown. The conventional PSI reading: below 0.1 stable, 0.1 to 0.25 watch, above 0.25 act.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Gauge
+
+from training.checkpoint_file import CheckpointMeta
+from training.drift_ref import BINS, EPS, DriftReference
+from worker.stages import Batch, Predictor
+
+#: PSI thresholds: watch above the first, act above the second.
+PSI_WATCH, PSI_ACT = 0.1, 0.25
+#: A report needs at least this many sampled values per feature (or a full window): fewer are noise.
+MIN_VALUES = 1000
+
+
+@runtime_checkable
+class Checkpointed(Protocol):
+    """A predictor that knows the checkpoint it serves (both serving backends do)."""
+
+    checkpoint: CheckpointMeta
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """One drift reading of a replica (``known`` False: the checkpoint carries no statistics)."""
+
+    version: str
+    known: bool
+    windows: int = 0  # sampled windows in the rolling sample
+    feature_psi: list[float] = field(default_factory=list)
+    prediction_psi: float | None = None
+    top_prob_mean: float | None = None
+    reference_top_prob: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The heartbeat's ``drift`` document (what ``bigru-worker status`` shows)."""
+        if not self.known:
+            return {"known": False, "model": self.version}
+        psi = self.feature_psi
+        worst = int(np.argmax(psi)) if psi else None
+        return {
+            "known": True, "model": self.version, "windows": self.windows,
+            "max_psi": None if worst is None else round(psi[worst], 4), "max_feature": worst,
+            "features_over_act": [i for i, v in enumerate(psi) if v > PSI_ACT][:16],
+            "prediction_psi": None if self.prediction_psi is None else round(self.prediction_psi, 4),
+            "top_prob_mean": None if self.top_prob_mean is None else round(self.top_prob_mean, 4),
+            "reference_top_prob": None if self.reference_top_prob is None else round(self.reference_top_prob, 4),
+        }
+
+
+def reference_of(model: Predictor) -> DriftReference | None:
+    """The drift statistics of the checkpoint ``model`` serves, when it has any."""
+    return model.checkpoint.drift if isinstance(model, Checkpointed) else None
+
+
+@dataclass
+class _Chunk:
+    windows: int
+    counts: np.ndarray  # [F, BINS]
+    preds: np.ndarray  # [C]
+    top_sum: float
+
+
+class DriftMonitor:
+    """The rolling sample of one replica and its reports (see the module docstring)."""
+
+    def __init__(self, sample_every: int, window: int, on_report: Callable[[DriftReport], None],
+                 report_every: int = 32) -> None:
+        self.sample_every = sample_every
+        self.window = window
+        self.report_every = report_every
+        self.on_report = on_report
+        self.report: DriftReport | None = None
+        self._seen = 0
+        self._version: str | None = None
+        self._ref: DriftReference | None = None
+        self._chunks: deque[_Chunk] = deque()
+        self._since_report = 0
+
+    @property
+    def enabled(self) -> bool:
+        """False when sampling is off (``sample_every`` 0)."""
+        return self.sample_every > 0
+
+    def heartbeat_fields(self) -> dict[str, Any]:
+        """``{"drift": summary}`` once a report exists."""
+        rep = self.report
+        return {} if rep is None else {"drift": rep.summary()}
+
+    def _switch(self, model: Predictor) -> None:
+        """A new model version: start a new sample against its statistics."""
+        self._version, self._ref = model.version, reference_of(model)
+        self._chunks.clear()
+        self._since_report = 0
+        if self._ref is None:
+            self._publish(DriftReport(model.version, known=False))
+            return
+        ref = self._ref
+        k = BINS - 1
+        self._edges = np.full((ref.n_features, k), np.inf)
+        self._expected = np.zeros((ref.n_features, BINS))
+        for f, (e, s) in enumerate(zip(ref.edges, ref.shares)):
+            self._edges[f, : len(e)] = e
+            self._expected[f, : len(s)] = s
+        self._sum = _Chunk(0, np.zeros((ref.n_features, BINS)), np.zeros(len(ref.pred_shares)), 0.0)
+        self._offsets = (np.arange(ref.n_features) * BINS)[None, :]
+
+    def observe(self, batch: Batch) -> None:
+        """Sample the windows of a published batch (called after each batch)."""
+        n = len(batch.xs)
+        if not self.enabled or not n or batch.probs is None:
+            return
+        first = (-self._seen) % self.sample_every
+        self._seen += n
+        if first >= n:
+            return
+        if batch.model.version != self._version:
+            self._switch(batch.model)
+        if self._ref is None:
+            return
+        idx = [i for i in range(first, n, self.sample_every) if i not in batch.failed]
+        if idx:
+            self._add(batch, idx)
+
+    def _add(self, batch: Batch, idx: list[int]) -> None:
+        x = np.concatenate([batch.xs[i] for i in idx]).astype(np.float64, copy=False)  # [sum T, F]
+        if x.shape[1] != self._edges.shape[0]:
+            return
+        bins = (x[:, :, None] >= self._edges[None, :, :]).sum(axis=2)  # = searchsorted(edges, v, 'right')
+        flat = (bins + self._offsets)[~np.isnan(x)]
+        counts = np.bincount(flat, minlength=self._edges.shape[0] * BINS).reshape(-1, BINS).astype(np.float64)
+        assert batch.probs is not None
+        probs = batch.probs[idx]
+        preds = np.bincount(probs.argmax(axis=1), minlength=self._sum.preds.size)[: self._sum.preds.size]
+        chunk = _Chunk(len(idx), counts, preds.astype(np.float64), float(probs.max(axis=1).sum()))
+        self._push(chunk)
+        self._since_report += len(idx)
+        if self._since_report >= self.report_every:
+            self._since_report = 0
+            self._publish(self._compute())
+
+    def _push(self, chunk: _Chunk) -> None:
+        s = self._sum
+        self._chunks.append(chunk)
+        s.windows += chunk.windows
+        s.counts += chunk.counts
+        s.preds += chunk.preds
+        s.top_sum += chunk.top_sum
+        while s.windows - self._chunks[0].windows >= self.window:
+            old = self._chunks.popleft()
+            s.windows -= old.windows
+            s.counts -= old.counts
+            s.preds -= old.preds
+            s.top_sum -= old.top_sum
+
+    def _compute(self) -> DriftReport:
+        ref, s = self._ref, self._sum
+        assert ref is not None and self._version is not None
+        totals = s.counts.sum(axis=1, keepdims=True)
+        if s.windows < self.window and totals.min() < MIN_VALUES:
+            return DriftReport(self._version, True, s.windows, reference_top_prob=ref.top_prob_mean)
+        actual = np.maximum(s.counts / np.maximum(totals, 1), EPS)
+        expected = np.maximum(self._expected, EPS)
+        feature_psi = np.sum((actual - expected) * np.log(actual / expected), axis=1)
+        pred_actual = np.maximum(s.preds / max(s.preds.sum(), 1), EPS)
+        pred_expected = np.maximum(ref.pred_shares, EPS)
+        pred_psi = float(np.sum((pred_actual - pred_expected) * np.log(pred_actual / pred_expected)))
+        return DriftReport(self._version, True, s.windows, [float(v) for v in feature_psi], pred_psi,
+                           s.top_sum / max(s.windows, 1), ref.top_prob_mean)
+
+    def _publish(self, report: DriftReport) -> None:
+        self.report = report
+        self.on_report(report)
+
+
+class DriftGauges:
+    """The Prometheus gauges of a replica's drift reports (labels: ``worker``, and ``feature`` index)."""
+
+    def __init__(self, registry: CollectorRegistry, worker: str) -> None:
+        self.worker = worker
+        w = ["worker"]
+        self.known = Gauge("bigru_drift_known", "1 when the served checkpoint carries drift statistics, 0 when "
+                           "drift is unknown", w, registry=registry).labels(worker)
+        self.windows = Gauge("bigru_drift_sample_windows", "Sampled windows in the rolling drift sample", w,
+                             registry=registry).labels(worker)
+        self._feature = Gauge("bigru_drift_feature_psi", "Population stability index of one input feature against "
+                              "the training split (0.1 watch, 0.25 act)", ["worker", "feature"], registry=registry)
+        self.prediction = Gauge("bigru_drift_prediction_psi", "PSI of the predicted-class distribution against the "
+                                "model's predictions on its validation split", w, registry=registry).labels(worker)
+        self.top_prob = Gauge("bigru_drift_top_prob_mean", "Mean top class probability of the sampled windows", w,
+                              registry=registry).labels(worker)
+        self.ref_top_prob = Gauge("bigru_drift_reference_top_prob", "Mean top class probability on the validation "
+                                  "split (the checkpoint's)", w, registry=registry).labels(worker)
+        self._features = 0
+
+    def set(self, report: DriftReport) -> None:
+        """Show ``report`` (an unknown or not yet full one clears the PSI series)."""
+        self.known.set(1 if report.known else 0)
+        self.windows.set(report.windows)
+        psi = report.feature_psi
+        for f in range(len(psi), self._features):
+            self._feature.remove(self.worker, str(f))
+        for f, v in enumerate(psi):
+            self._feature.labels(self.worker, str(f)).set(v)
+        self._features = len(psi)
+        for gauge, value in ((self.prediction, report.prediction_psi), (self.top_prob, report.top_prob_mean),
+                             (self.ref_top_prob, report.reference_top_prob)):
+            gauge.set(float("nan") if value is None else value)

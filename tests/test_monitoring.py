@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 
 from protocol.keys import Keys
 from tests.conftest import ROOT
+from worker.drift import DriftReport
 from worker.metrics import StreamCollector, WorkerMetrics
 from worker.reader import ensure_groups
 
@@ -42,6 +43,7 @@ def _exported_names(r: redis.Redis, prefix: str) -> set[str]:
     m.registry.register(StreamCollector(r, keys))
     m.model_version("v1")
     m.dead("bad_x")
+    m.drift(DriftReport("v1", True, 16, [0.01], 0.0, 0.9, 0.9))
     text = generate_latest(m.registry).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
 

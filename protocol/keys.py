@@ -7,7 +7,7 @@ atomic publish script touches a single Redis Cluster slot.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 #: A reply stream name (the ``reply`` field of an input entry) or a producer id: ASCII, 1 to 64 of ``[A-Za-z0-9_.:-]``.
 REPLY_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -51,6 +51,17 @@ class Keys:
     prefix: str = "bigru"
     group: str = "bigru"
     shards: int = 1
+    shadow: bool = False  # a shadow pool's view (see :meth:`as_shadow`)
+
+    def as_shadow(self) -> Keys:
+        """The keys of a shadow pool scoring a candidate on the same input streams: consumer group
+        ``<group>:shadow``, results ``{<tag>}:shadow:results``, dead letters ``{<tag>}:shadow:dead``,
+        heartbeats under ``<prefix>:shadow:`` (registry keys unchanged)."""
+        return self if self.shadow else replace(self, group=f"{self.group}:shadow", shadow=True)
+
+    def as_primary(self) -> Keys:
+        """The primary pool's keys (``self`` unless this is a shadow view)."""
+        return replace(self, group=self.group.removesuffix(":shadow"), shadow=False) if self.shadow else self
 
     def tag(self, shard: int) -> str:
         """The hash tag of a shard's streams."""
@@ -61,6 +72,8 @@ class Keys:
     def shard(self, shard: int) -> ShardKeys:
         """Keys of shard ``shard``."""
         t = self.tag(shard)
+        if self.shadow:
+            return ShardKeys(shard, f"{t}:windows", f"{t}:shadow:results", f"{t}:shadow:dead")
         return ShardKeys(shard, f"{t}:windows", f"{t}:results", f"{t}:dead")
 
     def all_shards(self) -> list[ShardKeys]:
@@ -69,12 +82,12 @@ class Keys:
 
     def heartbeat(self, consumer: str) -> str:
         """Per-replica heartbeat key (expires when the replica stops refreshing it)."""
-        return f"{self.prefix}:hb:{consumer}"
+        return f"{self.prefix}:shadow:hb:{consumer}" if self.shadow else f"{self.prefix}:hb:{consumer}"
 
     @property
     def workers(self) -> str:
         """Hash of consumer name -> last heartbeat JSON, for status views."""
-        return f"{self.prefix}:workers"
+        return f"{self.prefix}:shadow:workers" if self.shadow else f"{self.prefix}:workers"
 
     @property
     def models(self) -> str:

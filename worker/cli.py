@@ -10,10 +10,12 @@ from pydantic import ValidationError
 
 from protocol.security import settings_error
 from worker.config import WorkerSettings
+from worker.lifecycle_cli import OPTIONS as LIFECYCLE_OPTIONS
+from worker.lifecycle_cli import add_arguments as lifecycle_arguments
 
 #: Flags that steer this command rather than set a :class:`WorkerSettings` field.
 COMMAND_OPTIONS = frozenset({"command", "check", "json", "watch", "interval", "reason", "since", "until", "limit",
-                             "dry_run"})
+                             "dry_run"}) | LIFECYCLE_OPTIONS
 
 
 def _setting(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
@@ -25,7 +27,7 @@ def _setting(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Flags default to None so that unset flags fall back to the environment and ``.env``."""
     p = argparse.ArgumentParser(prog="bigru-worker", description=__doc__)
-    p.add_argument("command", nargs="?", choices=["serve", "status", "redrive"], default="serve")
+    p.add_argument("command", nargs="?", choices=["serve", "status", "redrive", "compare", "promote", "shadow-stop"], default="serve")
     _setting(p, "redis_url")
     _setting(p, "prefix")
     _setting(p, "group")
@@ -43,16 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "claim_idle_ms", type=int)
     _setting(p, "metrics_port", type=int)
     _setting(p, "burst", action=argparse.BooleanOptionalAction)
+    _setting(p, "shadow_version")
     p.add_argument("--check", action="store_true", help="exit 0 if this host's replicas are alive")
     p.add_argument("--json", action="store_true", help="status: print JSON")
     p.add_argument("--watch", action="store_true", help="status: refresh until interrupted")
     p.add_argument("--interval", type=float, default=2.0, help="status --watch: seconds between refreshes")
     p.add_argument("--reason", action="append", help="redrive: move dead letters of this reason back onto the "
                    "input stream (repeatable, e.g. predict_failed, max_deliveries)")
-    p.add_argument("--since", help="redrive: dead-lettered at or after (unix seconds, ISO 8601, or an age: 30m, 2h)")
-    p.add_argument("--until", help="redrive: dead-lettered at or before (same forms as --since)")
+    p.add_argument("--since", help="redrive: dead-lettered at or after; compare/promote: inputs at or after "
+                   "(unix seconds, ISO 8601, or an age: 30m, 2h)")
+    p.add_argument("--until", help="redrive: dead-lettered at or before; compare/promote: inputs at or before "
+                   "(same forms as --since)")
     p.add_argument("--limit", type=int, help="redrive: move at most this many")
     p.add_argument("--dry-run", action="store_true", help="redrive: count what would move, move nothing")
+    lifecycle_arguments(p)
     return p
 
 
@@ -94,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "redrive":
         return redrive(settings, args)
+    if args.command in ("compare", "promote", "shadow-stop"):
+        from worker import lifecycle_cli
+
+        if args.command == "shadow-stop":
+            return lifecycle_cli.shadow_stop(settings)
+        return (lifecycle_cli.compare if args.command == "compare" else lifecycle_cli.promote)(settings, args)
     if args.check or args.command == "status":
         from redis.exceptions import RedisClusterException, RedisError
 

@@ -135,6 +135,14 @@ class WorkerSettings(RedisConnSettings):
         100, ge=0, description="a model that breaks within this many batches after a hot reload is refused and the "
         "previous version served again"
     )
+    shadow_version: str | None = Field(
+        None, description="serve this registered model version as a shadow pool: its own consumer group on the "
+        "same input streams, results to `{bigru}:shadow:results`, no reply streams, no reloads (see "
+        "[docs/lifecycle.md](docs/lifecycle.md#shadow-scoring))"
+    )
+    shadow_from_start: bool = Field(
+        False, description="a new shadow group starts at the beginning of the input streams (default: new entries)"
+    )
     drift_sample_every: int = Field(
         8, ge=0, description="drift monitoring samples every this many served windows against the checkpoint's "
         "training statistics (0: off; see [docs/lifecycle.md](docs/lifecycle.md#drift))"
@@ -165,7 +173,8 @@ class WorkerSettings(RedisConnSettings):
     @property
     def keys(self) -> Keys:
         """Key names for this prefix, group and shard count."""
-        return Keys(self.prefix, self.group, self.shards)
+        keys = Keys(self.prefix, self.group, self.shards)
+        return keys.as_shadow() if self.shadow_version else keys
 
     @property
     def limits(self) -> Limits:
@@ -181,4 +190,5 @@ class WorkerSettings(RedisConnSettings):
 
     def consumer_name(self, replica: int) -> str:
         """Stable consumer name: host (or ``worker_name``) plus replica index."""
-        return f"{self.worker_name or socket.gethostname()}-{replica}"
+        role = "-shadow" if self.shadow_version else ""
+        return f"{self.worker_name or socket.gethostname()}{role}-{replica}"

@@ -35,6 +35,7 @@ from worker.liveness import ClaimKeeper, Heartbeat, Pulse
 from worker.maintenance import Maintenance
 from worker.publisher import Publisher
 from worker.reader import Collector, Entry, ReadPlan, ensure_groups
+from worker.shadow_publisher import publisher_class
 from worker.stages import Batch, BatchMismatch, Predictor, Stages
 
 __all__ = ["BatchMismatch", "Clock", "LoopParts", "LoopStats", "ModelSource", "Observer", "Predictor",
@@ -186,7 +187,7 @@ class LoopParts:
             collector=Collector(r, keys, consumer, plan, policy, clock.monotonic, clock.now_us, stop,
                                 on_reclaimed=counters.reclaimed),
             stages=Stages(consumer, s.limits, s.max_deliveries, counters.dead, clock.now_us, s.max_batch),
-            publisher=Publisher(r, keys, s.results_maxlen, s.dead_maxlen, reply_maxlen=s.reply_maxlen,
+            publisher=publisher_class(s)(r, keys, s.results_maxlen, s.dead_maxlen, reply_maxlen=s.reply_maxlen,
                                 reply_ttl_s=s.reply_ttl_s, results_shared=s.results_shared,
                                 durability=Durability(s.wait_replicas, s.wait_timeout_ms),
                                 on_short=counters.replica_ack_short),

@@ -296,7 +296,12 @@ def initial_predictor(settings: WorkerSettings, r: redis.Redis) -> ServingPredic
 
 
 def open_source(settings: WorkerSettings, r: redis.Redis, consumer: str, observer: Observer | None = None) -> ModelSource:
-    """The replica's model source: reloading (started) unless ``settings.reload`` is off."""
+    """The replica's model source: reloading (started) unless ``settings.reload`` is off; a shadow
+    replica's fixed candidate (``worker.shadow``)."""
+    if settings.shadow_version:
+        from worker.shadow import shadow_predictor
+
+        return StaticModel(shadow_predictor(settings, r))
     pred = initial_predictor(settings, r)
     if not settings.reload:
         return StaticModel(pred)

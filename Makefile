@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch from the local CPU wheel; anything newer would pull a multi-GB CUDA build.
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[model,train,onnx,dev]"
+	$(PIP) install -q -e ".[model,train,onnx,dev,tracing]"
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from producer.tracing import current_traceparent
 from protocol.wire import encode_window
 from protocol.wire_multi import encode_windows_entry
 
@@ -58,9 +59,14 @@ class Entry:
     def fields(self) -> dict[bytes, bytes]:
         """The stream fields (wire format v1, ``ts`` stamped now)."""
         if self.multi:
-            return encode_windows_entry(self.x, cids=self.cids, cid=self.cid, deadline_us=self.deadline_us,
-                                        meta=self.meta)
-        return encode_window(self.x, cid=self.cid, deadline_us=self.deadline_us, meta=self.meta, reply=self.reply)
+            fields = encode_windows_entry(self.x, cids=self.cids, cid=self.cid, deadline_us=self.deadline_us,
+                                          meta=self.meta)
+        else:
+            fields = encode_window(self.x, cid=self.cid, deadline_us=self.deadline_us, meta=self.meta,
+                                   reply=self.reply)
+        if (tp := current_traceparent()) is not None:  # the current OpenTelemetry span, when there is one
+            fields[b"traceparent"] = tp
+        return fields
 
 
 def _first_id(ids: Sequence[str | None] | None) -> str | None:

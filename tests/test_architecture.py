@@ -13,7 +13,8 @@ PACKAGES = ("protocol", "worker", "producer", "training")
 
 #: training's lower part: the model, the checkpoint format and its exporters, the dataset formats.
 MODEL_LAYER = {"training.model", "training.model_config", "training.device", "training.checkpoint",
-               "training.checkpoint_file", "training.onnx", "training.quantize", "training.data", "training.formats"}
+               "training.checkpoint_file", "training.drift_ref", "training.onnx", "training.quantize", "training.data",
+               "training.formats"}
 
 #: Which layer a module belongs to; lower layers come first.
 ORDER = ["protocol", "model", "worker", "producer", "training"]

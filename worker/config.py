@@ -143,6 +143,14 @@ class WorkerSettings(RedisConnSettings):
     shadow_from_start: bool = Field(
         False, description="a new shadow group starts at the beginning of the input streams (default: new entries)"
     )
+    tracing: bool = Field(
+        False, description="record OpenTelemetry spans per batch, linked to each input's `traceparent` (needs the "
+        "`tracing` extra; see [docs/lifecycle.md](docs/lifecycle.md#tracing))"
+    )
+    tracing_exporter: Literal["otlp", "console", "none", "global"] = Field(
+        "otlp", description="with `tracing`: `otlp` (OTLP/HTTP, `OTEL_EXPORTER_OTLP_*`), `console`, `none` (spans "
+        "made, not exported) or `global` (the process's tracer provider)"
+    )
     drift_sample_every: int = Field(
         8, ge=0, description="drift monitoring samples every this many served windows against the checkpoint's "
         "training statistics (0: off; see [docs/lifecycle.md](docs/lifecycle.md#drift))"

@@ -186,7 +186,7 @@ class LoopParts:
         return cls(
             collector=Collector(r, keys, consumer, plan, policy, clock.monotonic, clock.now_us, stop,
                                 on_reclaimed=counters.reclaimed),
-            stages=Stages(consumer, s.limits, s.max_deliveries, counters.dead, clock.now_us, s.max_batch),
+            stages=make_stages(s, consumer, counters.dead, clock.now_us),
             publisher=publisher_class(s)(r, keys, s.results_maxlen, s.dead_maxlen, reply_maxlen=s.reply_maxlen,
                                 reply_ttl_s=s.reply_ttl_s, results_shared=s.results_shared,
                                 durability=Durability(s.wait_replicas, s.wait_timeout_ms),
@@ -197,6 +197,16 @@ class LoopParts:
             heartbeat=Heartbeat(r, keys, consumer, s.heartbeat_ttl_s, s.heartbeat_interval_s, clock.monotonic),
             overlap=s.overlap,
         )
+
+
+def make_stages(s: WorkerSettings, consumer: str, on_dead: Callable[[str], None], now: Callable[[], int]) -> Stages:
+    """The decode/predict/encode stages; with ``tracing`` on, the traced ones (``worker.tracing``)."""
+    args = (consumer, s.limits, s.max_deliveries, on_dead, now, s.max_batch)
+    if not s.tracing:
+        return Stages(*args)
+    from worker.tracing import traced_stages
+
+    return traced_stages(s, *args)
 
 
 class WorkerLoop:
@@ -309,6 +319,8 @@ class WorkerLoop:
         finally:
             self._held.pop(id(batch), None)
         self.policy.observe(len(batch.entries), time.perf_counter() - (batch.t_submit or time.perf_counter()))
+        if batch.trace is not None:
+            batch.trace.end(batch)
         self.counters.batch(batch)
         self.drift.observe(batch)
         self.guard.served()

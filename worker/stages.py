@@ -42,6 +42,12 @@ class Predictor(Protocol):
     def predict(self, xs: list[np.ndarray]) -> np.ndarray: ...
 
 
+class TraceRecord(Protocol):
+    """What tracing (``worker.tracing``) keeps on a batch; ``end`` records its spans once it is published."""
+
+    def end(self, batch: Batch) -> None: ...
+
+
 class BatchMismatch(RuntimeError):
     """The predictor returned a different number of outputs than it was given inputs."""
 
@@ -79,6 +85,7 @@ class Batch:
     expired: int = 0
     t_submit: float = 0.0  # perf_counter when handed to the model (the batch-wait policy's service time)
     broken: str | None = None  # set by the breaker (worker.guard): the model, not the windows, failed
+    trace: TraceRecord | None = None  # tracing's record of this batch (worker.tracing), when tracing is on
 
     @property
     def served(self) -> int:

@@ -40,12 +40,8 @@ def format_traceparent(trace_id: int, span_id: int, flags: int) -> bytes:
     return b"00-%032x-%016x-%02x" % (trace_id, span_id, flags & 0xFF)
 
 
-def parse_traceparent(raw: bytes | str | None) -> TraceParent | None:
-    """The parsed value, or None when absent or invalid (a later version's extra fields are ignored,
-    as the W3C specification asks)."""
-    if raw is None:
-        return None
-    b = raw.encode() if isinstance(raw, str) else raw
+def _groups(b: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """Trace id, parent id and flags of a valid value (hex), else None."""
     m = _HEX.match(b)
     if m is None:
         return None
@@ -56,4 +52,20 @@ def parse_traceparent(raw: bytes | str | None) -> TraceParent | None:
         return None
     if version != b"00" and len(b) > LENGTH and b[LENGTH:LENGTH + 1] != b"-":
         return None
-    return TraceParent(trace.decode(), span.decode(), int(flags, 16))
+    return trace, span, flags
+
+
+def trace_ids(raw: bytes) -> tuple[int, int, int] | None:
+    """(trace id, parent id, flags) as ints of a valid value, else None (the rules of
+    :func:`parse_traceparent`, without building a :class:`TraceParent`)."""
+    g = _groups(raw)
+    return None if g is None else (int(g[0], 16), int(g[1], 16), int(g[2], 16))
+
+
+def parse_traceparent(raw: bytes | str | None) -> TraceParent | None:
+    """The parsed value, or None when absent or invalid (a later version's extra fields are ignored,
+    as the W3C specification asks)."""
+    if raw is None:
+        return None
+    g = _groups(raw.encode() if isinstance(raw, str) else raw)
+    return None if g is None else TraceParent(g[0].decode(), g[1].decode(), int(g[2], 16))

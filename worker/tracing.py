@@ -7,7 +7,7 @@ the trace records, after the fact and with the times measured, one span per batc
 ``CONSUMER``, named ``process <stream>`` with the messaging semantic conventions' attributes
 (``messaging.system``, ``messaging.operation.type``/``.name``, ``messaging.destination.name``,
 ``messaging.consumer.group.name``, ``messaging.client.id``, ``messaging.batch.message_count``) and a
-link to each traced entry's context — and its children ``decode``, ``predict`` and ``publish``.
+link to each traced entry's context (one per distinct context) — and its children ``decode``, ``predict`` and ``publish``.
 Recording after the fact keeps spans off the compute thread and out of the loop's control flow.
 
 With tracing off nothing here is imported by the loop's hot path: the plain :class:`Stages` run and
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from protocol.traceparent import TraceParent, parse_traceparent
+from protocol.traceparent import trace_ids
 from worker.config import WorkerSettings
 from worker.publisher import Output
 from worker.reader import Entry
@@ -77,19 +77,15 @@ class BatchTracer:
         self.group, self.consumer = group, consumer
 
     def begin(self, batch: Batch, t0_ns: int, t1_ns: int, stream: Callable[[Entry], str]) -> BatchTrace:
-        """The record of a decoded batch (decode ran from ``t0_ns`` to ``t1_ns``)."""
-        parents = {}
-        for e in batch.entries:
-            tp = parse_traceparent(e.fields.get(b"traceparent"))
-            if tp is not None:
-                parents[e.id] = tp
+        """The record of a decoded batch (decode ran from ``t0_ns`` to ``t1_ns``): each entry's raw
+        ``traceparent``, checked only when the spans are recorded."""
+        parents = {e.id: raw for e in batch.entries if (raw := e.fields.get(b"traceparent")) is not None}
         return BatchTrace(self, parents, t0_ns, t1_ns, stream(batch.entries[0]) if batch.entries else "")
 
     def record(self, rec: BatchTrace, batch: Batch, end_ns: int) -> None:
-        """The batch's span and its children, with the measured times."""
-        links = [self._link(self._ctx(int(tp.trace_id, 16), int(tp.span_id, 16), is_remote=True,
-                                      trace_flags=self._flags(tp.flags)), {"messaging.message.id": eid})
-                 for eid, tp in rec.parents.items()]
+        """The batch's span and its children, with the measured times. Entries that share a context (a
+        producer publishing many windows in one span) share one link; invalid values are left out."""
+        links = [self._link(self._ctx(ids[0], ids[1], True, self._flags(ids[2]))) for ids in rec.contexts().values()]
         attrs = {
             "messaging.system": "redis", "messaging.operation.type": "process", "messaging.operation.name": "process",
             "messaging.destination.name": rec.stream, "messaging.consumer.group.name": self.group,
@@ -110,21 +106,29 @@ class BatchTracer:
 class BatchTrace:
     """What tracing keeps about one batch between decode and publish."""
 
-    def __init__(self, tracer: BatchTracer, parents: dict[str, TraceParent], t0_ns: int, t1_ns: int,
+    def __init__(self, tracer: BatchTracer, parents: dict[str, bytes], t0_ns: int, t1_ns: int,
                  stream: str) -> None:
         self.tracer, self.parents, self.stream = tracer, parents, stream
         self.decode = (t0_ns, t1_ns)
         self.publish0 = 0
+        self._contexts: dict[bytes, tuple[int, int, int]] | None = None
 
     def tag(self, outputs: list[Output], t0_ns: int) -> None:
         """Encoding began at ``t0_ns``: add each traced input's trace id to its result."""
         self.publish0 = t0_ns
         if not self.parents:
             return
+        valid = self.contexts()
         for o in outputs:
-            tp = self.parents.get(o.entry.id) if o.kind == "r" else None
-            if tp is not None:
-                o.fields[b"trace_id"] = tp.trace_id.encode()
+            raw = self.parents.get(o.entry.id) if o.kind == "r" else None
+            if raw is not None and raw in valid:
+                o.fields[b"trace_id"] = raw[3:35]
+
+    def contexts(self) -> dict[bytes, tuple[int, int, int]]:
+        """The distinct valid ``traceparent`` values of the batch and their ids (computed once)."""
+        if self._contexts is None:
+            self._contexts = {raw: ids for raw in set(self.parents.values()) if (ids := trace_ids(raw)) is not None}
+        return self._contexts
 
     def end(self, batch: Batch) -> None:
         """The batch is published: record its spans."""

@@ -189,6 +189,8 @@ def saturated(url: str, checkpoint: Path, cfg: WorkerConfig, n: int, log_dir: Pa
     r.xgroup_create(sk.windows, prefix, id="$")
     try:
         with Workers(url, prefix, checkpoint, cfg, log_dir) as w:
+            assert w.proc is not None
+            cpu0 = proc_cpu_s(w.proc.pid)
             r.xgroup_setid(sk.windows, prefix, id="0")
             t0 = time.monotonic()
             expect = -(-n // cfg.per_entry)  # one result entry per input entry
@@ -198,6 +200,7 @@ def saturated(url: str, checkpoint: Path, cfg: WorkerConfig, n: int, log_dir: Pa
                 if time.monotonic() - t0 > 600:
                     raise BenchError(f"only {r.xlen(sk.results)}/{expect} results after 600 s")
                 time.sleep(0.02)
+            cpu_s = proc_cpu_s(w.proc.pid) - cpu0
         res = _results_since(r, sk.results)
     finally:
         r.delete(sk.windows, sk.results, sk.dead, keys.workers)
@@ -215,7 +218,16 @@ def saturated(url: str, checkpoint: Path, cfg: WorkerConfig, n: int, log_dir: Pa
         # the forward pass per batch as the replicas timed it (model-only's "call p50" is the same in isolation)
         "infer_ms_median": round(float(np.median([int(f[b"infer_us"]) for f in res])) / 1000, 3),
         "drain_s": round(float(ts[-1] - ts[0]) / 1e6, 2),
+        # CPU seconds of the worker process (replicas=1: the replica itself) over the drain: on a shared
+        # machine windows per CPU second varies far less than windows per wall second
+        "worker_cpu_s": round(cpu_s, 3),
     }
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far (Linux ``/proc``; its children not included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 _HEX = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_V00 = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _ZERO_TRACE, _ZERO_SPAN = b"0" * 32, b"0" * 16
 #: Length of a version-00 value.
 LENGTH = 55
@@ -58,6 +59,9 @@ def _groups(b: bytes) -> tuple[bytes, bytes, bytes] | None:
 def trace_ids(raw: bytes) -> tuple[int, int, int] | None:
     """(trace id, parent id, flags) as ints of a valid value, else None (the rules of
     :func:`parse_traceparent`, without building a :class:`TraceParent`)."""
+    if len(raw) == LENGTH and _V00.fullmatch(raw):  # the common case, without the groups
+        trace, span = int(raw[3:35], 16), int(raw[36:52], 16)
+        return (trace, span, int(raw[53:55], 16)) if trace and span else None
     g = _groups(raw)
     return None if g is None else (int(g[0], 16), int(g[1], 16), int(g[2], 16))
 

@@ -1,7 +1,7 @@
 """Drift monitoring of what a replica serves, against the training statistics in its checkpoint.
 
-Every ``sample_every``-th window that goes through the model (counted across batches) is binned per
-feature with the checkpoint's quantile edges (:class:`training.drift_ref.DriftReference`), together
+One in ``sample_every`` windows that go through the model (counted across batches, taken in chunks
+of up to :data:`SAMPLE_CHUNK` windows of one batch, spread over it) is binned per feature with the checkpoint's quantile edges (:class:`training.drift_ref.DriftReference`), together
 with its predicted class and top probability. The last ``window`` sampled windows form the rolling
 sample; every ``report_every`` sampled windows the monitor computes a :class:`DriftReport`: the PSI
 of each feature against the training shares, the PSI of the predicted-class distribution against
@@ -30,6 +30,12 @@ from worker.stages import Batch, Predictor
 PSI_WATCH, PSI_ACT = 0.1, 0.25
 #: A report needs at least this many sampled values per feature (or a full window): fewer are noise.
 MIN_VALUES = 1000
+#: The sample takes its windows in chunks of up to this many from one batch (one in ``sample_every``
+#: windows overall): on a busy replica one batch in several pays the sampling, not every batch.
+SAMPLE_CHUNK = 64
+#: At most this many comparisons per sampled batch (timesteps x features x edges): long, wide windows
+#: are thinned to every k-th timestep, so a batch of 10 000 x 1024 windows costs no more memory than this.
+MAX_COMPARISONS = 4_000_000
 
 
 @runtime_checkable
@@ -80,20 +86,35 @@ class _Chunk:
     top_sum: float
 
 
+class _Sample:
+    """The rolling sample against one model version's statistics."""
+
+    def __init__(self, ref: DriftReference) -> None:
+        self.ref = ref
+        f = ref.n_features
+        self.edges = np.full((f, BINS - 1), np.inf)  # padded: a value is never >= inf
+        self.expected = np.zeros((f, BINS))
+        for i, (e, sh) in enumerate(zip(ref.edges, ref.shares)):
+            self.edges[i, : len(e)] = e
+            self.expected[i, : len(sh)] = sh
+        self.offsets = (np.arange(f) * BINS)[None, :]
+        self.total = _Chunk(0, np.zeros((f, BINS)), np.zeros(len(ref.pred_shares)), 0.0)
+        self.chunks: deque[_Chunk] = deque()
+
+
 class DriftMonitor:
     """The rolling sample of one replica and its reports (see the module docstring)."""
 
     def __init__(self, sample_every: int, window: int, on_report: Callable[[DriftReport], None],
-                 report_every: int = 32) -> None:
+                 report_every: int = 64) -> None:
         self.sample_every = sample_every
         self.window = window
         self.report_every = report_every
         self.on_report = on_report
         self.report: DriftReport | None = None
-        self._seen = 0
+        self._owed = 0.0  # windows the sample is owed (one per sample_every served)
         self._version: str | None = None
-        self._ref: DriftReference | None = None
-        self._chunks: deque[_Chunk] = deque()
+        self._sample: _Sample | None = None
         self._since_report = 0
 
     @property
@@ -108,78 +129,73 @@ class DriftMonitor:
 
     def _switch(self, model: Predictor) -> None:
         """A new model version: start a new sample against its statistics."""
-        self._version, self._ref = model.version, reference_of(model)
-        self._chunks.clear()
+        ref = reference_of(model)
+        self._version, self._sample = model.version, None if ref is None else _Sample(ref)
         self._since_report = 0
-        if self._ref is None:
+        if ref is None:
             self._publish(DriftReport(model.version, known=False))
-            return
-        ref = self._ref
-        k = BINS - 1
-        self._edges = np.full((ref.n_features, k), np.inf)
-        self._expected = np.zeros((ref.n_features, BINS))
-        for f, (e, s) in enumerate(zip(ref.edges, ref.shares)):
-            self._edges[f, : len(e)] = e
-            self._expected[f, : len(s)] = s
-        self._sum = _Chunk(0, np.zeros((ref.n_features, BINS)), np.zeros(len(ref.pred_shares)), 0.0)
-        self._offsets = (np.arange(ref.n_features) * BINS)[None, :]
 
     def observe(self, batch: Batch) -> None:
         """Sample the windows of a published batch (called after each batch)."""
         n = len(batch.xs)
         if not self.enabled or not n or batch.probs is None:
             return
-        first = (-self._seen) % self.sample_every
-        self._seen += n
-        if first >= n:
+        self._owed += n / self.sample_every
+        if self._owed < min(n, SAMPLE_CHUNK):
             return
+        m = min(n, int(self._owed))
+        self._owed -= m
         if batch.model.version != self._version:
             self._switch(batch.model)
-        if self._ref is None:
+        if self._sample is None:
             return
-        idx = [i for i in range(first, n, self.sample_every) if i not in batch.failed]
+        idx = list(range(0, n, n // m))[:m]
+        if batch.failed:
+            idx = [i for i in idx if i not in batch.failed]
         if idx:
-            self._add(batch, idx)
+            self._add(self._sample, batch, idx)
 
-    def _add(self, batch: Batch, idx: list[int]) -> None:
+    def _add(self, sample: _Sample, batch: Batch, idx: list[int]) -> None:
+        edges = sample.edges
         x = np.concatenate([batch.xs[i] for i in idx]).astype(np.float64, copy=False)  # [sum T, F]
-        if x.shape[1] != self._edges.shape[0]:
+        if x.shape[1] != edges.shape[0]:
             return
-        bins = (x[:, :, None] >= self._edges[None, :, :]).sum(axis=2)  # = searchsorted(edges, v, 'right')
-        flat = (bins + self._offsets)[~np.isnan(x)]
-        counts = np.bincount(flat, minlength=self._edges.shape[0] * BINS).reshape(-1, BINS).astype(np.float64)
+        x = x[:: max(1, -(-x.size * edges.shape[1] // MAX_COMPARISONS))]
+        bins = (x[:, :, None] >= edges[None, :, :]).sum(axis=2)  # = searchsorted(edges, v, 'right')
+        flat = (bins + sample.offsets)[~np.isnan(x)]
+        counts = np.bincount(flat, minlength=edges.shape[0] * BINS).reshape(-1, BINS).astype(np.float64)
         assert batch.probs is not None
         probs = batch.probs[idx]
-        preds = np.bincount(probs.argmax(axis=1), minlength=self._sum.preds.size)[: self._sum.preds.size]
-        chunk = _Chunk(len(idx), counts, preds.astype(np.float64), float(probs.max(axis=1).sum()))
-        self._push(chunk)
+        c = sample.total.preds.size
+        preds = np.bincount(probs.argmax(axis=1), minlength=c)[:c].astype(np.float64)
+        self._push(sample, _Chunk(len(idx), counts, preds, float(probs.max(axis=1).sum())))
         self._since_report += len(idx)
         if self._since_report >= self.report_every:
             self._since_report = 0
-            self._publish(self._compute())
+            self._publish(self._compute(sample))
 
-    def _push(self, chunk: _Chunk) -> None:
-        s = self._sum
-        self._chunks.append(chunk)
+    def _push(self, sample: _Sample, chunk: _Chunk) -> None:
+        s, chunks = sample.total, sample.chunks
+        chunks.append(chunk)
         s.windows += chunk.windows
         s.counts += chunk.counts
         s.preds += chunk.preds
         s.top_sum += chunk.top_sum
-        while s.windows - self._chunks[0].windows >= self.window:
-            old = self._chunks.popleft()
+        while s.windows - chunks[0].windows >= self.window:
+            old = chunks.popleft()
             s.windows -= old.windows
             s.counts -= old.counts
             s.preds -= old.preds
             s.top_sum -= old.top_sum
 
-    def _compute(self) -> DriftReport:
-        ref, s = self._ref, self._sum
-        assert ref is not None and self._version is not None
+    def _compute(self, sample: _Sample) -> DriftReport:
+        ref, s = sample.ref, sample.total
+        assert self._version is not None
         totals = s.counts.sum(axis=1, keepdims=True)
         if s.windows < self.window and totals.min() < MIN_VALUES:
             return DriftReport(self._version, True, s.windows, reference_top_prob=ref.top_prob_mean)
         actual = np.maximum(s.counts / np.maximum(totals, 1), EPS)
-        expected = np.maximum(self._expected, EPS)
+        expected = np.maximum(sample.expected, EPS)
         feature_psi = np.sum((actual - expected) * np.log(actual / expected), axis=1)
         pred_actual = np.maximum(s.preds / max(s.preds.sum(), 1), EPS)
         pred_expected = np.maximum(ref.pred_shares, EPS)

@@ -124,6 +124,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "today": {},
     "drift_off": {"BIGRU_DRIFT_SAMPLE_EVERY": "0"},
     "drift_on": {},
+    "traced_inputs_off": {},
     "tracing_noop": {"BIGRU_TRACING": "true", "BIGRU_TRACING_EXPORTER": "none"},
     "tracing_noop_shared": {"BIGRU_TRACING": "true", "BIGRU_TRACING_EXPORTER": "none"},
 }
@@ -138,8 +139,8 @@ def saturated_rows(url: str, ckpt: Path, base: Path, n: int, repeats: int, log_d
             if name == "today":
                 with code_of(base):
                     row = saturated(url, ckpt, cfg, n, log_dir)
-            elif name.startswith("tracing_noop"):
-                with traced_inputs() if name == "tracing_noop" else shared_trace():
+            elif name.startswith("trac"):
+                with shared_trace() if name == "tracing_noop_shared" else traced_inputs():
                     row = saturated(url, ckpt, cfg, n, log_dir)
             else:
                 row = saturated(url, ckpt, cfg, n, log_dir)
@@ -211,7 +212,9 @@ def summary(detect: list[dict[str, Any]], sat: list[dict[str, Any]], shadow: lis
                 "tracing_off_vs_today": round(m["drift_on"] / m["today"], 3),
                 "tracing_noop_vs_tracing_off": round(m["tracing_noop"] / m["drift_on"], 3),
                 "tracing_noop_vs_today": round(m["tracing_noop"] / m["today"], 3),
-                "tracing_noop_shared_vs_tracing_off": round(m["tracing_noop_shared"] / m["drift_on"], 3)}
+                "tracing_noop_shared_vs_tracing_off": round(m["tracing_noop_shared"] / m["drift_on"], 3),
+                "traced_inputs_off_vs_tracing_off": round(m["traced_inputs_off"] / m["drift_on"], 3),
+                "tracing_noop_vs_traced_inputs_off": round(m["tracing_noop"] / m["traced_inputs_off"], 3)}
 
     return {
         "drift_detected_after_windows_max": None if None in hits else max(hits),
@@ -245,6 +248,10 @@ def render(doc: dict[str, Any]) -> str:
         f"| tracing off (drift on) / today | ≥ 0.99 | {c['tracing_off_vs_today']} | {w['tracing_off_vs_today']} |",
         f"| hooks only (drift off, tracing off) / today | — | {c['hooks_drift_off_vs_today']} | "
         f"{w['hooks_drift_off_vs_today']} |",
+        f"| tracing off, inputs carrying traceparent / untraced inputs (the field's own cost) | — | "
+        f"{c['traced_inputs_off_vs_tracing_off']} | {w['traced_inputs_off_vs_tracing_off']} |",
+        f"| tracing, no-op exporter / tracing off, same traced inputs (the spans' cost) | — | "
+        f"{c['tracing_noop_vs_traced_inputs_off']} | {w['tracing_noop_vs_traced_inputs_off']} |",
         f"| tracing, no-op exporter / tracing off (every entry its own traceparent) | ≥ 0.95 | "
         f"{c['tracing_noop_vs_tracing_off']} | {w['tracing_noop_vs_tracing_off']} |",
         f"| tracing, no-op exporter / today | — | {c['tracing_noop_vs_today']} | {w['tracing_noop_vs_today']} |",

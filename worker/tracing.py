@@ -94,6 +94,8 @@ class BatchTracer:
         }
         span = self.tracer.start_span(f"process {rec.stream}", kind=self._kind, links=links, attributes=attrs,
                                       start_time=rec.decode[0])
+        if not span.is_recording():  # sampled out: no children, nothing to end
+            return
         ctx = self._trace.set_span_in_context(span)
         predict0 = batch.batch_us * 1000
         for name, start, end in (("decode", *rec.decode), ("predict", predict0, predict0 + int(batch.infer_s * 1e9)),

@@ -19,6 +19,7 @@ from producer.config import ProducerSettings
 from producer.group_reader import GroupResultsReader
 from producer.results import ResultsReader
 from producer.sources import LabeledWindow, from_file, synthetic
+from training.data import DataError
 from protocol import logs
 from protocol.outage import RedisOutageError
 from protocol.security import settings_error
@@ -295,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     except RedisOutageError as e:
         print(f"bigru-producer: {e}", file=sys.stderr)
         return EXIT_OUTAGE
+    except DataError as e:  # a source file that is missing or malformed: the line-numbered reason, no traceback
+        print(f"bigru-producer: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ from producer.config import ProducerSettings
 from producer.group_reader import GroupResultsReader
 from producer.results import ResultsReader
 from producer.sources import LabeledWindow, from_file, synthetic
-from training.data import DataError
 from protocol import logs
 from protocol.outage import RedisOutageError
 from protocol.security import settings_error
 from protocol.wire import Result
+from training.data import DataError
 
 #: Flags that steer a command rather than set a :class:`ProducerSettings` field.
 COMMAND_OPTIONS = frozenset({"command", "source", "count", "rate", "length", "seed", "id_prefix", "per_entry",

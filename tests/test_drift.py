@@ -112,7 +112,7 @@ def test_checkpoint_without_statistics_serves_with_drift_unknown(redis_url: str,
     assert load_served(root).drift is None and load_checkpoint(root).drift is None
     r = redis.Redis.from_url(redis_url)
     xs, _ = windows(200, seed=8)
-    Producer(r, Keys(prefix, prefix)).publish_many(xs)
+    Producer(r, Keys(prefix, prefix)).publish_many(xs, per_entry=50)  # big batches: fewer than one sample chunk
     loop = make_loop(redis_url, prefix, root, consumer="old-0")
     rec = Recorder()
     loop.observer = rec

@@ -140,15 +140,15 @@ class DriftMonitor:
         n = len(batch.xs)
         if not self.enabled or not n or batch.probs is None:
             return
+        if batch.model.version != self._version:  # a new model: unknown drift shows at once
+            self._switch(batch.model)
+        if self._sample is None:
+            return
         self._owed += n / self.sample_every
         if self._owed < min(n, SAMPLE_CHUNK):
             return
         m = min(n, int(self._owed))
         self._owed -= m
-        if batch.model.version != self._version:
-            self._switch(batch.model)
-        if self._sample is None:
-            return
         idx = list(range(0, n, n // m))[:m]
         if batch.failed:
             idx = [i for i in idx if i not in batch.failed]

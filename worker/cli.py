@@ -95,19 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "redrive":
         return redrive(settings, args)
     if args.check or args.command == "status":
-        from redis.exceptions import RedisClusterException, RedisError
-
-        from worker.health import check
-        from worker.status import run
-
         if args.check:
-            try:
-                ok, msg = check(settings.connect(), settings.keys,
-                                [settings.consumer_name(i) for i in range(settings.replicas)])
-            except (RedisError, RedisClusterException) as e:
-                ok, msg = False, f"redis unreachable: {e}"
+            from worker.health import probe
+
+            ok, msg = probe(settings)
             print(msg)
             return 0 if ok else 1
+        from worker.status import run
+
         r = settings.connect()
         return run(r, settings.keys, as_json=args.json, watch=args.watch, interval=args.interval)
     from worker.supervisor import run_replica, supervise

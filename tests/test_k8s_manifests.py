@@ -60,15 +60,18 @@ def test_every_manifest_file_is_rendered_by_a_kustomization() -> None:
 
     def walk(d: Path) -> None:
         k = yaml.safe_load((d / "kustomization.yaml").read_text())
-        used.add(d / "kustomization.yaml")
-        for r in k.get("resources", []):
-            (walk if (d / r).is_dir() else used.add)((d / r).resolve() if not (d / r).is_dir() else d / r)
+        used.add((d / "kustomization.yaml").resolve())
+        for res in k.get("resources", []):
+            if (d / res).is_dir():
+                walk(d / res)
+            else:
+                used.add((d / res).resolve())
         used.update((d / p["path"]).resolve() for p in k.get("patches", []))
 
     for d in OVERLAYS.values():
         walk(d)
     files = {p.resolve() for p in DEPLOY.rglob("*.yaml") if "schemas" not in p.parts}
-    assert files - {p.resolve() for p in used} == set()
+    assert files - used == set()
 
 
 def test_every_object_validates_against_its_schema(docs: list[Doc]) -> None:

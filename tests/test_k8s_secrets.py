@@ -83,6 +83,10 @@ def test_each_role_does_its_job_and_no_more(acl_server: LocalRedis, checkpoint_r
     # The init Job, as the worker user.
     assert cli.main(["init", "--redis-url", _user_url(acl_server, "worker"), "--shards", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["streams"] == [sk.windows for sk in keys.all_shards()]
+    assert cli.main(["init", "--redis-url", _user_url(acl_server, "worker"), "--shards", "2"]) == 0  # idempotent
+    capsys.readouterr()
+    assert all(g["name"] == b"bigru" and g["lag"] == 0 for sk in keys.all_shards()
+               for g in acl_server.client().xinfo_groups(sk.windows))
     # The trainer Job publishes to the registry...
     doc = publish_path(RegistrySettings(redis_url=_user_url(acl_server, "trainer"), prefix="bigru"), checkpoint_root)
     assert doc["latest"]

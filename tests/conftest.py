@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -15,6 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts.localredis import LocalRedis  # noqa: E402
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which server binary the integration tests start (``BIGRU_TEST_SERVER``, else redis-server on PATH)."""
+    exe = os.environ.get("BIGRU_TEST_SERVER") or shutil.which("redis-server")
+    if exe is None:
+        return "server under test: none found (redis-server not on PATH, BIGRU_TEST_SERVER unset)"
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
+    return f"server under test: {exe}: {version}"
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,10 @@ def _setting(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Flags default to None so that unset flags fall back to the environment and ``.env``."""
     p = argparse.ArgumentParser(prog="bigru-worker", description=__doc__)
-    p.add_argument("command", nargs="?", choices=["serve", "status", "redrive", "compare", "promote", "shadow-stop"], default="serve")
+    p.add_argument("command", nargs="?", choices=["serve", "status", "redrive", "init", "compare", "promote",
+                                                  "shadow-stop"], default="serve",
+                   help="serve (default); status; redrive dead letters; init: create every shard's stream and group; "
+                   "compare / promote / shadow-stop: a shadow candidate (docs/lifecycle.md)")
     _setting(p, "redis_url")
     _setting(p, "prefix")
     _setting(p, "group")
@@ -84,6 +87,19 @@ def redrive(settings: WorkerSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def init(settings: WorkerSettings) -> int:
+    """``bigru-worker init``: create every shard's input stream and the consumer group (idempotent), the
+    deploy-time step KEDA's scaler needs (it misreads a stream or group that does not exist yet)."""
+    import json
+
+    from worker.reader import ensure_groups
+
+    r = settings.connect()
+    ensure_groups(r, settings.keys)
+    print(json.dumps({"group": settings.group, "streams": [sk.windows for sk in settings.keys.all_shards()]}))
+    return 0
+
+
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     """Settings from the environment/.env, overridden by the flags that were given."""
     flags = {k: v for k, v in vars(args).items() if v is not None and k not in COMMAND_OPTIONS}
@@ -100,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "redrive":
         return redrive(settings, args)
+    if args.command == "init":
+        return init(settings)
     if args.command in ("compare", "promote", "shadow-stop"):
         from worker import lifecycle_cli
 
@@ -107,19 +125,14 @@ def main(argv: list[str] | None = None) -> int:
             return lifecycle_cli.shadow_stop(settings)
         return (lifecycle_cli.compare if args.command == "compare" else lifecycle_cli.promote)(settings, args)
     if args.check or args.command == "status":
-        from redis.exceptions import RedisClusterException, RedisError
-
-        from worker.health import check
-        from worker.status import run
-
         if args.check:
-            try:
-                ok, msg = check(settings.connect(), settings.keys,
-                                [settings.consumer_name(i) for i in range(settings.replicas)])
-            except (RedisError, RedisClusterException) as e:
-                ok, msg = False, f"redis unreachable: {e}"
+            from worker.health import probe
+
+            ok, msg = probe(settings)
             print(msg)
             return 0 if ok else 1
+        from worker.status import run
+
         r = settings.connect()
         return run(r, settings.keys, as_json=args.json, watch=args.watch, interval=args.interval)
     from worker.supervisor import run_replica, supervise

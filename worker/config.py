@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -11,7 +11,9 @@ from pydantic_settings import SettingsConfigDict
 from protocol.cluster import parse_shards
 from protocol.keys import Keys
 from protocol.redisconn import RedisConnSettings
-from protocol.wire import Limits
+
+if TYPE_CHECKING:  # protocol.wire imports numpy; `bigru-worker --check` (a probe) must start fast
+    from protocol.wire import Limits
 
 
 class WorkerSettings(RedisConnSettings):
@@ -187,6 +189,8 @@ class WorkerSettings(RedisConnSettings):
     @property
     def limits(self) -> Limits:
         """Decoding limits."""
+        from protocol.wire import Limits
+
         return Limits(
             max_window_bytes=self.max_window_bytes, max_length=self.max_length, allow_nonfinite=self.allow_nonfinite
         )

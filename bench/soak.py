@@ -96,13 +96,13 @@ class Pool:
         out = {}
         for c in self.consumers:
             hb = heartbeat(self.r, self.keys, c)
-            if hb is not None and Path(f"/proc/{hb['pid']}").exists():
-                out[c] = int(hb["pid"])
+            if hb is not None and Path(f"/proc/{hb.pid}").exists():
+                out[c] = hb.pid
         return out
 
     def models(self) -> dict[str, str]:
         """consumer -> served model version, from the live heartbeats."""
-        return {c: str(hb["model"]) for c in self.consumers if (hb := heartbeat(self.r, self.keys, c))}
+        return {c: hb.model for c in self.consumers if (hb := heartbeat(self.r, self.keys, c))}
 
     def stop(self) -> int | None:
         """SIGTERM the supervisor (each replica finishes its batch); its exit code."""

@@ -83,7 +83,7 @@ def one_run(url: str, code: Path, checkpoint: Path, windows: int, precision: str
             for i in range(0, windows, 1000):
                 prod.publish_many(xs[i : i + 1000])
             got = len(ResultsReader(r, keys).collect(windows, timeout_s=120))
-            pids = sorted(int(h["pid"]) for h in live)
+            pids = sorted(h.pid for h in live)
             out = {"ready_s": ready_s, "served": got, "rss_mb": [proc_rss_mb(p) for p in pids],
                    "supervisor_rss_mb": proc_rss_mb(proc.pid), "torch_mapped": [maps_torch(p) for p in pids]}
         finally:

@@ -70,14 +70,14 @@ def main(argv: list[str] | None = None) -> int:
                 if proc.poll() is not None:
                     raise RuntimeError((tmp / "worker.log").read_text()[-2000:])
                 time.sleep(0.2)
-            pid = int(hb["pid"])
+            pid = hb.pid
             prod = Producer(r, keys)
             serve(prod, r, keys, a.batches)
-            rows.append({"step": "start", "version": hb["model"], "rss_mib": round(rss_mib(pid), 1)})
+            rows.append({"step": "start", "version": hb.model, "rss_mib": round(rss_mib(pid), 1)})
             for i, (src, version) in enumerate(staged, 1):
                 shutil.copytree(src / version, root / version)
                 set_latest_version(root, version)
-                while (heartbeat(r, keys, "rm-0") or {}).get("model") != version:
+                while (now := heartbeat(r, keys, "rm-0")) is None or now.model != version:
                     time.sleep(0.2)
                 serve(prod, r, keys, a.batches)
                 time.sleep(2.5)  # the release after a swap is due 2 s after it

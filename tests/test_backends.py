@@ -11,7 +11,7 @@ from worker import backends
 from worker.backends import make_predictor
 from worker.onnx_backend import BackendError, OnnxPredictor, onnx_available
 from worker.predictor import DeviceError, TorchPredictor
-from worker.stages import Predictor
+from worker.types import Predictor
 
 needs_onnx = pytest.mark.skipif(not onnx_available(), reason="onnxruntime not installed")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

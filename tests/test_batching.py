@@ -12,7 +12,8 @@ from protocol.keys import Keys
 from tests.helpers import make_loop, run_with_trickle
 from worker.batching import CostModel, FixedWait, NoWait, SloWait, make_batch_wait
 from worker.config import WorkerSettings
-from worker.reader import Entry, enqueued_us
+from worker.reader import enqueued_us
+from worker.types import Entry
 
 
 def test_fixed_wait_ignores_age_and_size() -> None:

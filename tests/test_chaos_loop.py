@@ -18,13 +18,14 @@ from tests.chaos_support import Outputs, audit, wait_until
 from tests.helpers import make_loop
 from training.checkpoint import load_checkpoint
 from worker.liveness import ClaimKeeper
-from worker.loop import Predictor, WorkerLoop
+from worker.loop import WorkerLoop
 from worker.predictor import TorchPredictor
+from worker.types import Predictor, PredictorDefaults
 
 pytestmark = pytest.mark.chaos
 
 
-class Wrapped:
+class Wrapped(PredictorDefaults):
     """A predictor that delegates to a real one and runs ``hook(call_number, xs)`` first."""
 
     def __init__(self, inner: Predictor, hook: object) -> None:

@@ -27,9 +27,10 @@ from tests.conftest import ROOT
 from tests.ops_helpers import scrape, start_worker, stop, value, wait_ready
 from training.checkpoint import load_checkpoint
 from worker.config import WorkerSettings
-from worker.loop import StaticModel, WorkerLoop
+from worker.loop import WorkerLoop
 from worker.predictor import TorchPredictor
 from worker.status import snapshot
+from worker.types import StaticModel
 
 pytestmark = pytest.mark.cluster
 SHARDS = 6

@@ -12,8 +12,8 @@ from protocol.durability import Durability, ReplicaAckError, ReplicaAckShort
 from protocol.keys import Keys
 from scripts.localredis import LocalRedis
 from tests.chaos_support import wait_until
-from worker.publisher import Output, Publisher
-from worker.reader import Entry
+from worker.publisher import Publisher
+from worker.types import Entry, Output
 
 
 @pytest.fixture(scope="module")

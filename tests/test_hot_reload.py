@@ -44,7 +44,7 @@ GATE = {"BIGRU_RELOAD_MIN_ACCURACY": "0.7", "BIGRU_RELOAD_MAX_DROP": "0.1", "BIG
 
 def serving(r: redis.Redis, keys: Keys) -> dict[str, str]:
     """consumer -> version, from the live heartbeats (what ``bigru-worker status`` shows)."""
-    return {rep["consumer"]: rep["model"] for rep in live_replicas(r, keys)}
+    return {rep.consumer: rep.model for rep in live_replicas(r, keys)}
 
 
 def converge(r: redis.Redis, keys: Keys, version: str, n: int, t0: float, timeout: float = 20.0) -> float:

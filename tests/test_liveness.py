@@ -16,9 +16,10 @@ from protocol.keys import Keys
 from tests.helpers import make_loop, wait_for
 from worker import health
 from worker.config import WorkerSettings
+from worker.types import PredictorDefaults
 
 
-class Slow:
+class Slow(PredictorDefaults):
     """A predictor that sleeps ``delay_s`` per call and answers uniform probabilities."""
 
     version, classes, n_features = "slow-1", ["a", "b"], 1

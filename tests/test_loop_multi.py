@@ -12,6 +12,7 @@ from producer.results import ResultsReader
 from protocol.keys import Keys
 from protocol.wire_multi import decode_multi_result, encode_windows_entry
 from tests.helpers import make_loop, stream_entries
+from worker.types import PredictorDefaults
 
 
 def _windows(n: int, t: int = 20, seed: int = 0) -> np.ndarray:
@@ -51,7 +52,7 @@ def test_mixed_single_and_multi_entries_each_get_one_result(
     assert len(ResultsReader(r, keys).collect(13, timeout_s=5)) == 13
 
 
-class FailsOn:
+class FailsOn(PredictorDefaults):
     """A predictor that raises when any window holds ``value`` (a poison window in a multi entry)."""
 
     def __init__(self, inner: object, value: float) -> None:

@@ -13,7 +13,8 @@ from protocol.keys import Keys
 from protocol.wire import Result, encode_result
 from tests.helpers import make_loop
 from worker import reader
-from worker.publisher import Output, Publisher
+from worker.publisher import Publisher
+from worker.types import Output, PredictorDefaults
 
 
 def _setup(r: redis.Redis, prefix: str, n: int) -> tuple[Keys, list[reader.Entry]]:
@@ -59,7 +60,7 @@ def test_reset_forgets_unanswered_sends_and_inputs_stay_pending(r: redis.Redis, 
     assert pub.send([]) == []
 
 
-class SlowModel:
+class SlowModel(PredictorDefaults):
     """Wraps a predictor: each forward pass takes ``delay_s`` and records its span and thread."""
 
     def __init__(self, inner: object, delay_s: float) -> None:

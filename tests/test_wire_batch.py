@@ -13,8 +13,8 @@ from protocol.wire import (
     encode_result,
     encode_window,
 )
-from worker.reader import Entry
 from worker.stages import Stages
+from worker.types import Entry, PredictorDefaults
 
 
 def _mixed_batch() -> list[dict[bytes, bytes]]:
@@ -64,7 +64,7 @@ def test_decode_windows_of_nothing() -> None:
     assert decode_windows([], Limits()) == []
 
 
-class _TwoClasses:
+class _TwoClasses(PredictorDefaults):
     """A predictor stand-in: the encode stage only reads its version and classes."""
 
     version, classes, n_features = "v1", ["a", "b"], 1

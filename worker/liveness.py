@@ -9,19 +9,18 @@ holds, so a slow batch is not reclaimed by another consumer while it is still be
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import redis
 import structlog
 
 from protocol.keys import Keys
-from worker.reader import Entry, refresh_claims
+from worker.reader import refresh_claims
+from worker.types import Entry, HeartbeatRecord
 
 
 class Heartbeat:
@@ -35,19 +34,17 @@ class Heartbeat:
         self._next = 0.0
 
     def beat(self, model: str, results: int, dead: int, force: bool = False, precision: str = "fp32",
-             extra: Callable[[], Mapping[str, Any]] | None = None) -> None:
-        """Refresh the heartbeat key (TTL) and the workers hash entry, if due (``extra()``: more fields,
-        asked for only when a beat is written)."""
+             breaker: Callable[[], tuple[str, int, str]] | None = None) -> None:
+        """Refresh the heartbeat key (TTL) and the workers hash entry, if due (``breaker()``: the breaker's
+        state, trips and reason, asked for only when a beat is written)."""
         now = self.monotonic()
         if not force and now < self._next:
             return
         self._next = now + self.interval_s
-        info: dict[str, Any] = {
-            "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(), "model": model,
-            "precision": precision, "started": self.started, "ts": time.time(), "results": results, "dead": dead,
-            **(extra() if extra is not None else {}),
-        }
-        doc = json.dumps(info)
+        state, trips, reason = breaker() if breaker is not None else ("closed", 0, "")
+        doc = HeartbeatRecord(consumer=self.consumer, host=socket.gethostname(), pid=os.getpid(), model=model,
+                              precision=precision, started=self.started, ts=time.time(), results=results, dead=dead,
+                              breaker=state, breaker_trips=trips, breaker_reason=reason).to_json()
         pipe = self.r.pipeline(transaction=False)
         pipe.set(self.keys.heartbeat(self.consumer), doc, ex=max(1, int(self.ttl_s)))
         pipe.hset(self.keys.workers, self.consumer, doc)

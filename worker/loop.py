@@ -18,7 +18,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import redis
 import structlog
@@ -33,57 +32,12 @@ from worker.guard import ModelGuard, breaker_rules
 from worker.liveness import ClaimKeeper, Heartbeat, Pulse
 from worker.maintenance import Maintenance
 from worker.publisher import Publisher
-from worker.reader import Collector, Entry, ReadPlan, ensure_groups
-from worker.stages import Batch, BatchMismatch, Predictor, Stages
+from worker.reader import Collector, ReadPlan, ensure_groups
+from worker.stages import BatchMismatch, Stages
+from worker.types import Batch, Entry, ModelSource, Observer, Predictor, StaticModel
 
 __all__ = ["BatchMismatch", "Clock", "LoopParts", "LoopStats", "ModelSource", "Observer", "Predictor",
            "StaticModel", "WorkerLoop"]
-
-
-class ModelSource(Protocol):
-    """Supplies the predictor; ``poll()`` runs between batches and may swap ``current``."""
-
-    current: Predictor
-
-    def poll(self) -> None: ...
-
-
-@dataclass
-class StaticModel:
-    """A model source that never changes."""
-
-    current: Predictor
-
-    def poll(self) -> None:
-        """Nothing to reload."""
-
-
-class Observer:
-    """Hooks for metrics; the default does nothing."""
-
-    def batch(self, batch: Batch) -> None:
-        """Called after each batch is published."""
-
-    def dead(self, reason: str) -> None:
-        """Called per dead-lettered entry."""
-
-    def reclaimed(self, n: int) -> None:
-        """Called with the number of entries claimed from other consumers."""
-
-    def duplicates(self, n: int) -> None:
-        """Called when the publish script refused ``n`` outputs already acknowledged elsewhere."""
-
-    def model_version(self, version: str) -> None:
-        """Called when the replica serves ``version``: once loaded and warmed up, and after each reload."""
-
-    def reload(self, accepted: bool, version: str) -> None:
-        """Called when a new model version was accepted (swapped in) or refused (old one keeps serving)."""
-
-    def replica_ack_short(self) -> None:
-        """Called when a publish's ``WAIT`` got fewer replica acknowledgements than ``wait_replicas``."""
-
-    def breaker(self, state: str, trips: int) -> None:
-        """Called when the breaker changes state (``worker.breaker``); ``trips`` counts its openings."""
 
 
 @dataclass
@@ -258,8 +212,8 @@ class WorkerLoop:
         model = self.models.current
         state = self.guard.breaker.state
         force, self._beat_state = force or state != self._beat_state, state  # a breaker change shows at once
-        self.beats.beat(model.version, self.stats.results, self.stats.dead, force, getattr(model, "precision", "fp32"),
-                        extra=self.guard.heartbeat_fields)
+        self.beats.beat(model.version, self.stats.results, self.stats.dead, force, model.precision,
+                        breaker=self.guard.breaker_view)
 
     # -- driver -------------------------------------------------------------------------------
 

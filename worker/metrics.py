@@ -28,8 +28,7 @@ from prometheus_client.registry import Collector
 from protocol.keys import Keys
 from protocol.replies import group_info
 from worker.breaker import STATES
-from worker.loop import Observer
-from worker.stages import Batch
+from worker.types import Batch, Observer
 
 #: Latency buckets in seconds (0.5 ms .. 30 s), shared by every latency histogram.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)

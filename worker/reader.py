@@ -19,22 +19,11 @@ import structlog
 from protocol.keys import Keys, ShardKeys
 from protocol.replies import as_str
 from worker.batching import BatchWait
+from worker.types import Entry
 
 #: Poll interval while a batch fills (Redis checks BLOCK timeouts only every 1/hz s, 100 ms at the
 #: default hz 10, so a short blocking read could overshoot the fill deadline by ~100 ms).
 FILL_POLL_S = 0.0005
-
-
-@dataclass
-class Entry:
-    """A stream entry read by this worker."""
-
-    shard: int
-    id: str
-    fields: dict[bytes, bytes]
-    read_us: int
-    deliveries: int = 1
-    size: int = 0  # bytes of field names and values (the batch byte budget counts these)
 
 
 def ensure_groups(r: redis.Redis, keys: Keys) -> None:

@@ -1,6 +1,6 @@
-"""The decode, predict and encode stages of the batching loop, around one :class:`Batch`.
+"""The decode, predict and encode stages of the batching loop, around one :class:`worker.types.Batch`.
 
-A :class:`Batch` is the one representation of a batch from the moment its entries are read to the
+A batch is the one representation of a batch from the moment its entries are read to the
 moment its outputs are published: the entries, the windows that go to the model, the outputs
 decided early (dead letters, expired windows), the predictions and the timestamps. Collect lives in
 ``worker.reader``, publish in ``worker.publisher``, the driver in ``worker.loop``.
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import msgpack
 import numpy as np
@@ -28,61 +26,11 @@ from protocol.wire import (
     reply_or_none,
 )
 from protocol.wire_multi import MultiWindow, WindowOutcome, decode_entries, encode_dead_windows, encode_multi_result
-from worker.publisher import Output
-from worker.reader import Entry
-
-
-class Predictor(Protocol):
-    """What the loop needs from a model backend."""
-
-    version: str
-    classes: list[str]
-    n_features: int
-
-    def predict(self, xs: list[np.ndarray]) -> np.ndarray: ...
+from worker.types import Batch, Entry, Group, Output, Predictor
 
 
 class BatchMismatch(RuntimeError):
     """The predictor returned a different number of outputs than it was given inputs."""
-
-
-@dataclass
-class Group:
-    """A multi-window entry in a batch: its good windows are ``xs[offset:offset + len(good)]``."""
-
-    entry: Entry
-    mw: MultiWindow
-    good: list[int]
-    offset: int
-
-
-@dataclass
-class Batch:
-    """One batch through the stages (see the module docstring).
-
-    The model sees ``xs``: the single-window entries' windows (``items``, in order) followed by the
-    good windows of each multi-window entry (``groups``).
-    """
-
-    entries: list[Entry]
-    model: Predictor
-    items: list[tuple[Entry, Window]] = field(default_factory=list)  # single-window entries
-    groups: list[Group] = field(default_factory=list)  # multi-window entries
-    xs: list[np.ndarray] = field(default_factory=list)  # what the model sees
-    outputs: list[Output] = field(default_factory=list)  # dead letters/expired at decode, then results
-    probs: np.ndarray | None = None  # [len(xs), C]; rows of failed windows are NaN
-    failed: dict[int, BaseException] = field(default_factory=dict)  # xs index -> error, after bisection
-    batch_us: int = 0  # the forward pass began (unix µs)
-    infer_s: float = 0.0
-    pub_us: int = 0  # outputs encoded, about to be published (unix µs)
-    expired: int = 0
-    t_submit: float = 0.0  # perf_counter when handed to the model (the batch-wait policy's service time)
-    broken: str | None = None  # set by the breaker (worker.guard): the model, not the windows, failed
-
-    @property
-    def served(self) -> int:
-        """Windows classified (not failed)."""
-        return len(self.xs) - len(self.failed)
 
 
 DeadHook = Callable[[str], None]

@@ -10,6 +10,11 @@
   than ``breaker_reload_batches`` batches ago, the model source falls back to the previous version.
 - :meth:`ModelGuard.hold` runs instead of collecting while the breaker is open: it waits out the
   backoff and probes.
+
+Threads: :meth:`~ModelGuard.judge` is the only method the compute thread calls, and the only writer
+of the probe windows (``_good``, ``_fallback``); the loop thread reads them in :meth:`~ModelGuard.hold`
+only while the breaker is open, when no batch computes. The breaker itself is touched by the loop
+thread only (the heartbeat thread reads its state through :meth:`~ModelGuard.breaker_view`).
 """
 
 from __future__ import annotations

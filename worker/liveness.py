@@ -85,6 +85,40 @@ class Pulse:
                 self.log.warning("heartbeat_failed", error=str(err))
 
 
+class HeldBatches:
+    """The batches a replica read and has not published yet, by key: the loop thread adds and drops
+    them, the claim keeper thread reads them; every access takes one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[int, tuple[float, list[Entry]]] = {}
+
+    def add(self, key: int, since: float, entries: list[Entry]) -> None:
+        """Hold ``entries`` (read at monotonic time ``since``) under ``key``."""
+        with self._lock:
+            self._by_key[key] = (since, entries)
+
+    def drop(self, key: int) -> None:
+        """Stop holding the batch ``key`` (published), if held."""
+        with self._lock:
+            self._by_key.pop(key, None)
+
+    def take_all(self) -> list[Entry]:
+        """Stop holding every batch; their entries."""
+        with self._lock:
+            held, self._by_key = self._by_key, {}
+        return [e for _, entries in held.values() for e in entries]
+
+    def snapshot(self) -> list[tuple[float, list[Entry]]]:
+        """(since, entries) of every batch held now."""
+        with self._lock:
+            return list(self._by_key.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_key)
+
+
 class ClaimKeeper:
     """A daemon thread refreshing the claims on entries held longer than ``claim_idle_ms / 3``."""
 

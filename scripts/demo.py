@@ -28,12 +28,14 @@ from producer.sources import synthetic  # noqa: E402
 from protocol.keys import Keys  # noqa: E402
 from protocol.redisconn import connect  # noqa: E402
 from scripts.localredis import LocalRedis  # noqa: E402
+from worker.config import WorkerSettings  # noqa: E402
 
 N = int(os.environ.get("DEMO_WINDOWS", "10000"))
 
 
 def _redis() -> tuple[str, LocalRedis | None]:
-    url = os.environ.get("BIGRU_REDIS_URL")
+    s = WorkerSettings()
+    url = s.redis_url if "redis_url" in s.model_fields_set else None  # set in the environment (or .env)
     if url:
         try:
             connect(url).ping()
@@ -52,7 +54,8 @@ def _redis() -> tuple[str, LocalRedis | None]:
 def main() -> int:
     """Run the demo."""
     url, srv = _redis()
-    ckpt_root = Path(os.environ.get("BIGRU_CHECKPOINT", ROOT / "checkpoints"))
+    s = WorkerSettings()
+    ckpt_root = Path(s.checkpoint) if "checkpoint" in s.model_fields_set else ROOT / "checkpoints"
     prefix = f"demo-{uuid.uuid4().hex[:6]}" if srv is None else "bigru"
     env = dict(os.environ, BIGRU_REDIS_URL=url, BIGRU_PREFIX=prefix, BIGRU_GROUP=prefix,
                BIGRU_CHECKPOINT=str(ckpt_root), PYTHONPATH=str(ROOT))

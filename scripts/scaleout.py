@@ -36,11 +36,13 @@ from protocol.keys import Keys  # noqa: E402
 from protocol.redisconn import connect  # noqa: E402
 from scripts.localcluster import LocalCluster  # noqa: E402
 from scripts.localredis import LocalRedis  # noqa: E402
+from worker.config import WorkerSettings  # noqa: E402
 from worker.health import check  # noqa: E402
 
 
 def _checkpoint() -> Path:
-    root = Path(os.environ.get("BIGRU_CHECKPOINT", ROOT / "checkpoints"))
+    s = WorkerSettings()
+    root = Path(s.checkpoint) if "checkpoint" in s.model_fields_set else ROOT / "checkpoints"
     if not (root / "latest").is_file():
         subprocess.run([sys.executable, "-m", "training.cli", "--data", "synthetic", "--out", str(root), "--n", "3000",
                         "--epochs", "5", "--json"], check=True, cwd=ROOT)

@@ -6,24 +6,19 @@ import socket
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
 
 from protocol.cluster import parse_shards
-from protocol.keys import Keys
-from protocol.redisconn import RedisConnSettings
+from protocol.settings import StreamSettings
 from protocol.wire import Limits
 
 
-class WorkerSettings(RedisConnSettings):
-    """Every worker setting; environment variables use the ``BIGRU_`` prefix (``BIGRU_MAX_BATCH``)."""
+class WorkerSettings(StreamSettings):
+    """Every worker setting; environment variables use the ``BIGRU_`` prefix (``BIGRU_MAX_BATCH``).
 
-    model_config = SettingsConfigDict(env_prefix="BIGRU_", env_file=".env", extra="ignore")
+    The connection and the streams' location (prefix, group, shards, :attr:`keys`) are
+    :class:`protocol.settings.StreamSettings`'.
+    """
 
-    prefix: str = Field("bigru", min_length=1, description="key prefix: streams `{bigru}:windows`, `{bigru}:results`, "
-                        "`{bigru}:dead` (`{bigru:N}:…` with shards), the registry's and the workers' keys")
-    group: str = Field("bigru", min_length=1, description="the workers' consumer group (the producer watches its lag)")
-    shards: int = Field(1, ge=1, le=1024, description="shard streams per logical stream (a window goes to the shard "
-                        "its id's crc32 picks; round-robin without an id)")
     consume_shards: str | None = Field(None, description="shards this worker consumes, e.g. `0,2-3` (unset: all)")
     checkpoint: str = Field(
         "checkpoints", description="checkpoint file, version directory, or root with a `latest` pointer"
@@ -156,11 +151,6 @@ class WorkerSettings(RedisConnSettings):
             raise ValueError(f"max_batch_bytes ({self.max_batch_bytes}) must be at least max_window_bytes "
                              f"({self.max_window_bytes}): one batch must hold one window of the largest accepted size")
         return self
-
-    @property
-    def keys(self) -> Keys:
-        """Key names for this prefix, group and shard count."""
-        return Keys(self.prefix, self.group, self.shards)
 
     @property
     def limits(self) -> Limits:

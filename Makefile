@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis demo test test-fast lint bench soak bench-scale failover accuracy compare config-table clean
+.PHONY: venv redis test-tools demo test test-fast lint bench soak bench-scale failover accuracy compare config-table clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -20,10 +20,14 @@ venv: $(STAMP)
 redis:
 	@bash scripts/ensure-redis-server.sh
 
+# openssl, prometheus/promtool for the tests that use them (installed when missing and possible; else they skip)
+test-tools:
+	@bash scripts/ensure-test-tools.sh
+
 demo: venv redis
 	$(PY) scripts/demo.py
 
-test: venv redis
+test: venv redis test-tools
 	$(PY) -m pytest -q
 
 test-fast: venv redis

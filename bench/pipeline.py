@@ -210,7 +210,8 @@ def saturated(url: str, checkpoint: Path, cfg: WorkerConfig, n: int, log_dir: Pa
     return {
         **asdict(cfg), "label": cfg.label, "windows": served,
         "windows_per_s": round(float((hi - lo) * served / len(res) / span_s), 1),
-        "mean_batch": round(float(batches.mean()), 1), "replicas_serving": len(workers),
+        "mean_batch": round(float(batches.mean()), 1), "max_batch_seen": int(batches.max()),
+        "replicas_serving": len(workers),
         # the forward pass per batch as the replicas timed it (model-only's "call p50" is the same in isolation)
         "infer_ms_median": round(float(np.median([int(f[b"infer_us"]) for f in res])) / 1000, 3),
         "drain_s": round(float(ts[-1] - ts[0]) / 1e6, 2),

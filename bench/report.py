@@ -128,9 +128,10 @@ def markdown(doc: dict[str, Any], plots: list[str]) -> str:
     lines += _table("Targets", ["measure", "target", "measured", "verdict", "detail"],
                     [[t["measure"], t["target"], t["value"], _verdict(t), t["detail"]] for t in doc["targets"]])
     lines += _table("Pipeline, saturated",
-                    ["config", "windows/s", "mean batch", "forward ms per batch (median)", "replicas serving",
-                     "model-only right before/after"],
-                    [[s["label"], f"{s['windows_per_s']:.0f}", s["mean_batch"], s.get("infer_ms_median", ""),
+                    ["config", "windows/s", "windows per forward pass (mean / max)", "forward ms per batch (median)",
+                     "replicas serving", "model-only right before/after"],
+                    [[s["label"], f"{s['windows_per_s']:.0f}", f"{s['mean_batch']} / {s.get('max_batch_seen', '?')}",
+                      s.get("infer_ms_median", ""),
                       s["replicas_serving"], s.get("model_only_adjacent_windows_per_s", "")] for s in doc["saturated"]])
     lines += _table("Plumbing ceiling (the real loop in burst mode, null model, one Redis)",
                     ["processes", "windows per entry", "max batch (windows)", "windows/s", "worker CPU µs/window",

@@ -16,19 +16,22 @@ from producer.writes import entry_id as _eid
 from producer.writes import write as _write
 from protocol.idempotent import IdempotentWriter
 from protocol.keys import Keys, ShardKeys
+from protocol.outage import OutageBudget
 from protocol.replies import as_str
 from protocol.wire import Fields, Result, decode_result
 
 
 class AsyncProducer:
-    """:meth:`Producer.classify` on ``redis.asyncio`` (no backpressure gate)."""
+    """:meth:`Producer.classify` on ``redis.asyncio`` (no backpressure gate); rides out a Redis outage
+    of up to ``outage`` (default 60 s) like :class:`~producer.client.Producer`."""
 
     def __init__(self, r: redis.asyncio.Redis, keys: Keys, pipeline_size: int = 500,
-                 idempotence: IdempotentWriter | None = None) -> None:
+                 idempotence: IdempotentWriter | None = None, outage: OutageBudget | None = None) -> None:
         self.r = r
         self.keys = keys
         self.pipeline_size = pipeline_size
         self.idempotence = idempotence
+        self.outage = outage if outage is not None else OutageBudget.for_client(r)
 
     async def classify(
         self, windows: Iterable[np.ndarray], ids: Sequence[str] | None = None, *, timeout: float = 10.0,
@@ -39,21 +42,36 @@ class AsyncProducer:
         if not call.entries:
             return []
         deadline = time.monotonic() + timeout
-        if self.idempotence is not None:
-            await self.idempotence.aprepare(self.r)
         eids: list[Any] = []
         for lo in range(0, len(call.entries), self.pipeline_size):
-            pipe = self.r.pipeline(transaction=False)
-            for e in call.entries[lo: lo + self.pipeline_size]:
-                _write(self.idempotence, pipe, call.sk, e.fields(), call.iid(e))
-            eids += await pipe.execute()
+            chunk = call.entries[lo: lo + self.pipeline_size]
+            eids += await self.outage.acall(lambda chunk=chunk: self._publish(call, chunk),  # type: ignore[misc]
+                                            operation="classify", windows=len(chunk))
         call.published(eids)
         try:
             while not call.done and (block := block_ms(deadline)) is not None:
-                call.add(await self.r.xread({call.key: call.last}, count=1000, block=block))
+                call.add(await self.outage.acall(lambda block=block: self.r.xread(  # type: ignore[misc]
+                    {call.key: call.last}, count=1000, block=block), operation="classify"))
         finally:
-            await self.r.delete(call.key)
+            await self.outage.acall(lambda: self.r.delete(call.key), operation="classify")
         return call.outcome()
+
+    async def _publish(self, call: Call, chunk: Sequence[Entry]) -> list[Any]:
+        try:
+            return await self._publish_once(call, chunk)
+        except redis.exceptions.NoScriptError:  # the server lost its script cache (a restart): load it again
+            if self.idempotence is None:
+                raise
+            self.idempotence.forget_script()
+            return await self._publish_once(call, chunk)
+
+    async def _publish_once(self, call: Call, chunk: Sequence[Entry]) -> list[Any]:
+        if self.idempotence is not None:
+            await self.idempotence.aprepare(self.r)
+        pipe = self.r.pipeline(transaction=False)
+        for e in chunk:
+            _write(self.idempotence, pipe, call.sk, e.fields(), call.iid(e))
+        return list(await pipe.execute())
 
 
 class ClassifyError(RuntimeError):

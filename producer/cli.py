@@ -20,6 +20,7 @@ from producer.group_reader import GroupResultsReader
 from producer.results import ResultsReader
 from producer.sources import LabeledWindow, from_file, synthetic
 from protocol import logs
+from protocol.outage import RedisOutageError
 from protocol.security import settings_error
 from protocol.wire import Result
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "redis_url")
     _setting(p, "prefix")
     _setting(p, "shards", type=int)
+    _setting(p, "producer_outage_s", type=float)
     sub = p.add_subparsers(dest="command", required=True)
     pub = sub.add_parser("publish", help="publish windows and exit")
     pub.add_argument("--source", default="synthetic", help="'synthetic', or a .npz / .ts file")
@@ -189,6 +191,9 @@ def cmd_publish(args: argparse.Namespace, s: ProducerSettings) -> int:
         except BackpressureError as e:
             print(json.dumps({"published": n, "entries": entries, "error": str(e), "lag": e.lag, "max_lag": e.limit}))
             return 3
+        except RedisOutageError as e:
+            print(f"bigru-producer: {e}; {n} windows were published before", file=sys.stderr)
+            return EXIT_OUTAGE
         n = first
         entries += len(chunk)
     dt = time.perf_counter() - t0
@@ -212,12 +217,13 @@ def _results(args: argparse.Namespace, s: ProducerSettings) -> Iterator[Result]:
     """The per-window results to show: from a plain reader, or through the consumer group ``--group``
     (an entry is acknowledged when the next one is asked for, i.e. after its results were shown)."""
     if args.reader_group is None:
-        yield from ResultsReader(s.connect(), s.keys, start=args.start).iter(count=args.count, follow=args.follow)
+        yield from ResultsReader(s.connect(), s.keys, start=args.start, outage=s.outage()).iter(
+            count=args.count, follow=args.follow)
         return
-    logs.configure()  # the reader's log events (claims, skipped entries) go to stderr, never into the output
     reader = GroupResultsReader(s.connect(), s.keys, args.reader_group, args.consumer or socket.gethostname(),
                                 start="$" if args.start == "$" else "0",
-                                claim_idle_ms=30_000 if args.claim_idle_ms is None else args.claim_idle_ms)
+                                claim_idle_ms=30_000 if args.claim_idle_ms is None else args.claim_idle_ms,
+                                outage=s.outage())
     for _, results in reader.iter(count=args.count, follow=args.follow):
         yield from results
 
@@ -263,6 +269,10 @@ def _plot(source: Iterator[Result], args: argparse.Namespace) -> int:
     return 0
 
 
+#: Exit status when Redis stayed unreachable past ``producer_outage_s``.
+EXIT_OUTAGE = 4
+
+
 def settings_from_args(args: argparse.Namespace) -> ProducerSettings:
     """Settings from the environment/.env, overridden by the flags that were given."""
     flags = {k: v for k, v in vars(args).items() if v is not None and k not in COMMAND_OPTIONS}
@@ -277,9 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         print(f"bigru-producer: {settings_error(e)}", file=sys.stderr)
         return 2
-    if args.command == "classify":
-        return cmd_classify(args, s)
-    return cmd_publish(args, s) if args.command == "publish" else cmd_results(args, s)
+    logs.configure()  # log events (an outage's start and end among them) go to stderr, never into the output
+    try:
+        if args.command == "classify":
+            return cmd_classify(args, s)
+        return cmd_publish(args, s) if args.command == "publish" else cmd_results(args, s)
+    except RedisOutageError as e:
+        print(f"bigru-producer: {e}", file=sys.stderr)
+        return EXIT_OUTAGE
 
 
 if __name__ == "__main__":

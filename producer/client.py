@@ -22,9 +22,10 @@ from producer.writes import write as _write
 from protocol.durability import Durability, ReplicaAckError, execute
 from protocol.idempotent import IdempotentWriter
 from protocol.keys import Keys, ShardKeys
+from protocol.outage import OutageBudget, RedisOutageError
 from protocol.wire import Result
 
-__all__ = ["AsyncProducer", "ClassifyError", "Entry", "Producer", "group_windows"]
+__all__ = ["AsyncProducer", "ClassifyError", "Entry", "Producer", "RedisOutageError", "group_windows"]
 
 
 class Producer:
@@ -43,14 +44,20 @@ class Producer:
     With ``durability`` enabled every round trip ends with ``WAIT`` for its replicas; fewer
     replicas than asked raises :class:`~protocol.durability.ReplicaAckError` (the entries were
     written: ``err.results`` holds their ids; they may or may not survive a failover).
+
+    Every round trip rides out a Redis outage (``outage``, default 60 s: a restart, a failover of one
+    cluster shard) by retrying it with backoff; past the budget it raises
+    :class:`~protocol.outage.RedisOutageError`. A retried write whose first reply was lost is not
+    duplicated with ``idempotence``; without it, it may be (docs/reliability.md).
     """
 
     def __init__(
         self, r: redis.Redis, keys: Keys, pipeline_size: int = 500, backpressure: Backpressure | None = None,
         idempotence: IdempotentWriter | None = None,
-        durability: Durability | None = None,
+        durability: Durability | None = None, outage: OutageBudget | None = None,
     ) -> None:
         self.r = r
+        self.outage = outage if outage is not None else OutageBudget.for_client(r)
         self.keys = keys
         self.pipeline_size = pipeline_size
         self.backpressure = backpressure
@@ -67,7 +74,8 @@ class Producer:
             gate = Backpressure(r, s.keys, s.max_lag, s.backpressure, block_timeout_s=s.backpressure_timeout_s,
                                 check_interval_s=s.lag_check_interval_ms / 1000)
         idem = IdempotentWriter(s.keys, s.producer_id, s.idempotency_window_s) if s.producer_id else None
-        return cls(r, s.keys, s.pipeline_size, gate, idem, Durability(s.wait_replicas, s.wait_timeout_ms))
+        return cls(r, s.keys, s.pipeline_size, gate, idem, Durability(s.wait_replicas, s.wait_timeout_ms),
+                   s.outage())
 
     def gate(self) -> None:
         """Apply backpressure (no-op without a gate)."""
@@ -82,15 +90,20 @@ class Producer:
             return zlib.crc32(cid.encode()) % self.keys.shards
         return next(self._rr) % self.keys.shards
 
-    @_reloads_script
     def publish_entries(self, entries: Sequence[Entry]) -> list[str]:
         """Send ``entries`` in one pipelined round trip after one backpressure check; their stream entry ids.
 
         Each entry is encoded once the gate has let the round trip through and goes to the shard
         of its :attr:`Entry.route`. Callers keep a round trip to about ``pipeline_size`` entries.
+        Through a Redis outage the round trip is retried (see the class docstring).
         """
         if not entries:
             return []
+        windows = sum(e.windows for e in entries)
+        return self.outage.call(lambda: self._publish_once(entries), operation="publish", windows=windows)
+
+    @_reloads_script
+    def _publish_once(self, entries: Sequence[Entry]) -> list[str]:
         self.gate()
         if len(entries) == 1 and not self.durability.enabled:
             (e,) = entries
@@ -208,7 +221,6 @@ class Producer:
             raise
         return out
 
-    @_reloads_script
     def classify(
         self, windows: Iterable[np.ndarray], ids: Sequence[str] | None = None, *, timeout: float = 10.0,
         meta: Mapping[str, Any] | None = None,
@@ -219,23 +231,31 @@ class Producer:
         naming a fresh reply stream, reads that stream (``XREAD BLOCK``) until every window is
         answered or ``timeout`` seconds pass, then deletes it. Raises :class:`ClassifyError` naming
         the windows that timed out or were dead-lettered (with the results it did get). Applies
-        backpressure once, before publishing.
+        backpressure once, before publishing. Rides out a Redis outage like :meth:`publish_entries`
+        (the reply stream is read from where the call had got to).
         """
         call = Call(self.keys, windows, ids, meta)
         if not call.entries:
             return []
         deadline = time.monotonic() + timeout
-        self.gate()
-        eids: list[Any] = []
+        self.outage.call(self.gate, operation="classify")
+        eids: list[str] = []
         for lo in range(0, len(call.entries), self.pipeline_size):
-            pipe = self.r.pipeline(transaction=False)
-            for e in call.entries[lo: lo + self.pipeline_size]:
-                self._add(pipe, call.sk, e, call.iid(e))
-            eids += self._execute(pipe)
+            chunk = call.entries[lo: lo + self.pipeline_size]
+            eids += self.outage.call(lambda chunk=chunk: self._classify_chunk(call, chunk),  # type: ignore[misc]
+                                     operation="classify", windows=len(chunk))
         call.published(eids)
         try:
             while not call.done and (block := block_ms(deadline)) is not None:
-                call.add(self.r.xread({call.key: call.last}, count=1000, block=block))
+                call.add(self.outage.call(lambda block=block: self.r.xread(  # type: ignore[misc]
+                    {call.key: call.last}, count=1000, block=block), operation="classify"))
         finally:
-            self.r.delete(call.key)
+            self.outage.call(lambda: self.r.delete(call.key), operation="classify")
         return call.outcome()
+
+    @_reloads_script
+    def _classify_chunk(self, call: Call, chunk: Sequence[Entry]) -> list[str]:
+        pipe = self.r.pipeline(transaction=False)
+        for e in chunk:
+            self._add(pipe, call.sk, e, call.iid(e))
+        return self._execute(pipe)

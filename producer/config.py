@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from protocol.idempotent import MAX_WINDOW_S
+from protocol.outage import DEFAULT_OUTAGE_S, OutageBudget
 from protocol.settings import StreamSettings
 
 
@@ -31,7 +32,16 @@ class ProducerSettings(StreamSettings):
         None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="set: publish idempotently as this producer (a "
         "retried write of the same client id within `idempotency_window_s` returns the first entry id); unset: off"
     )
+    producer_outage_s: float = Field(
+        DEFAULT_OUTAGE_S, ge=0, description="ride out a Redis outage (restart, failover) this long, retrying each "
+        "round trip with backoff; past it `RedisOutageError` (the CLI exits 4 with one line). 0: fail at once. "
+        "Without `producer_id` a write retried after a lost reply may be duplicated"
+    )
     idempotency_window_s: int = Field(
         60, ge=1, le=MAX_WINDOW_S, description="with `producer_id`: how long a client id is remembered (seconds; "
         "each costs Redis about 165 bytes for that long)"
     )
+
+    def outage(self) -> OutageBudget:
+        """A fresh outage budget of ``producer_outage_s`` naming ``redis_url`` (one per client)."""
+        return OutageBudget(self.producer_outage_s, url=self.redis_url)

@@ -51,6 +51,11 @@ class Entry:
         return None
 
     @property
+    def windows(self) -> int:
+        """Windows the entry carries."""
+        return int(self.x.shape[0]) if self.multi else 1
+
+    @property
     def route(self) -> str | None:
         """The id that picks the shard: ``cid``, else the first non-empty of ``cids`` (None: round-robin)."""
         return self.cid or _first_id(self.cids)

@@ -31,6 +31,7 @@ import redis
 import structlog
 
 from protocol.keys import Keys
+from protocol.outage import OutageBudget
 from protocol.replies import as_str
 from protocol.wire import Result, WireError
 from protocol.wire_multi import decode_any_result
@@ -66,10 +67,11 @@ class GroupResultsReader:
     """
 
     def __init__(self, r: redis.Redis, keys: Keys, group: str, consumer: str, *, start: str = "0",
-                 claim_idle_ms: int | None = 30_000) -> None:
+                 claim_idle_ms: int | None = 30_000, outage: OutageBudget | None = None) -> None:
         if start not in ("0", "$"):
             raise ValueError(f"start must be '0' or '$', not {start!r}")
         self.r = r
+        self.outage = outage if outage is not None else OutageBudget.for_client(r)
         self.keys = keys
         self.group = group
         self.consumer = consumer
@@ -82,7 +84,7 @@ class GroupResultsReader:
         self._claim_due = {s: 0.0 for s in self.streams}  # monotonic time of the next claim sweep
         self._inflight: set[EntryId] = set()  # delivered to the caller, not yet acknowledged
         self._buffer: list[Item] = []  # delivered by Redis, not yet handed out by iter()
-        self.create_groups()
+        self.outage.call(self.create_groups, operation="results")
 
     def create_groups(self) -> None:
         """``XGROUP CREATE <stream> <group> <start> MKSTREAM`` on every shard (an existing group is kept)."""
@@ -104,6 +106,13 @@ class GroupResultsReader:
         if self._buffer:
             out, self._buffer = self._buffer, []
             return out
+        # A read whose reply an outage lost left its entries pending here: re-read own pending ones after one.
+        return self.outage.call(lambda: self._poll(count, block_ms), operation="results", on_retry=self._reread_own)
+
+    def _reread_own(self) -> None:
+        self._own = {s: "0" for s in self.streams}
+
+    def _poll(self, count: int, block_ms: int | None) -> list[Item]:
         out = self._read_own(count)
         if not out:
             out = self._claim(count)
@@ -201,7 +210,8 @@ class GroupResultsReader:
                 i = EntryId(self.streams[0], i)
             per.setdefault(i.stream, []).append(i.id)
             self._inflight.discard(i)
-        return sum(int(self.r.xack(s, self.group, *eids)) for s, eids in per.items())
+        return sum(int(self.outage.call(lambda s=s, eids=eids: self.r.xack(s, self.group, *eids),  # type: ignore[misc]
+                                        operation="results")) for s, eids in per.items())
 
     def iter(self, count: int | None = None, follow: bool = False, block_ms: int = 1000) -> Generator[Item, None, None]:
         """Yield (entry id, per-window results) items: all present ones (then stop), or keep following.

@@ -12,6 +12,7 @@ from collections.abc import Generator
 import redis
 
 from protocol.keys import Keys
+from protocol.outage import OutageBudget
 from protocol.wire import Result
 from protocol.wire_multi import decode_any_result
 
@@ -21,10 +22,13 @@ class ResultsReader:
 
     Results are per window: a multi-window result entry (``protocol/wire_multi.py``) yields one
     :class:`Result` per window of its input (a ``WindowResult``, with ``index`` and ``reason``).
+    Every read rides out a Redis outage of up to ``outage`` (default 60 s), then raises
+    :class:`~protocol.outage.RedisOutageError`.
     """
 
-    def __init__(self, r: redis.Redis, keys: Keys, start: str = "0-0") -> None:
+    def __init__(self, r: redis.Redis, keys: Keys, start: str = "0-0", outage: OutageBudget | None = None) -> None:
         self.r = r
+        self.outage = outage if outage is not None else OutageBudget.for_client(r)
         self.keys = keys
         self.positions = {sk.results: start for sk in keys.all_shards()}
         self._pending: list[tuple[str, Result]] = []  # read from Redis but not yet handed out by iter()
@@ -41,7 +45,8 @@ class ResultsReader:
             return out
         out = []
         for stream, pos in self.positions.items():
-            resp = self.r.xread({stream: pos}, count=count, block=block_ms)
+            resp = self.outage.call(lambda stream=stream, pos=pos: self.r.xread(  # type: ignore[misc]
+                {stream: pos}, count=count, block=block_ms), operation="results")
             for _, entries in resp or []:
                 for eid, fields in entries:
                     sid = eid.decode()

@@ -263,6 +263,10 @@ class IdempotentWriter:
             log.info("idempotence_configured", stream=stream, window_s=self.window_s, maxsize=NATIVE_MAXSIZE)
         self._unconfigured.discard(stream)
 
+    def forget_script(self) -> None:
+        """The server lost its script cache (``NOSCRIPT``): the next :meth:`prepare`/:meth:`aprepare` loads it."""
+        self._sha = self._sha_many = ""
+
     def reload(self, r: Any) -> None:
         """(Re)load the script, e.g. after the server lost its script cache (``NOSCRIPT``)."""
         try:

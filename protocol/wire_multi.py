@@ -156,6 +156,36 @@ def x_ndim(raw: bytes) -> int | None:
         return None
 
 
+def _msgpack_uint(raw: bytes, i: int) -> int | None:
+    """The non-negative msgpack integer at ``raw[i]`` (fixint or uint 8/16/32), else ``None``."""
+    c = raw[i]
+    if c <= 0x7F:
+        return c
+    width = {0xCC: 1, 0xCD: 2, 0xCE: 4}.get(c)
+    return None if width is None else int.from_bytes(raw[i + 1 : i + 1 + width], "big")
+
+
+def x_windows(raw: bytes) -> int:
+    """Windows an ``x`` field holds, from its msgpack headers: ``N`` of an ``[N, T, F]`` shape, else 1.
+
+    For the batch bound only (the reader counts windows before decoding); a field this scanner
+    does not follow counts 1 and the full decoder says what is wrong with it.
+    """
+    try:
+        if raw[:8] == _COMMON_HEAD and raw[15:21] == b"\xa5shape" and raw[21] == 0x93:
+            n = _msgpack_uint(raw, 22)
+            return n if n and n > 0 else 1
+        if x_ndim(raw) != 3:
+            return 1
+        i = raw.index(b"\xa5shape") + 6  # the general path: after the key, a 3-element array header
+        if raw[i] != 0x93:
+            return 1
+        n = _msgpack_uint(raw, i + 1)
+        return n if n and n > 0 else 1
+    except (IndexError, ValueError):
+        return 1
+
+
 def is_multi(fields: Fields) -> bool:
     """Whether an input entry is a multi-window entry: its ``x.shape`` has 3 elements.
 

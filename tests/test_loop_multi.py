@@ -98,8 +98,8 @@ def test_an_expired_multi_entry_gets_an_expired_result(
 def test_max_batch_bounds_windows_not_entries(
     r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path
 ) -> None:
-    """The first batch reads 64 entries of 16 windows (the collector cannot know before) and runs
-    them in forward passes of 64; from then on the collector reads 4 entries, 64 windows, a batch."""
+    """64 entries of 16 windows: the collector counts windows from the entries' headers, so every
+    batch (and forward pass) holds 64 windows, the first one included (issue 19: it held 1024)."""
     loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64)
     sizes: list[int] = []
     inner = loop.models.current
@@ -109,5 +109,32 @@ def test_max_batch_bounds_windows_not_entries(
     Producer(r, keys).publish_many(list(_windows(2048)), per_entry=16)
     stats = loop.run()
     assert stats.windows == 2048 and max(sizes) == 64
-    batches = list(stats.batch_sizes)
-    assert batches[0] == 1024 and max(batches[1:]) == 64
+    assert set(stats.batch_sizes) == {64}
+
+
+def test_max_batch_holds_for_a_mix_of_1_7_and_64_window_entries(
+    r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path
+) -> None:
+    """Entries of 64, 7 and 1 windows (and one of 100) published before the worker starts: no forward
+    pass and no reported ``batch`` exceeds ``max_batch``; the 100-window entry is served alone."""
+    loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64)
+    passes: list[int] = []
+    inner = loop.models.current
+    loop.models.current = FailsOn(inner, 1e9)  # type: ignore[misc]
+    loop.models.current.predict = lambda xs: (passes.append(len(xs)), inner.predict(xs))[1]  # type: ignore[method-assign]
+    keys = Keys(prefix, prefix)
+    prod = Producer(r, keys)
+    xs = _windows(64, seed=1)
+    for i in range(20):
+        prod.publish_batch(xs, ids=[f"a{i}-{j}" for j in range(64)])
+        prod.publish_batch(xs[:7], ids=[f"b{i}-{j}" for j in range(7)])
+        prod.publish(xs[0], id=f"c{i}")
+    big = prod.publish_batch(_windows(100, seed=2))
+    stats = loop.run()
+    assert stats.windows == 20 * 72 + 100 and stats.results == 20 * 72 + 100
+    assert max(passes) == 64 and max(stats.batch_sizes) == 64
+    results = stream_entries(r, keys.shard(0).results)
+    assert len(results) == 61
+    reported = {f[b"in"].decode(): int(f[b"batch"]) for _, f in results}
+    assert max(reported.values()) == 64 and min(reported.values()) >= 1
+    assert reported[big] == 64  # in passes of 64 + 36, alone in its batch

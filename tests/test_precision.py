@@ -67,11 +67,15 @@ def test_int8_graph_quantizes_the_convolutions_and_keeps_the_golden_labels(check
     assert ops == {"QuantizeLinear": 6, "DequantizeLinear": 12}, ops
     golden = ckpt.golden_batch()
     assert golden is not None
-    xs, _ = golden
+    xs, y = golden
     p32, p8 = _labels(fp32, xs), _labels(int8, xs)
     assert p8.shape == p32.shape and np.isfinite(p8).all()
+    # What the int8 gate promises, not a float tolerance (how far probabilities move depends on the
+    # machine's instruction set: 0.16 on one machine where the labels all agreed): labels agree, the
+    # golden batch's accuracy drops by at most the default reload_max_drop, and int8 really differs.
     assert (p8.argmax(1) == p32.argmax(1)).mean() >= 0.99
-    assert 0 < np.abs(p8 - p32).max() < 0.1  # int8 really differs, a little
+    assert (p8.argmax(1) == y).mean() >= (p32.argmax(1) == y).mean() - WorkerSettings().reload_max_drop
+    assert np.abs(p8 - p32).max() > 0
 
 
 def test_auto_serves_int8_within_the_drop_and_the_gate_judges_the_served_graph(checkpoint_root: Path) -> None:

@@ -273,3 +273,16 @@ def test_doc_multi_window_example_byte_for_byte() -> None:
     assert [(g.cid, g.label, g.probs) for g in got] == [("sensor-7", 0, [0.75, 0.25]), ("sensor-8", -1, [])]
     dead = encode_dead_windows(doc_fields, input_id="1764230400000-0", bad=m.bad, worker="w", deliveries=1)
     assert dead[b"dead.windows"] == bytes.fromhex(ex["multi_dead_windows"]) and dead[b"dead.reason"] == b"nonfinite"
+
+
+def test_x_windows_counts_the_windows_of_an_entry_from_its_headers() -> None:
+    """The collector's window count (issue 19's batch bound) reads N without decoding ``data``."""
+    from protocol.wire import encode_array
+    from protocol.wire_multi import encode_windows_array, x_windows
+
+    for n in (1, 7, 64, 127, 128, 300, 70_000):
+        assert x_windows(encode_windows_array(np.zeros((n, 2, 1), np.float32))) == n
+    assert x_windows(encode_array(np.zeros((20, 1), np.float32))) == 1  # a single-window entry
+    general = msgpack.packb({"shape": [5, 2, 1], "dtype": "float32", "data": bytes(40)})  # other key order
+    assert x_windows(general) == 5
+    assert x_windows(b"\x00garbage") == 1 and x_windows(b"") == 1

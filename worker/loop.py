@@ -96,7 +96,7 @@ class Counters:
         s.results += b.served + b.expired
         s.expired += b.expired
         s.windows += len(b.xs)
-        s.batch_sizes.append(len(b.xs))
+        s.batch_sizes.append(b.pass_windows)
         self.observer.batch(b)
 
     def dead(self, reason: str) -> None:
@@ -252,7 +252,6 @@ class WorkerLoop:
         if entries:
             batch = self.stages.decode(entries, self.models.current)
             self._held.add(id(batch), self.clock.monotonic(), batch.entries)
-            self.collector.observe_entries(len(batch.entries), len(batch.xs) + len(batch.outputs))
             batch.t_submit = time.perf_counter()
             self.compute.submit(batch)
         # Publish what is computed; with two batches in flight wait for the older one (the newer

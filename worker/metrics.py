@@ -97,7 +97,7 @@ class WorkerMetrics(Observer):
             return
         self.served.inc(batch.served)
         self.infer.observe(batch.infer_s)
-        self.batch_size.observe(len(batch.xs))
+        self.batch_size.observe(batch.pass_windows)
         pub, start = batch.pub_us, batch.batch_us
         stamps = [(e, w.ts_us, 1) for e, w in batch.items] + [(g.entry, g.mw.ts_us, len(g.good)) for g in batch.groups]
         for e, ts, windows in stamps:  # a multi-window entry's windows share their timings

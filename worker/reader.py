@@ -18,6 +18,7 @@ import structlog
 
 from protocol.keys import Keys, ShardKeys
 from protocol.replies import as_str
+from protocol.wire_multi import x_windows
 from worker.batching import BatchWait
 from worker.types import Entry
 
@@ -41,7 +42,9 @@ def _entries(shard: int, raw: Sequence[Any], read_us: int) -> list[Entry]:
     for eid, fields in raw:
         if fields is None:  # deleted while pending (Redis < 7 reports these inline)
             continue
-        out.append(Entry(shard, as_str(eid), fields, read_us, size=sum(map(len, fields)) + sum(map(len, fields.values()))))
+        x = fields.get(b"x")
+        out.append(Entry(shard, as_str(eid), fields, read_us, size=sum(map(len, fields)) + sum(map(len, fields.values())),
+                         windows=1 if x is None else x_windows(x)))
     return out
 
 
@@ -156,42 +159,51 @@ class Collector:
         self._claim_cursor: dict[int, str] = {}
         self._next_reclaim = 0.0
         self._rr = 0
-        self.entry_windows = 1.0  # windows per entry in the last batch (multi-window entries hold many)
+        self.entry_windows = 1.0  # windows per entry in the last read (multi-window entries hold many)
         # Bytes one entry may take: ``entry_bytes``, or more after an oversized entry was seen (decays back).
         self.unit = plan.entry_bytes
-
-    def observe_entries(self, entries: int, windows: int) -> None:
-        """Learn how many windows an entry holds, so ``max_batch`` bounds windows, not entries."""
-        if entries:
-            self.entry_windows = max(1.0, windows / entries)
+        # Entries read (so pending to this consumer) past a batch's ``max_batch`` windows: the next batch's start.
+        self._carry: list[Entry] = []
 
     def want(self, batch: list[Entry]) -> int:
-        """How many more entries to read into ``batch``: ``limit`` windows and ``max_batch_bytes`` allow.
+        """How many more entries to read into ``batch``: ``max_batch`` windows and ``max_batch_bytes`` allow.
 
-        A read asks for at most the bytes left divided by the largest entry expected, so a flood of
-        maximum-size entries fills a batch up to the byte budget, not ``max_batch`` times the largest
-        entry. An empty batch always takes at least one entry.
+        The windows left are divided by the windows per entry of the last read (an entry may hold
+        many); a read that overshoots is cut by :meth:`bound`. A read asks for at most the bytes left
+        divided by the largest entry expected, so a flood of maximum-size entries fills a batch up to
+        the byte budget, not ``max_batch`` times the largest entry. An empty batch always takes at
+        least one entry.
         """
         room = self.plan.max_batch_bytes - sum(e.size for e in batch)
-        n = min(self.limit - len(batch), room // self.unit)
+        windows_left = self.plan.max_batch - sum(e.windows for e in batch)
+        n = min(int(windows_left // self.entry_windows), room // self.unit)
         return max(n, 0 if batch else 1)
 
+    def bound(self, batch: list[Entry]) -> list[Entry]:
+        """The longest head of ``batch`` within ``max_batch`` windows (at least its first entry, which
+        may hold more and is then served alone); the rest is carried over to the next batch."""
+        total = 0
+        for i, e in enumerate(batch):
+            total += e.windows
+            if total > self.plan.max_batch and i > 0:
+                self._carry = batch[i:] + self._carry
+                return batch[:i]
+        return batch
+
     def _observe_sizes(self, got: list[Entry]) -> None:
+        self._observe_windows(got)
         biggest = max((e.size for e in got), default=0)
         if biggest > self.unit:
             self.unit = biggest  # an oversized (hostile) entry: expect more like it for a while
         elif self.unit > self.plan.entry_bytes:
             self.unit = max(self.plan.entry_bytes, self.unit // 2)
 
-    @property
-    def limit(self) -> int:
-        """Entries per batch: ``max_batch`` windows at the recent windows per entry (at least 1)."""
-        return max(1, round(self.plan.max_batch / self.entry_windows))
-
     def restart(self) -> None:
-        """After an outage, a lost group or an open breaker: re-read this consumer's own pending entries first."""
+        """After an outage, a lost group or an open breaker: re-read this consumer's own pending entries first
+        (carried-over entries are among them)."""
         self.pending_phase = True
         self._pending_after.clear()
+        self._carry.clear()
 
     def _read(self, sk: ShardKeys, count: int, block_ms: int | None = None, pending: bool = False) -> list[Entry]:
         if count <= 0:  # COUNT 0 would mean "no limit" to Redis
@@ -202,13 +214,25 @@ class Collector:
             self._observe_sizes(got)
         return got
 
+    def _observe_windows(self, got: list[Entry]) -> None:
+        if got:
+            self.entry_windows = max(1.0, sum(e.windows for e in got) / len(got))
+
     def _next_shard(self) -> ShardKeys:
         sk = self.plan.shards[self._rr % len(self.plan.shards)]
         self._rr += 1
         return sk
 
     def collect(self, model: ModelBusy) -> list[Entry] | None:
-        """Up to ``max_batch`` entries; ``[]`` when none came; ``None`` in burst mode once drained."""
+        """Entries of up to ``max_batch`` windows (or one larger entry alone); ``[]`` when none came;
+        ``None`` in burst mode once drained."""
+        got = self._collect(model)
+        return None if got is None else self.bound(got)
+
+    def _collect(self, model: ModelBusy) -> list[Entry] | None:
+        if self._carry:
+            carried, self._carry = self._carry, []
+            return self._fill(carried, model) if self.want(carried) else carried
         got = self._own_pending() or self._reclaim_due()
         if got:
             return got

@@ -88,8 +88,10 @@ class Stages:
 
     def predict(self, batch: Batch) -> Batch:
         """Forward the batch (runs on the compute thread) in passes of at most ``max_batch`` windows
-        (multi-window entries can overshoot it); a failure is isolated by bisection."""
+        (the collector bounds a batch to ``max_batch`` windows, except one larger entry served alone);
+        a failure is isolated by bisection."""
         batch.batch_us = self.now_us()
+        batch.pass_windows = min(len(batch.xs), self.max_batch)
         t0 = time.perf_counter()
         parts = []
         for lo in range(0, len(batch.xs), self.max_batch):
@@ -143,7 +145,7 @@ class Stages:
         batch_us = batch.batch_us
         v = str(WIRE_VERSION).encode()
         ok, model_b, worker_b = b"ok", model.version.encode(), self._consumer_b
-        infer_b, ts_b, size_b = str(int(batch.infer_s * 1e6)).encode(), str(pub_us).encode(), str(len(batch.xs)).encode()
+        infer_b, ts_b, size_b = str(int(batch.infer_s * 1e6)).encode(), str(pub_us).encode(), str(batch.pass_windows).encode()
         classes = [(str(i).encode(), c.encode()) for i, c in enumerate(model.classes)]
         labels = np.argmax(np.nan_to_num(probs, nan=-1.0), axis=1).tolist()
         rows = probs.astype(np.float64).tolist()
@@ -190,7 +192,7 @@ class Stages:
             e.id, outcomes, cid=mw.cid, cids=mw.cids, model=batch.model.version, worker=self.consumer,
             queue_us=max(0, e.read_us - mw.ts_us), wait_us=max(0, batch.batch_us - e.read_us),
             infer_us=int(batch.infer_s * 1e6), e2e_us=max(0, batch.pub_us - mw.ts_us), ts_us=batch.pub_us,
-            batch=len(batch.xs), meta=mw.meta,
+            batch=batch.pass_windows, meta=mw.meta,
         )
         return Output(e, "r", fields, self._dead_windows(e, bad), mw.reply)
 

@@ -35,6 +35,7 @@ class Entry:
     read_us: int
     deliveries: int = 1
     size: int = 0  # bytes of field names and values (the batch byte budget counts these)
+    windows: int = 1  # windows it holds (from ``x``'s headers; ``max_batch`` bounds their sum)
 
 
 @dataclass
@@ -173,6 +174,7 @@ class Batch:
     failed: dict[int, BaseException] = field(default_factory=dict)  # xs index -> error, after bisection
     batch_us: int = 0  # the forward pass began (unix µs)
     infer_s: float = 0.0
+    pass_windows: int = 0  # windows in its largest forward pass (what results report as ``batch``)
     pub_us: int = 0  # outputs encoded, about to be published (unix µs)
     expired: int = 0
     t_submit: float = 0.0  # perf_counter when handed to the model (the batch-wait policy's service time)

@@ -40,7 +40,8 @@ from protocol.durability import Durability, ReplicaAckError
 from protocol.idempotent import IdempotentWriter
 from protocol.keys import Keys
 from protocol.redisconn import TRANSIENT, connect
-from protocol.wire import decode_result, now_us
+from protocol.results import decode_result
+from protocol.wire import now_us
 from scripts.localcluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]

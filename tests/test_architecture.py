@@ -123,13 +123,13 @@ def test_the_checks_catch_what_they_are_for() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
     g = graph()  # and the real graph is seen: lazy (in-function) imports count too
-    assert "protocol.wire" in g["producer.client"] and "training.checkpoint_file" in g["worker.backends"]
+    assert "protocol.results" in g["producer.client"] and "training.checkpoint_file" in g["worker.backends"]
     assert "worker.predictor" in g["worker.backends"]  # imported inside a function
     assert "worker.supervisor" in g["worker.cli"]
 
 
 def test_importing_the_producer_and_the_protocol_leaves_torch_out() -> None:
-    code = ("import sys, protocol.wire, protocol.wire_multi, protocol.registry, producer, producer.cli, "
+    code = ("import sys, protocol.wire, protocol.entries, protocol.results, protocol.registry, producer, producer.cli, "
             "producer.client, producer.results, producer.sources, producer.backpressure; "
             "assert 'torch' not in sys.modules, 'torch was imported'; print('ok')")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -16,9 +16,9 @@ import pytest
 import redis
 
 from producer.client import Producer
+from protocol.entries import encode_array, encode_window
 from protocol.keys import Keys
 from protocol.redisconn import connect
-from protocol.wire import encode_array, encode_window
 from scripts.localredis import LocalRedis
 from tests.chaos_support import (
     Outputs,

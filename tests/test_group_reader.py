@@ -27,7 +27,7 @@ import redis
 from producer import cli
 from producer.group_reader import EntryId, GroupResultsReader
 from protocol.keys import Keys
-from protocol.wire import Result, encode_result
+from protocol.results import Result, encode_result
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
+from protocol.entries import encode_window
 from protocol.keys import Keys
-from protocol.wire import encode_window
 from tests.helpers import make_loop, run_with_trickle, stream_entries
 
 

@@ -9,8 +9,9 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
+from protocol.entries import encode_windows_entry
 from protocol.keys import Keys
-from protocol.wire_multi import decode_multi_result, encode_windows_entry
+from protocol.results import decode_multi_result
 from tests.helpers import make_loop, stream_entries
 from worker.types import PredictorDefaults
 

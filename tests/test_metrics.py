@@ -25,8 +25,8 @@ from prometheus_client import generate_latest
 from producer.client import Producer
 from producer.results import ResultsReader
 from producer.sources import synthetic
+from protocol.entries import encode_window
 from protocol.keys import Keys
-from protocol.wire import encode_window
 from scripts.localredis import LocalRedis, free_port
 from tests.conftest import ROOT
 from tests.helpers import make_loop

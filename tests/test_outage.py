@@ -25,7 +25,7 @@ from protocol.idempotent import IdempotentWriter
 from protocol.keys import Keys
 from protocol.outage import OutageBudget, RedisOutageError
 from protocol.redisconn import connect
-from protocol.wire import Result, encode_result
+from protocol.results import Result, encode_result
 from scripts.localredis import LocalRedis
 from tests.chaos_support import live, start_worker, stop, wait_until
 from tests.dropproxy import DropReplyProxy

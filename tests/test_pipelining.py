@@ -10,7 +10,7 @@ import redis
 from producer.client import Producer
 from producer.results import ResultsReader
 from protocol.keys import Keys
-from protocol.wire import Result, encode_result
+from protocol.results import Result, encode_result
 from tests.helpers import make_loop
 from worker import reader
 from worker.publisher import Publisher

@@ -13,9 +13,9 @@ import redis
 from producer import cli
 from producer.client import Entry, Producer
 from producer.sources import LabeledWindow, from_file
+from protocol.entries import decode_multi, decode_window
 from protocol.keys import Keys
-from protocol.wire import Limits, decode_window
-from protocol.wire_multi import decode_multi
+from protocol.wire import Limits
 
 TS = str(Path(__file__).parent / "data" / "ItalyPowerDemand_TRAIN.ts")
 

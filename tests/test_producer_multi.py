@@ -16,9 +16,10 @@ from producer.backpressure import Backpressure, BackpressureError
 from producer.cli import main as cli_main
 from producer.client import Producer
 from producer.results import ResultsReader
+from protocol.entries import decode_multi, decode_window, encode_window, is_multi
 from protocol.keys import Keys
-from protocol.wire import Limits, Result, decode_window, encode_result, encode_window
-from protocol.wire_multi import WindowOutcome, decode_multi, encode_multi_result, is_multi
+from protocol.results import Result, WindowOutcome, encode_multi_result, encode_result
+from protocol.wire import Limits
 from worker import reader
 
 

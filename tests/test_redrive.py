@@ -15,8 +15,8 @@ import redis
 
 from producer.client import Producer
 from protocol.keys import Keys
+from protocol.results import encode_dead
 from protocol.security import acl_rules
-from protocol.wire import encode_dead
 from scripts.localredis import LocalRedis
 from tests.helpers import make_loop
 from tests.test_breaker import Flaky

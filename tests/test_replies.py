@@ -18,9 +18,9 @@ import redis.asyncio
 
 from producer.cli import main as producer_main
 from producer.client import AsyncProducer, ClassifyError, Producer
+from protocol.entries import decode_multi, decode_window, encode_window, encode_windows_entry
 from protocol.keys import Keys
-from protocol.wire import Limits, WireError, decode_reply, decode_window, encode_window, reply_field
-from protocol.wire_multi import decode_multi, encode_windows_entry
+from protocol.wire import Limits, WireError, decode_reply, reply_field
 from tests.chaos_support import kill9_holding_batch, live, start_worker, stop, wait_until
 from tests.helpers import make_loop, stream_entries
 from worker.loop import WorkerLoop

@@ -5,16 +5,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from protocol.wire import (
-    Limits,
-    Result,
-    WireError,
-    decode_result,
-    decode_window,
-    encode_dead,
-    encode_result,
-    encode_window,
-)
+from protocol.entries import decode_window, encode_window
+from protocol.results import Result, decode_result, encode_dead, encode_result
+from protocol.wire import Limits, WireError
 
 ROOT = Path(__file__).resolve().parents[1]
 

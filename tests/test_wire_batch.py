@@ -3,16 +3,9 @@
 import numpy as np
 import pytest
 
-from protocol.wire import (
-    Limits,
-    Result,
-    Window,
-    WireError,
-    decode_window,
-    decode_windows,
-    encode_result,
-    encode_window,
-)
+from protocol.entries import Window, decode_window, decode_windows, encode_window
+from protocol.results import Result, encode_result
+from protocol.wire import Limits, WireError
 from worker.stages import Stages
 from worker.types import Entry, PredictorDefaults
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from protocol.wire import Limits, Result, WireError, decode_window, encode_result
-from protocol.wire_multi import decode_entries
+from protocol.entries import decode_entries, decode_window
+from protocol.results import Result, encode_result
+from protocol.wire import Limits, WireError
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "wire-format.md"
-WIRE_MODULES = [ROOT / "protocol" / "wire.py", ROOT / "protocol" / "wire_multi.py"]
+WIRE_MODULES = [ROOT / "protocol" / "wire.py", ROOT / "protocol" / "entries.py", ROOT / "protocol" / "results.py"]
 STAGES = ROOT / "worker" / "stages.py"
 #: Functions whose WireError is not a dead letter: encoders (the caller's own mistake, raised before
 #: anything is sent) and result decoders (``bad_result``, a consumer reading a malformed result).
@@ -39,9 +40,9 @@ def doc_reasons() -> dict[str, str]:
 def _wire_error_reasons(path: Path) -> set[str]:
     """Reasons of the ``WireError(...)`` calls a worker's decoding can reach in ``path``."""
     tree = ast.parse(path.read_text())
-    # _unpack_limited(raw, limit, what) raises WireError(f"bad_{what}", ...): its callers' `what`s.
+    # unpack_limited(raw, limit, what) raises WireError(f"bad_{what}", ...): its callers' `what`s.
     whats = {c.args[2].value for c in ast.walk(tree) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
-             and c.func.id == "_unpack_limited" and len(c.args) == 3 and isinstance(c.args[2], ast.Constant)}
+             and c.func.id == "unpack_limited" and len(c.args) == 3 and isinstance(c.args[2], ast.Constant)}
     found: set[str] = set()
     for fn in ast.walk(tree):
         if not isinstance(fn, ast.FunctionDef) or NOT_DEAD_LETTER.match(fn.name):
@@ -63,7 +64,7 @@ def code_reasons() -> set[str]:
     reasons: set[str] = set()
     for path in WIRE_MODULES:
         reasons |= _wire_error_reasons(path)
-    multi = (ROOT / "protocol" / "wire_multi.py").read_text()
+    multi = (ROOT / "protocol" / "entries.py").read_text() + (ROOT / "protocol" / "results.py").read_text()
     reasons |= set(re.findall(r'\n\s*reason = .* else "(\w+)"\n', multi))  # encode_dead_windows: "mixed"
     reasons |= set(re.findall(r': "(\w+)" for i in', multi))  # decode_multi's per-window bad reasons
     stages = STAGES.read_text()

@@ -1,4 +1,4 @@
-"""Multi-window entries (protocol/wire_multi.py): codec, errors, results, dead letters, the doc's hex."""
+"""Multi-window entries (protocol/entries.py, protocol/results.py): codec, errors, results, dead letters, the doc's hex."""
 
 import re
 from pathlib import Path
@@ -8,32 +8,30 @@ import msgpack
 import numpy as np
 import pytest
 
-from protocol.wire import (
-    Limits,
-    Result,
+from protocol.entries import (
+    MultiWindow,
     Window,
-    WireError,
-    decode_result,
+    decode_entries,
+    decode_multi,
     decode_window,
     decode_windows,
-    encode_result,
     encode_window,
+    encode_windows_entry,
+    is_multi,
 )
-from protocol.wire_multi import (
-    MultiWindow,
+from protocol.results import (
+    Result,
     WindowOutcome,
     WindowResult,
     decode_any_result,
-    decode_entries,
-    decode_multi,
     decode_multi_result,
+    decode_result,
     encode_dead_windows,
     encode_multi_result,
-    encode_windows_entry,
+    encode_result,
     entry_status,
-    is_multi,
-    x_ndim,
 )
+from protocol.wire import Limits, WireError, x_ndim
 
 ROOT = Path(__file__).resolve().parents[1]
 F32 = np.float32
@@ -277,8 +275,8 @@ def test_doc_multi_window_example_byte_for_byte() -> None:
 
 def test_x_windows_counts_the_windows_of_an_entry_from_its_headers() -> None:
     """The collector's window count (issue 19's batch bound) reads N without decoding ``data``."""
-    from protocol.wire import encode_array
-    from protocol.wire_multi import encode_windows_array, x_windows
+    from protocol.entries import encode_array, encode_windows_array
+    from protocol.wire import x_windows
 
     for n in (1, 7, 64, 127, 128, 300, 70_000):
         assert x_windows(encode_windows_array(np.zeros((n, 2, 1), np.float32))) == n

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from protocol.keys import Keys
 from protocol.replies import group_info
+from protocol.results import timing
 from worker.breaker import STATES
 from worker.types import Batch, Observer
 
@@ -101,10 +102,11 @@ class WorkerMetrics(Observer):
         pub, start = batch.pub_us, batch.batch_us
         stamps = [(e, w.ts_us, 1) for e, w in batch.items] + [(g.entry, g.mw.ts_us, len(g.good)) for g in batch.groups]
         for e, ts, windows in stamps:  # a multi-window entry's windows share their timings
+            t = timing(ts, e.read_us, start, pub, 0, 0)
             for _ in range(windows):
-                self.e2e.observe(max(0, pub - ts) / 1e6)
-                self.queue.observe(max(0, e.read_us - ts) / 1e6)
-                self.wait.observe(max(0, start - e.read_us) / 1e6)
+                self.e2e.observe(t.e2e_us / 1e6)
+                self.queue.observe(t.queue_us / 1e6)
+                self.wait.observe(t.wait_us / 1e6)
         if batch.model.version != self._version:
             self.model_version(batch.model.version)
 

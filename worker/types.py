@@ -18,8 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from protocol.wire import Window
-from protocol.wire_multi import MultiWindow
+from protocol.entries import MultiWindow, Window
 
 __all__ = ["Batch", "Entry", "Group", "HeartbeatRecord", "ModelSource", "Observer", "Output", "Predictor",
            "PredictorDefaults", "StaticModel"]

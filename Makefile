@@ -25,7 +25,7 @@ test-tools:
 	@bash scripts/ensure-test-tools.sh
 
 demo: venv redis
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
 
 test: venv redis test-tools
 	$(PY) -m pytest -q
@@ -47,11 +47,11 @@ soak: venv redis
 
 # 1/2/4 replicas on one Redis and on a local 3-master cluster -> bench-out/scaleout.json
 bench-scale: venv redis
-	$(PY) scripts/scaleout.py
+	$(PY) -m bench.scaleout
 
 # kill -9 a cluster master mid-stream (clean, and with its replica lagging 1 s) with and without WAIT for replicas -> results/failover.{json,md}
 failover: venv redis
-	$(PY) scripts/failover.py
+	$(PY) -m bench.failover
 
 # Training experiments (CPU-heavy; results/ holds the committed outputs).
 accuracy: venv

@@ -20,7 +20,7 @@ def step_pipeline(ctx: Ctx) -> dict[str, Any]:
     if shutil.which("redis-server") is None:
         raise StepSkipped("no redis-server on PATH (carry .whl with bin/redis-server, see docs/device-check.md)")
     import bench.model as bm
-    from scripts.localredis import LocalRedis
+    from bench.harness import LocalRedis
 
     root = bm.build_checkpoint(Path(tempfile.mkdtemp(prefix="devchk-pipe-")))
     logs = Path(tempfile.mkdtemp(prefix="devchk-logs-"))
@@ -132,8 +132,8 @@ def step_plumbing(ctx: Ctx) -> dict[str, Any]:
     """The null-model ceiling on this machine's CPUs: 1, 2 and 4 replicas, 1 and 64 windows per entry."""
     if shutil.which("redis-server") is None:
         raise StepSkipped("no redis-server on PATH")
+    from bench.harness import LocalRedis
     from bench.plumbing import ceiling
-    from scripts.localredis import LocalRedis
 
     rows: list[dict[str, Any]] = []
     n1 = 4_000 if ctx.plan.dry else 200_000

@@ -6,9 +6,9 @@ from typing import Any
 import pytest
 
 from bench import report
+from bench.harness import LocalRedis
 from bench.model import build_checkpoint
 from bench.pipeline import WorkerConfig, open_loop, saturated
-from scripts.localredis import LocalRedis
 
 
 def _doc() -> dict[str, Any]:

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import redis
 
+from bench.harness import LocalRedis
 from producer.client import Producer
 from protocol.entries import encode_array, encode_window
 from protocol.keys import Keys
 from protocol.redisconn import connect
-from scripts.localredis import LocalRedis
 from tests.chaos_support import (
     Outputs,
     audit,

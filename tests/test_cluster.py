@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 import redis
 
+from bench.harness import LocalCluster, free_port
 from producer.client import Producer
 from producer.results import ResultsReader
 from producer.sources import synthetic
 from protocol.cluster import is_cluster, shard_nodes
 from protocol.keys import Keys
 from protocol.redisconn import connect
-from scripts.localcluster import LocalCluster
-from scripts.localredis import free_port
 from tests.conftest import ROOT
 from tests.ops_helpers import scrape, start_worker, stop, value, wait_ready
 from training.checkpoint import load_checkpoint

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from bench.harness import LocalRedis
 from producer.client import Producer
 from protocol.durability import Durability, ReplicaAckError, ReplicaAckShort
 from protocol.keys import Keys
-from scripts.localredis import LocalRedis
 from tests.chaos_support import wait_until
 from worker.publisher import Publisher
 from worker.types import Entry, Output

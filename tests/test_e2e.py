@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import redis
 
+from bench.harness import start_worker
 from producer.client import Producer
 from producer.results import ResultsReader
 from producer.sources import synthetic
@@ -19,8 +20,7 @@ from worker.health import live_replicas
 
 
 def _start_workers(env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "worker.cli", "--replicas", "2", *extra], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return start_worker(env, ["--replicas", "2", *extra], stderr=subprocess.PIPE)
 
 
 @pytest.mark.slow
@@ -100,8 +100,7 @@ def test_process_group_sigterm_shuts_replicas_down_cleanly(r: redis.Redis, prefi
     """systemd-style stop: SIGTERM to the whole process group reaches each replica twice (directly and
     forwarded by the supervisor); that must still be a graceful stop, not an immediate exit."""
     keys = Keys(prefix, prefix)
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "--replicas", "2"], env=worker_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = start_worker(worker_env, ["--replicas", "2"], stderr=subprocess.PIPE, new_session=True)
     try:
         deadline = time.monotonic() + 120
         while len([c for c in r.hkeys(keys.workers) if r.exists(keys.heartbeat(c.decode()))]) < 2:

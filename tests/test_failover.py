@@ -5,7 +5,7 @@ promoted and producer and workers follow the new topology without a restart.
 With ``wait_replicas=1`` (the producer's XADDs and the worker's publish script followed by
 ``WAIT 1``) no accepted window is lost. Without waiting Redis may drop writes the dead master
 acknowledged; the test asserts what holds either way and records the counts in
-``results/chaos/failover_wait<N>.json`` (``scripts/failover.py`` repeats the runs for the
+``results/chaos/failover_wait<N>.json`` (``bench/failover.py`` repeats the runs for the
 figures in docs/reliability.md).
 
 The lagging-replica case stops the replica of the doomed master from applying its stream for 1 s
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.failover_scenario import FailoverFigures, run_failover
+from bench.failover_scenario import FailoverFigures, run_failover
 from tests.chaos_support import FIGURES
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster, pytest.mark.slow]

@@ -119,7 +119,7 @@ def test_check_fails_without_replicas_names_them(worker_env: dict[str, str]) -> 
 
 
 def test_check_unreachable_redis_is_unhealthy(worker_env: dict[str, str]) -> None:
-    from scripts.localredis import free_port
+    from bench.harness import free_port
 
     out = _cli(dict(worker_env, BIGRU_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"), "--check")
     assert out.returncode == 1 and "unreachable" in out.stdout

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import redis
 
+from bench import harness
 from producer.client import Producer
 from producer.results import ResultsReader
 from protocol import registry
@@ -92,7 +93,7 @@ def load(r: redis.Redis, redis_url: str, prefix: str) -> Iterator[Callable[[], l
 def start_worker(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
     """``bigru-worker`` as a child process, logging JSON to ``log``."""
     with open(log, "wb") as f:
-        return subprocess.Popen([sys.executable, "-m", "worker.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=f)
+        return harness.start_worker(env, args, stderr=f)
 
 
 def stop_worker(proc: subprocess.Popen[bytes], log: Path) -> None:

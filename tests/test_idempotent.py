@@ -17,6 +17,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from bench.harness import LocalCluster, LocalRedis
 from producer.client import AsyncProducer, Entry, Producer
 from producer.config import ProducerSettings
 from protocol.durability import Durability
@@ -32,8 +33,6 @@ from protocol.idempotent import (
 )
 from protocol.keys import Keys
 from protocol.redisconn import connect
-from scripts.localcluster import LocalCluster
-from scripts.localredis import LocalRedis
 from tests.dropproxy import DropReplyProxy
 from tests.helpers import stream_entries
 

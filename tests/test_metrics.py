@@ -22,12 +22,12 @@ import pytest
 import redis
 from prometheus_client import generate_latest
 
+from bench.harness import LocalRedis, free_port
 from producer.client import Producer
 from producer.results import ResultsReader
 from producer.sources import synthetic
 from protocol.entries import encode_window
 from protocol.keys import Keys
-from scripts.localredis import LocalRedis, free_port
 from tests.conftest import ROOT
 from tests.helpers import make_loop
 from tests.ops_helpers import parse, scrape, start_worker, stop, value, wait_ready

@@ -19,6 +19,7 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
+from bench.harness import LocalRedis
 from producer.client import Producer
 from producer.results import ResultsReader
 from protocol.idempotent import IdempotentWriter
@@ -26,7 +27,6 @@ from protocol.keys import Keys
 from protocol.outage import OutageBudget, RedisOutageError
 from protocol.redisconn import connect
 from protocol.results import Result, encode_result
-from scripts.localredis import LocalRedis
 from tests.chaos_support import live, start_worker, stop, wait_until
 from tests.dropproxy import DropReplyProxy
 from tests.helpers import stream_entries

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import redis
 
+from bench.harness import LocalRedis
 from producer.client import Producer
 from protocol.keys import Keys
 from protocol.results import encode_dead
 from protocol.security import acl_rules
-from scripts.localredis import LocalRedis
 from tests.helpers import make_loop
 from tests.test_breaker import Flaky
 from training.checkpoint import load_checkpoint

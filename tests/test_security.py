@@ -17,6 +17,7 @@ import pytest
 import redis
 from pydantic import ValidationError
 
+from bench.harness import LocalRedis
 from producer.backpressure import Backpressure
 from producer.client import Producer
 from producer.config import ProducerSettings
@@ -24,7 +25,6 @@ from producer.results import ResultsReader
 from protocol.idempotent import IdempotentWriter
 from protocol.keys import Keys
 from protocol.security import Role, acl_rules, acl_setuser, settings_error
-from scripts.localredis import LocalRedis
 from tests.helpers import make_loop
 from tests.tlscerts import make_tls_set
 from training.checkpoint import CheckpointError, load_checkpoint

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from training.accuracy import merge, target_for, task_names, verdict, write_report  # noqa: E402
+from training.accuracy import merge, target_for, task_names, verdict, write_report
 
 
 def _run(task: str, seed: int, acc: float, seconds: float = 10.0) -> dict[str, Any]:

@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("dtaidistance")
 
-from training import baseline  # noqa: E402
-from training.baseline import (  # noqa: E402
+from training import baseline
+from training.baseline import (
     describe,
     discover_datasets,
     dtw_1nn_accuracy,
@@ -18,7 +18,7 @@ from training.baseline import (  # noqa: E402
     nearest_neighbours,
     task_data,
 )
-from training.data import Dataset  # noqa: E402
+from training.data import Dataset
 
 
 def _bump(length: int, centre: int, width: int = 3, height: float = 1.0) -> np.ndarray:

@@ -13,7 +13,7 @@ applying its replication stream (:meth:`LocalCluster.stall_replica`) while produ
 keep writing to the master; the master is killed and the replica promoted without those writes.
 In the lagging scenario with waiting on, the producer publishes idempotently and retries a chunk
 whose ``WAIT`` fell short (:class:`ReplicaAckError`) until it is acknowledged.
-``tests/test_failover.py`` asserts on it; ``scripts/failover.py`` repeats it with and without
+``tests/test_failover.py`` asserts on it; ``bench/failover.py`` repeats it with and without
 waiting for replicas and writes the figures.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,6 +33,7 @@ import numpy as np
 import redis
 from redis.exceptions import RedisClusterException
 
+from bench.harness import LocalCluster, start_worker, worker_process_env
 from producer.client import Producer
 from protocol.cluster import shard_nodes
 from protocol.durability import Durability, ReplicaAckError
@@ -42,7 +42,6 @@ from protocol.keys import Keys
 from protocol.redisconn import TRANSIENT, connect
 from protocol.results import decode_result
 from protocol.wire import now_us
-from scripts.localcluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 6
@@ -190,11 +189,10 @@ def spread_prefix(rc: Any) -> str:
 
 def worker_env(url: str, prefix: str, checkpoint: Path, wait_replicas: int) -> dict[str, str]:
     """Environment of the worker processes (short claim idle time, as the chaos tests)."""
-    return dict(os.environ, BIGRU_REDIS_URL=url, BIGRU_PREFIX=prefix, BIGRU_GROUP=prefix, BIGRU_SHARDS=str(SHARDS),
-                BIGRU_CHECKPOINT=str(checkpoint), BIGRU_LOG_JSON="true", PYTHONPATH=str(ROOT),
-                BIGRU_CLAIM_IDLE_MS="1000", BIGRU_RECLAIM_INTERVAL_MS="200", BIGRU_HEARTBEAT_INTERVAL_S="0.5",
-                BIGRU_MAX_BATCH="64", BIGRU_WAIT_REPLICAS=str(wait_replicas), BIGRU_WAIT_TIMEOUT_MS="1000",
-                OMP_NUM_THREADS="1")
+    return worker_process_env(dict(os.environ, OMP_NUM_THREADS="1"), redis_url=url, prefix=prefix, group=prefix,
+                              shards=SHARDS, checkpoint=str(checkpoint), log_json=True, claim_idle_ms=1000,
+                              reclaim_interval_ms=200, heartbeat_interval_s=0.5, max_batch=64,
+                              wait_replicas=wait_replicas, wait_timeout_ms=1000)
 
 
 def start_workers(env: dict[str, str], logdir: Path, n: int = 2) -> list[subprocess.Popen[bytes]]:
@@ -202,8 +200,7 @@ def start_workers(env: dict[str, str], logdir: Path, n: int = 2) -> list[subproc
     procs = []
     for i in range(n):
         with open(logdir / f"fo{i}.log", "ab") as f:
-            procs.append(subprocess.Popen([sys.executable, "-m", "worker.cli", "--worker-name", f"fo{i}"],
-                                          env=env, stdout=f, stderr=subprocess.STDOUT))
+            procs.append(start_worker(env, ["--worker-name", f"fo{i}"], log=f))
     return procs
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import redis
 
-from scripts.localredis import LocalRedis, free_port
+from bench.harness.localredis import LocalRedis, free_port
 
 SLOTS = 16384
 
@@ -117,7 +117,7 @@ class LocalCluster:
             return False
         return len(masters) == self.masters and all(
             int(str(m.get("connected_slaves", 0))) >= self.replicas
-            and all(isinstance(m.get(f"slave{k}"), dict) and m[f"slave{k}"].get("state") == "online"  # type: ignore[union-attr]
+            and all(isinstance(link := m.get(f"slave{k}"), dict) and link.get("state") == "online"
                     for k in range(self.replicas))
             for m in masters)
 
@@ -169,8 +169,7 @@ class LocalCluster:
     def replica_ports_of(self, master_port: int) -> list[int]:
         """Ports of the replicas linked to the master on ``master_port`` (its ``INFO replication``)."""
         info = self._info(self.node(master_port), "replication")
-        return [int(v["port"]) for k, v in info.items()  # type: ignore[index]
-                if k.startswith("slave") and isinstance(v, dict)]
+        return [int(v["port"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
 
     def stall_replica(self, port: int, timeout_ms: int) -> None:
         """Make the replica on ``port`` stop applying its replication stream for ``timeout_ms``

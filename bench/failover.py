@@ -1,8 +1,8 @@
 """What a master failover costs, with and without waiting for replicas (``make failover``).
 
-    python scripts/failover.py [--reps 2] [--lag-s 1.0] [--out results/failover.json]
+    python -m bench.failover [--reps 2] [--lag-s 1.0] [--out results/failover.json]
 
-For ``wait_replicas`` 0 and 1 it runs :func:`scripts.failover_scenario.run_failover` ``--reps``
+For ``wait_replicas`` 0 and 1 it runs :func:`bench.failover_scenario.run_failover` ``--reps``
 times (a fresh 3-master + 3-replica cluster each, ``kill -9`` of shard 0's master mid-stream) in
 two scenarios: *clean* (the replica is up to date) and, unless ``--lag-s 0``, *lagging replica*
 (the replica stops applying its stream ``--lag-s`` seconds before the kill), then measures throughput on one healthy cluster with replicas, both settings alternated in the
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,14 +23,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from producer.client import Producer  # noqa: E402
-from protocol.durability import Durability  # noqa: E402
-from protocol.keys import Keys  # noqa: E402
-from protocol.redisconn import connect  # noqa: E402
-from scripts.failover_scenario import (  # noqa: E402
+from bench.failover_scenario import (
     SHARDS,
     ResultsByCid,
     run_failover,
@@ -40,8 +32,14 @@ from scripts.failover_scenario import (  # noqa: E402
     stop_workers,
     worker_env,
 )
-from scripts.localcluster import LocalCluster  # noqa: E402
-from scripts.scaleout import _checkpoint  # noqa: E402
+from bench.harness import LocalCluster
+from bench.scaleout import _checkpoint
+from producer.client import Producer
+from protocol.durability import Durability
+from protocol.keys import Keys
+from protocol.redisconn import connect
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def producer_rate(url: str, wait_replicas: int, n: int) -> float:
@@ -70,7 +68,8 @@ def worker_rate(url: str, ckpt: Path, wait_replicas: int, n: int, logdir: Path) 
     try:
         deadline = time.monotonic() + 300
         while len(out.count) < n and time.monotonic() < deadline:
-            out.poll() or time.sleep(0.05)
+            if not out.poll():
+                time.sleep(0.05)
     finally:
         stop_workers(workers)
     first = min(out.first_after.values())

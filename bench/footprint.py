@@ -1,6 +1,6 @@
 """What a CPU worker costs to run and install: RSS per replica, time to ready, dependency size.
 
-``python scripts/footprint.py --code before=/path/to/old/tree --code after=. --runs 3`` runs, for each
+``python -m bench.footprint --code before=/path/to/old/tree --code after=. --runs 3`` runs, for each
 code tree (alternating, ``--runs`` times), ``bigru-worker --replicas 2`` against a throwaway
 redis-server on one checkpoint (the default architecture, random weights, a golden batch; written by
 this tree's code, so it carries its ONNX graph; older code ignores the extra tensor and exports). It
@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,28 +30,15 @@ import numpy as np
 import redis
 from packaging.requirements import Requirement
 
+from bench.harness import LocalRedis, maps_torch, rss_mib, start_worker
+from bench.model import build_checkpoint
+from producer.client import Producer
+from producer.results import ResultsReader
+from protocol.keys import Keys
+from worker.health import live_replicas
+from worker.types import HeartbeatRecord
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.model import build_checkpoint  # noqa: E402
-from producer.client import Producer  # noqa: E402
-from producer.results import ResultsReader  # noqa: E402
-from protocol.keys import Keys  # noqa: E402
-from scripts.localredis import LocalRedis  # noqa: E402
-from worker.health import live_replicas  # noqa: E402
-
-
-def proc_rss_mb(pid: int) -> float:
-    """VmRSS of ``pid`` in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def maps_torch(pid: int) -> bool:
-    """True when libtorch is mapped into ``pid`` (torch was imported)."""
-    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def one_run(url: str, code: Path, checkpoint: Path, windows: int, precision: str = "auto",
@@ -66,10 +52,9 @@ def one_run(url: str, code: Path, checkpoint: Path, windows: int, precision: str
     r = redis.Redis.from_url(url)
     with tempfile.TemporaryFile() as log:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "worker.cli"], cwd=code, env=env, stdout=subprocess.DEVNULL,
-                                stderr=log)
+        proc = start_worker(env, cwd=code, stderr=log)
         try:
-            live: list[dict[str, Any]] = []
+            live: list[HeartbeatRecord] = []
             while len(live) < 2:
                 if proc.poll() is not None or time.perf_counter() - t0 > timeout_s:
                     log.seek(0)
@@ -84,8 +69,8 @@ def one_run(url: str, code: Path, checkpoint: Path, windows: int, precision: str
                 prod.publish_many(xs[i : i + 1000])
             got = len(ResultsReader(r, keys).collect(windows, timeout_s=120))
             pids = sorted(h.pid for h in live)
-            out = {"ready_s": ready_s, "served": got, "rss_mb": [proc_rss_mb(p) for p in pids],
-                   "supervisor_rss_mb": proc_rss_mb(proc.pid), "torch_mapped": [maps_torch(p) for p in pids]}
+            out = {"ready_s": ready_s, "served": got, "rss_mb": [rss_mib(p) for p in pids],
+                   "supervisor_rss_mb": rss_mib(proc.pid), "torch_mapped": [maps_torch(p) for p in pids]}
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)

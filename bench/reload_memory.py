@@ -1,4 +1,4 @@
-"""RSS of one replica across hot reloads: ``python scripts/reload_memory.py [--reloads 4] [--out results]``.
+"""RSS of one replica across hot reloads: ``python -m bench.reload_memory [--reloads 4] [--out results]``.
 
 Starts its own redis-server and one ``python -m worker.cli`` replica on a checkpoint root, then
 publishes ``--reloads`` new versions into the root one after another (``latest`` moves, the replica
@@ -13,24 +13,20 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.harness import LocalRedis, rss_mib, start_worker, worker_process_env
+from bench.model import build_checkpoint
+from producer.client import Producer
+from protocol.keys import Keys
+from training.checkpoint_file import set_latest_version
+from worker.health import heartbeat
 
-from bench.model import build_checkpoint  # noqa: E402
-from producer.client import Producer  # noqa: E402
-from protocol.keys import Keys  # noqa: E402
-from scripts.footprint import proc_rss_mb as rss_mib  # noqa: E402
-from scripts.localredis import LocalRedis  # noqa: E402
-from training.checkpoint_file import set_latest_version  # noqa: E402
-from worker.health import heartbeat  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def serve(prod: Producer, r: object, keys: Keys, n_batches: int) -> None:
@@ -60,11 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     with LocalRedis() as srv:
         r = srv.client()
         keys = Keys("rm", "rm")
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", BIGRU_REDIS_URL=srv.url, BIGRU_PREFIX="rm",
-                   BIGRU_GROUP="rm", BIGRU_CHECKPOINT=str(root), BIGRU_REPLICAS="1", BIGRU_WORKER_NAME="rm",
-                   BIGRU_RELOAD_INTERVAL_S="0.5")
+        env = worker_process_env(dict(os.environ, OMP_NUM_THREADS="1"), redis_url=srv.url, prefix="rm", group="rm",
+                                 checkpoint=str(root), replicas=1, worker_name="rm", reload_interval_s=0.5)
         with open(tmp / "worker.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "worker.cli"], env=env, stdout=log, stderr=subprocess.STDOUT)
+            proc = start_worker(env, log=log)
         try:
             while (hb := heartbeat(r, keys, "rm-0")) is None:
                 if proc.poll() is not None:
@@ -91,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     (a.out / "reload_memory.json").write_text(json.dumps(doc, indent=1))
     base = float(rows[0]["rss_mib"])  # type: ignore[arg-type]
     lines = ["# RSS of one replica across hot reloads", "",
-             f"`python scripts/reload_memory.py --reloads {a.reloads}`: one replica (defaults: onnx, precision auto), "
+             f"`python -m bench.reload_memory --reloads {a.reloads}`: one replica (defaults: onnx, precision auto), "
              f"a trickle of single windows; RSS read after {a.batches} batches on each version (past the "
              "breaker's fallback window) and the release 2 s after the swap.", "",
              "| step | RSS MiB | vs start |", "|---|---|---|"]

@@ -1,6 +1,6 @@
 """Scale-out benchmark: throughput of 1, 2, 4 replicas on one Redis and on a three-master cluster.
 
-    python scripts/scaleout.py [--replicas 1 2 4] [--windows 8000] [--out bench-out/scaleout.json]
+    python -m bench.scaleout [--replicas 1 2 4] [--windows 8000] [--out bench-out/scaleout.json]
 
 For each backend and replica count it starts a fresh redis-server (or cluster), runs
 ``bigru-worker --replicas N``, waits until every replica is ready, publishes the windows as fast as
@@ -26,22 +26,20 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.harness import LocalCluster, LocalRedis, start_worker, worker_process_env
+from producer.client import Producer
+from producer.results import ResultsReader
+from producer.sources import synthetic
+from protocol.keys import Keys
+from protocol.redisconn import connect
+from worker.config import WorkerSettings
+from worker.health import check
 
-from producer.client import Producer  # noqa: E402
-from producer.results import ResultsReader  # noqa: E402
-from producer.sources import synthetic  # noqa: E402
-from protocol.keys import Keys  # noqa: E402
-from protocol.redisconn import connect  # noqa: E402
-from scripts.localcluster import LocalCluster  # noqa: E402
-from scripts.localredis import LocalRedis  # noqa: E402
-from worker.config import WorkerSettings  # noqa: E402
-from worker.health import check  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _checkpoint() -> Path:
-    s = WorkerSettings()
+    s = WorkerSettings()  # type: ignore[call-arg]  # from the environment
     root = Path(s.checkpoint) if "checkpoint" in s.model_fields_set else ROOT / "checkpoints"
     if not (root / "latest").is_file():
         subprocess.run([sys.executable, "-m", "training.cli", "--data", "synthetic", "--out", str(root), "--n", "3000",
@@ -53,11 +51,9 @@ def run_one(url: str, replicas: int, shards: int, n: int, ckpt: Path, max_batch:
     """One measurement against the Redis (or cluster) at ``url``."""
     prefix = f"scale{uuid.uuid4().hex[:6]}"
     keys = Keys(prefix, prefix, shards)
-    env = dict(os.environ, BIGRU_REDIS_URL=url, BIGRU_PREFIX=prefix, BIGRU_GROUP=prefix, BIGRU_SHARDS=str(shards),
-               BIGRU_CHECKPOINT=str(ckpt), BIGRU_WORKER_NAME="bench", BIGRU_MAX_BATCH=str(max_batch),
-               BIGRU_LOG_JSON="true", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "--replicas", str(replicas)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = worker_process_env(redis_url=url, prefix=prefix, group=prefix, shards=shards, checkpoint=str(ckpt),
+                             worker_name="bench", max_batch=max_batch, log_json=True)
+    proc = start_worker(env, ["--replicas", str(replicas)])
     r = connect(url)
     try:
         names = [f"bench-{i}" for i in range(replicas)]

@@ -1,7 +1,7 @@
 """What idempotent publishing costs: ``publish_many`` windows/s with plain ``XADD`` and with the
 idempotent-XADD script, and the memory its dedup keys hold; writes ``results/idempotent.md``.
 
-One run on a throwaway redis-server (``python scripts/idempotent_cost.py [--windows N]``); the
+One run on a throwaway redis-server (``python -m bench.idempotent_cost [--windows N]``); the
 numbers depend on the machine and on what else runs on it.
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.harness import LocalRedis
 from producer.client import Producer
 from protocol.idempotent import IdempotentWriter
 from protocol.keys import Keys
-from scripts.localredis import LocalRedis
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "idempotent.md"
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     key_bytes = (idem_mem - plain_mem) / args.windows
     text = f"""# Idempotent publishing: cost
 
-`python scripts/idempotent_cost.py --windows {args.windows}`: one run, one `Producer.publish_many` of
+`python -m bench.idempotent_cost --windows {args.windows}`: one run, one `Producer.publish_many` of
 {args.windows:,} single-window entries ([20, 1] float32, client ids `w-<n>`) in pipelines of 500, on a
 throwaway redis-server {version} (script path; no persistence) on this machine ({platform.machine()},
 2 CPU cores shared with other work: treat the figures as rough).

@@ -27,8 +27,12 @@ test-tools:
 demo: venv redis
 	$(PY) -m scripts.demo
 
+# The three kinds of tests (tests/unit: no Redis; tests/integration: real redis-server; tests/chaos: kills,
+# failover, soak), each in its own run with its own per-test timeout (tests/conftest.py: KIND_TIMEOUT_S).
 test: venv redis test-tools
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q tests/integration
+	$(PY) -m pytest -q tests/chaos
 
 test-fast: venv redis
 	$(PY) -m pytest -q -m "not chaos and not slow"
@@ -60,7 +64,7 @@ accuracy: venv
 compare: venv
 	$(VENV)/bin/bigru-train compare --results results
 
-# README.md's configuration tables, rendered from the settings classes (tests/test_config_doc.py checks them).
+# README.md's configuration tables, rendered from the settings classes (tests/unit/test_config_doc.py checks them).
 config-table: venv
 	$(PY) scripts/config_table.py
 

@@ -13,7 +13,7 @@ applying its replication stream (:meth:`LocalCluster.stall_replica`) while produ
 keep writing to the master; the master is killed and the replica promoted without those writes.
 In the lagging scenario with waiting on, the producer publishes idempotently and retries a chunk
 whose ``WAIT`` fell short (:class:`ReplicaAckError`) until it is acknowledged.
-``tests/test_failover.py`` asserts on it; ``bench/failover.py`` repeats it with and without
+``tests/chaos/test_failover.py`` asserts on it; ``bench/failover.py`` repeats it with and without
 waiting for replicas and writes the figures.
 """
 

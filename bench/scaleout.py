@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _checkpoint() -> Path:
-    s = WorkerSettings()  # type: ignore[call-arg]  # from the environment
+    s = WorkerSettings()  # from the environment
     root = Path(s.checkpoint) if "checkpoint" in s.model_fields_set else ROOT / "checkpoints"
     if not (root / "latest").is_file():
         subprocess.run([sys.executable, "-m", "training.cli", "--data", "synthetic", "--out", str(root), "--n", "3000",

@@ -3,7 +3,7 @@
 Each row comes from one pydantic field: its environment variable (the class's ``env_prefix`` plus
 the field name), its default, its ``description``, and the CLI flags whose ``dest`` is the field.
 Nothing here restates a setting; a field without a description, or a field two roles define
-differently, stops the rendering. ``tests/test_config_doc.py`` checks that the README block is
+differently, stops the rendering. ``tests/unit/test_config_doc.py`` checks that the README block is
 what this renders.
 
     python scripts/config_table.py            # rewrite the block in README.md

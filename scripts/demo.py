@@ -33,7 +33,7 @@ N = int(os.environ.get("DEMO_WINDOWS", "10000"))
 
 
 def _redis() -> tuple[str, LocalRedis | None]:
-    s = WorkerSettings()  # type: ignore[call-arg]  # from the environment
+    s = WorkerSettings()  # from the environment
     url = s.redis_url if "redis_url" in s.model_fields_set else None  # set in the environment (or .env)
     if url:
         try:
@@ -53,7 +53,7 @@ def _redis() -> tuple[str, LocalRedis | None]:
 def main() -> int:
     """Run the demo."""
     url, srv = _redis()
-    s = WorkerSettings()  # type: ignore[call-arg]  # from the environment
+    s = WorkerSettings()  # from the environment
     ckpt_root = Path(s.checkpoint) if "checkpoint" in s.model_fields_set else ROOT / "checkpoints"
     prefix = f"demo-{uuid.uuid4().hex[:6]}" if srv is None else "bigru"
     env = worker_process_env(redis_url=url, prefix=prefix, group=prefix, checkpoint=str(ckpt_root))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterable
@@ -15,6 +16,12 @@ from bench import harness
 from protocol.keys import Keys
 from protocol.redisconn import connect
 from worker.health import check
+
+
+def worker_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``bigru-worker *args`` run to completion (text output captured)."""
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:

@@ -48,7 +48,7 @@ def settings_env(values: Mapping[str, Any]) -> dict[str, str]:
     if unknown:
         raise HarnessError(f"not WorkerSettings fields: {', '.join(unknown)}")
     try:
-        s = WorkerSettings(_env_file=None, **values)  # type: ignore[call-arg]
+        s = WorkerSettings(_env_file=None, **values)
     except ValidationError as e:
         raise HarnessError(f"invalid worker settings: {e}") from e
     return {env_name(name): env_value(getattr(s, name)) for name in values}

@@ -23,6 +23,7 @@ from protocol import logs
 from protocol.outage import RedisOutageError
 from protocol.results import Result
 from protocol.security import settings_error
+from training.data import DataError
 
 #: Flags that steer a command rather than set a :class:`ProducerSettings` field.
 COMMAND_OPTIONS = frozenset({"command", "source", "count", "rate", "length", "seed", "id_prefix", "per_entry",
@@ -295,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     except RedisOutageError as e:
         print(f"bigru-producer: {e}", file=sys.stderr)
         return EXIT_OUTAGE
+    except DataError as e:  # a source file that is missing or malformed: the line-numbered reason, no traceback
+        print(f"bigru-producer: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Riding out a Redis outage (issue 19), the chaos part: the producer CLI and a results reader through a
-kill -9 and restart of a real redis-server (and past the budget). The budget's logic and the lost-reply
+kill -9 and restart of a real redis-server (and past the budget), classify calls through one. The budget's logic and the lost-reply
 retries are in tests/integration/test_outage.py."""
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from structlog.testing import capture_logs
 
 from bench.harness import LocalRedis
+from producer.client import Producer
 from producer.results import ResultsReader
 from protocol.keys import Keys
 from protocol.outage import OutageBudget
@@ -155,5 +157,49 @@ def test_results_reader_rides_out_a_restart(prefix: str) -> None:
         assert got == ["c3", "c4"]
     finally:
         time.sleep(1.2)
+        srv.stop()
+        shutil.rmtree(srv.dir, ignore_errors=True)
+
+
+@pytest.mark.chaos
+def test_classify_and_async_classify_ride_out_a_restart(prefix: str, worker_env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    """Redis is down when the call starts and back 1.5 s later: both calls return every result."""
+    import asyncio
+
+    import redis.asyncio
+
+    from producer.classify import AsyncProducer
+
+    srv = LocalRedis(args=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    keys = Keys(prefix, prefix)
+    worker = start_worker({**worker_env, "BIGRU_REDIS_URL": srv.url}, "c", tmp_path / "c.log")
+    xs = list(np.random.default_rng(0).standard_normal((50, 20, 1)).astype(np.float32))
+    try:
+        wait_until(lambda: live(srv.client(), keys, "c-0"), 90, "the worker to start")
+        prod = Producer(connect(srv.url, retries=0), keys, outage=OutageBudget(30))
+        srv.kill()
+        threading.Timer(1.5, srv.start).start()
+        with capture_logs() as logs:
+            got = prod.classify(xs, timeout=60)
+        assert [res.cid for res in got] == [str(i) for i in range(50)]
+        assert [e["event"] for e in logs if e["event"].startswith("redis_outage")] == [
+            "redis_outage_started", "redis_outage_ended"]
+
+        async def async_call() -> list[str]:
+            ar = redis.asyncio.Redis.from_url(srv.url)
+            try:
+                res = await AsyncProducer(ar, keys, outage=OutageBudget(30)).classify(xs, timeout=60)
+            finally:
+                await ar.aclose()
+            return [x.cid for x in res]
+
+        time.sleep(1.0)  # let the first restart settle before the second kill
+        srv.kill()
+        threading.Timer(1.5, srv.start).start()
+        assert asyncio.run(async_call()) == [str(i) for i in range(50)]
+    finally:
+        time.sleep(1.6)
+        stop(worker)
         srv.stop()
         shutil.rmtree(srv.dir, ignore_errors=True)

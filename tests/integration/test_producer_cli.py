@@ -90,3 +90,17 @@ def test_paced_chunks_sleep_at_least_min_sleep(monkeypatch: pytest.MonkeyPatch) 
     # least and then sends everything that fell due meanwhile in one chunk.
     chunks = list(cli._paced(iter(groups), 100_000.0))
     assert [len(c) for c in chunks] == [1, 4] and sleeps == [cli.MIN_SLEEP_S]
+
+
+@pytest.mark.parametrize("content", [None, "garbage\n", "@problemName x\n@data\n1,x,3:a\n"],
+                         ids=["missing", "no-header", "bad-line"])
+def test_a_wrong_source_file_is_one_line_and_exit_2(redis_url: str, prefix: str, tmp_path: Path, content: str | None,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing or malformed file gets the loader's (line-numbered) reason, not a traceback."""
+    src = tmp_path / "windows.ts"
+    if content is not None:
+        src.write_text(content)
+    for command in (["publish", "--source", str(src)], ["classify", str(src)]):
+        assert cli.main(["--redis-url", redis_url, "--prefix", prefix, *command]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"bigru-producer: {src}"), err

@@ -33,7 +33,7 @@ from bench.failover_scenario import (
     worker_env,
 )
 from bench.harness import LocalCluster
-from bench.scaleout import _checkpoint
+from bench.scaleout import trained_checkpoint
 from producer.client import Producer
 from protocol.durability import Durability
 from protocol.keys import Keys
@@ -138,7 +138,7 @@ def main() -> None:
                     help="lagging-replica scenario: the replica stops applying this long before the kill (0: skip it)")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "failover.json")
     args = ap.parse_args()
-    ckpt = _checkpoint()
+    ckpt = trained_checkpoint()
     runs = []
     with tempfile.TemporaryDirectory(prefix="failover-") as tmp:
         for lag in sorted({0.0, args.lag_s}):

@@ -132,7 +132,8 @@ class Workers:
             return ""
 
 
-def _results_since(r: redis.Redis, stream: str, start: str = "-") -> list[dict[bytes, bytes]]:
+def results_since(r: redis.Redis, stream: str, start: str = "-") -> list[dict[bytes, bytes]]:
+    """Every result entry's fields on ``stream`` after ``start``."""
     out: list[dict[bytes, bytes]] = []
     while True:
         chunk = r.xrange(stream, start, "+", count=5000)
@@ -165,7 +166,7 @@ def saturated(url: str, checkpoint: Path, cfg: WorkerConfig, n: int, log_dir: Pa
                 if time.monotonic() - t0 > 600:
                     raise BenchError(f"only {r.xlen(sk.results)}/{expect} results after 600 s")
                 time.sleep(0.02)
-        res = _results_since(r, sk.results)
+        res = results_since(r, sk.results)
     finally:
         r.delete(sk.windows, sk.results, sk.dead, keys.workers)
     ts = np.sort(np.array([int(f[b"ts"]) for f in res], dtype=np.int64))

@@ -38,7 +38,8 @@ from worker.health import check
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _checkpoint() -> Path:
+def trained_checkpoint() -> Path:
+    """The checkpoint root (``BIGRU_CHECKPOINT``, else ./checkpoints), trained on the synthetic task if empty."""
     s = WorkerSettings()  # from the environment
     root = Path(s.checkpoint) if "checkpoint" in s.model_fields_set else ROOT / "checkpoints"
     if not (root / "latest").is_file():
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", nargs="+", choices=["single", "cluster"], default=["single", "cluster"])
     p.add_argument("--out", default=str(ROOT / "bench-out" / "scaleout.json"))
     args = p.parse_args(argv)
-    ckpt = _checkpoint()
+    ckpt = trained_checkpoint()
     runs = []
     for backend in args.backends:
         for n in args.replicas:

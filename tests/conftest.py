@@ -8,6 +8,8 @@ sets its own ``timeout`` marker, its kind's timeout (:data:`KIND_TIMEOUT_S`).
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(getattr(pytest.mark, kind))
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(KIND_TIMEOUT_S[kind]))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which server binary the integration tests start (``BIGRU_TEST_SERVER``, else redis-server on PATH)."""
+    exe = os.environ.get("BIGRU_TEST_SERVER") or shutil.which("redis-server")
+    if exe is None:
+        return "server under test: none found (redis-server not on PATH, BIGRU_TEST_SERVER unset)"
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
+    return f"server under test: {exe}: {version}"
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,8 @@ def _setting(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Flags default to None so that unset flags fall back to the environment and ``.env``."""
     p = argparse.ArgumentParser(prog="bigru-worker", description=__doc__)
-    p.add_argument("command", nargs="?", choices=["serve", "status", "redrive"], default="serve")
+    p.add_argument("command", nargs="?", choices=["serve", "status", "redrive", "init"], default="serve",
+                   help="serve (default); status; redrive dead letters; init: create every shard's stream and group")
     _setting(p, "redis_url")
     _setting(p, "prefix")
     _setting(p, "group")
@@ -78,6 +79,19 @@ def redrive(settings: WorkerSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def init(settings: WorkerSettings) -> int:
+    """``bigru-worker init``: create every shard's input stream and the consumer group (idempotent), the
+    deploy-time step KEDA's scaler needs (it misreads a stream or group that does not exist yet)."""
+    import json
+
+    from worker.reader import ensure_groups
+
+    r = settings.connect()
+    ensure_groups(r, settings.keys)
+    print(json.dumps({"group": settings.group, "streams": [sk.windows for sk in settings.keys.all_shards()]}))
+    return 0
+
+
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     """Settings from the environment/.env, overridden by the flags that were given."""
     flags = {k: v for k, v in vars(args).items() if v is not None and k not in COMMAND_OPTIONS}
@@ -94,20 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "redrive":
         return redrive(settings, args)
+    if args.command == "init":
+        return init(settings)
     if args.check or args.command == "status":
-        from redis.exceptions import RedisClusterException, RedisError
-
-        from worker.health import check
-        from worker.status import run
-
         if args.check:
-            try:
-                ok, msg = check(settings.connect(), settings.keys,
-                                [settings.consumer_name(i) for i in range(settings.replicas)])
-            except (RedisError, RedisClusterException) as e:
-                ok, msg = False, f"redis unreachable: {e}"
+            from worker.health import probe
+
+            ok, msg = probe(settings)
             print(msg)
             return 0 if ok else 1
+        from worker.status import run
+
         r = settings.connect()
         return run(r, settings.keys, as_json=args.json, watch=args.watch, interval=args.interval)
     from worker.supervisor import run_replica, supervise

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import socket
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from protocol.cluster import parse_shards
 from protocol.settings import StreamSettings
-from protocol.wire import Limits
+
+if TYPE_CHECKING:  # protocol.wire imports numpy; `bigru-worker --check` (a probe) must start fast
+    from protocol.wire import Limits
 
 
 class WorkerSettings(StreamSettings):
@@ -155,6 +157,8 @@ class WorkerSettings(StreamSettings):
     @property
     def limits(self) -> Limits:
         """Decoding limits."""
+        from protocol.wire import Limits
+
         return Limits(
             max_window_bytes=self.max_window_bytes, max_length=self.max_length, allow_nonfinite=self.allow_nonfinite
         )

@@ -12,11 +12,22 @@ This module is the one reader of the heartbeat (:class:`worker.types.HeartbeatRe
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import redis
+from redis.exceptions import RedisClusterException, RedisError
 
 from protocol.keys import Keys
 from protocol.replies import as_str
 from worker.types import HeartbeatRecord
+
+if TYPE_CHECKING:
+    from worker.config import WorkerSettings
+
+#: Socket timeout of a probe's commands, sent once without the client's retries, so a probe answers
+#: within the manifests' 3 s timeoutSeconds (connecting keeps the client's own 5 s connect timeout: an
+#: unreachable Redis then fails the probe by its timeout, which the kubelet counts as a failure too).
+PROBE_TIMEOUT_S = 2.0
 
 
 def heartbeat(r: redis.Redis, keys: Keys, consumer: str) -> HeartbeatRecord | None:
@@ -53,3 +64,19 @@ def check(r: redis.Redis, keys: Keys, consumers: list[str]) -> tuple[bool, str]:
     if broken:
         msg += "; breaker open (model failing): " + ", ".join(f"{c} ({hb.breaker_reason[:120]})" for c, hb in broken.items())
     return not missing and not broken, msg
+
+
+def probe(settings: WorkerSettings, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
+    """``bigru-worker --check``: :func:`check` for this configuration's replicas, one try, no retries.
+
+    Imports only redis and the settings (no model runtime, no numpy), so it answers in a small
+    fraction of a second (results/check_latency.md); a Redis that does not answer is a failed check.
+    """
+    try:
+        r = settings.connect(retries=0, socket_timeout=timeout_s)
+        try:
+            return check(r, settings.keys, [settings.consumer_name(i) for i in range(settings.replicas)])
+        finally:
+            r.close()
+    except (RedisError, RedisClusterException, OSError) as e:
+        return False, f"redis unreachable: {e}"

@@ -22,7 +22,12 @@ from protocol.replies import as_str
 # Redis 7.0 has no ACKED trimming (that is 8.2's XTRIM ... ACKED), so compute the oldest entry any
 # group still needs: the group's oldest pending id, or the first id after its last-delivered id.
 # Everything below the minimum over all groups has been delivered and acknowledged by every group.
-# Returns {minid, trimmed} or false when there is no stream or no group.
+# Trimming at that minimum is what keeps XINFO GROUPS `lag` exact, the number KEDA's scaler reads:
+# Redis reports lag as nil once an entry after a group's last-delivered id is gone, and KEDA reads nil
+# as 0. So no entry after any group's last-delivered id is ever removed (nor any pending one), and the
+# script also returns the groups whose lag the server cannot report (something else deleted entries,
+# or a group was set to an arbitrary id), for the caller to log.
+# Returns {minid, trimmed, {groups with a nil lag}} or false when there is no stream or no group.
 TRIM_LUA = """
 local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
 if groups['err'] then
@@ -40,9 +45,11 @@ local function less(a, b)
   return ams < bms or (ams == bms and aseq < bseq)
 end
 local minid = nil
+local unknown = {}
 for _, g in ipairs(groups) do
   local info = {}
   for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  if not info['lag'] then table.insert(unknown, info['name']) end
   local ms, seq = parse(info['last-delivered-id'])
   local keep = info['last-delivered-id']
   if seq < 9007199254740991 then keep = string.format('%d-%d', ms, seq + 1) end
@@ -52,7 +59,7 @@ for _, g in ipairs(groups) do
   end
   if minid == nil or less(keep, minid) then minid = keep end
 end
-return {minid, redis.call('XTRIM', KEYS[1], 'MINID', minid)}
+return {minid, redis.call('XTRIM', KEYS[1], 'MINID', minid), unknown}
 """
 
 # Delete a consumer only if it has no pending entries (otherwise they would become unclaimable).
@@ -71,6 +78,8 @@ class MaintenanceReport:
     trimmed: int = 0
     trimmed_to: dict[int, str] = field(default_factory=dict)
     reaped: list[str] = field(default_factory=list)
+    #: shard -> groups on its input stream whose XINFO GROUPS lag is nil (an autoscaler reading it sees 0)
+    lag_unknown: dict[int, list[str]] = field(default_factory=dict)
 
 
 class Maintenance:
@@ -113,9 +122,15 @@ class Maintenance:
             if self.trim_enabled:
                 out = self._trim(keys=[sk.windows])
                 if out:
-                    minid, n = out
+                    minid, n, unknown = out
                     rep.trimmed += int(n)
                     rep.trimmed_to[sk.shard] = as_str(minid)
+                    if unknown:
+                        rep.lag_unknown[sk.shard] = [as_str(g) for g in unknown]
+                        self.log.error("group_lag_unknown", shard=sk.shard, stream=sk.windows,
+                                       groups=rep.lag_unknown[sk.shard],
+                                       hint="entries after a group's position were deleted: XINFO GROUPS lag is nil "
+                                       "(KEDA reads 0); the group's pending count and XLEN still show the backlog")
             rep.reaped += self.reap(sk.windows)
         if rep.trimmed or rep.reaped:
             self.log.info("maintenance", trimmed=rep.trimmed, trimmed_to=rep.trimmed_to, reaped=rep.reaped)

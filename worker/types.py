@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: `bigru-worker --check` reads HeartbeatRecord without numpy (worker.health)
+    import numpy as np
 
-from protocol.entries import MultiWindow, Window
+    from protocol.entries import MultiWindow, Window
 
 __all__ = ["Batch", "Entry", "Group", "HeartbeatRecord", "ModelSource", "Observer", "Output", "Predictor",
            "PredictorDefaults", "StaticModel"]

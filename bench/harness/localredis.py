@@ -5,6 +5,7 @@ Used by the test fixtures, the demo and the benchmark. Never touches a Redis it 
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,9 @@ def free_port() -> int:
 class LocalRedis:
     """A redis-server child process; use as a context manager or call start()/stop().
 
+    The server binary is ``server``, else ``$BIGRU_TEST_SERVER`` (read at start, e.g. a ``valkey-server``),
+    else ``redis-server`` from PATH.
+
     With ``tls`` (a dict with ``cert``, ``key`` and ``ca`` file paths) the server listens on TLS
     only and accepts clients with or without a certificate signed by ``ca``.
     """
@@ -36,7 +40,9 @@ class LocalRedis:
         dir: str | None = None,
         tls: dict[str, str] | None = None,
         password: str | None = None,
+        server: str | None = None,
     ) -> None:
+        self.server = server
         self.port = port or free_port()
         self.args = list(args or [])
         self.tls = tls
@@ -70,7 +76,7 @@ class LocalRedis:
 
     def start(self, timeout: float = 10.0) -> LocalRedis:
         """Start the server and wait until it answers PING."""
-        exe = shutil.which("redis-server")
+        exe = self.server or os.environ.get("BIGRU_TEST_SERVER") or shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server not found on PATH (apt-get install redis-server)")
         cmd = [exe, *self._server_args(), "--bind", "127.0.0.1", "--dir", str(self.dir),

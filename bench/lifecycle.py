@@ -27,10 +27,10 @@ import numpy as np
 import redis
 
 import bench.pipeline as pipeline
+from bench.harness import LocalRedis
 from bench.model import build_checkpoint, windows
 from bench.pipeline import WorkerConfig, Workers, open_loop_point, saturated, worker_env
 from protocol.keys import Keys
-from scripts.localredis import LocalRedis
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "lifecycle"
@@ -56,9 +56,8 @@ def drift_checkpoint(root: Path) -> Path:
 
 def drift_detection(url: str, tmp: Path, seeds: int) -> list[dict[str, Any]]:
     """Windows served until the 1-sigma-shifted feature's PSI crosses 0.25 (real loop, 3-feature model)."""
-    from tests.lifecycle_support import train
-    from tests.lifecycle_support import windows as task_windows
-    from tests.test_drift import WARM, Recorder, _serve
+    from bench.lifecycle_task import WARM, Recorder, serve, train
+    from bench.lifecycle_task import windows as task_windows
     from training.checkpoint import load_checkpoint
 
     root = train(tmp / "drift-task", seed=3)
@@ -67,13 +66,13 @@ def drift_detection(url: str, tmp: Path, seeds: int) -> list[dict[str, Any]]:
     for seed in range(seeds):
         rec = Recorder()
         prefix = f"dd{uuid.uuid4().hex[:8]}"
-        _serve(url, prefix, root, task_windows(WARM, seed=200 + seed)[0], rec)
+        serve(url, prefix, root, task_windows(WARM, seed=200 + seed)[0], rec)
         stable = [rep for _, rep in rec.readings if rep.feature_psi][-1]
         shifted = task_windows(5000, seed=300 + seed)[0]
         for x in shifted:
             x[:, 1] += sigma
         start = rec.served_windows
-        _serve(url, f"{prefix}b", root, shifted, rec)
+        serve(url, f"{prefix}b", root, shifted, rec)
         after = [(w - start, rep) for w, rep in rec.readings if w > start and rep.feature_psi]
         hit = next((w for w, rep in after if rep.feature_psi[1] > 0.25), None)
         final = after[-1][1]

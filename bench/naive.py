@@ -18,8 +18,10 @@ def run(url: str, prefix: str, checkpoint: str, backend: str, threads: int, seco
     """Serve windows one at a time for ``seconds``; returns the throughput."""
     import torch
 
+    from protocol.entries import decode_window
     from protocol.keys import Keys
-    from protocol.wire import Limits, Result, decode_window, encode_result, now_us
+    from protocol.results import Result, encode_result
+    from protocol.wire import Limits, now_us
     from training.checkpoint import load_checkpoint
     from worker.backends import make_predictor
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import os
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -22,8 +21,8 @@ from typing import Any
 
 import numpy as np
 import redis
-from pydantic import SecretStr, ValidationError
 
+from bench.harness import HarnessError, env_name, settings_env, start_worker, terminate
 from bench.model import windows
 from producer.client import Producer
 from protocol.keys import Keys
@@ -78,54 +77,22 @@ NOT_SETTINGS = ("per_entry", "extra_env")
 BENCH_SETTINGS: dict[str, Any] = {"block_ms": 50, "log_level": "WARNING", "log_json": True, "trim_input": False}
 
 
-def _env_value(v: Any) -> str:
-    """A settings value as an environment variable holds it."""
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, SecretStr):
-        return v.get_secret_value()
-    return str(v)
-
-
-def settings_env(values: dict[str, Any]) -> dict[str, str]:
-    """``BIGRU_<FIELD>`` variables for ``values``, checked by :class:`WorkerSettings` first: a name that is
-    no setting, or a value the workers would refuse, raises here instead of being ignored by them."""
-    unknown = sorted(set(values) - set(WorkerSettings.model_fields))
-    if unknown:
-        raise BenchError(f"not WorkerSettings fields: {', '.join(unknown)}")
-    try:
-        s = WorkerSettings(_env_file=None, **values)  # type: ignore[call-arg]
-    except ValidationError as e:
-        raise BenchError(f"invalid worker settings: {e}") from e
-    prefix = WorkerSettings.model_config.get("env_prefix", "")
-    return {f"{prefix}{name.upper()}": _env_value(getattr(s, name)) for name in values}
-
-
 def worker_env(cfg: WorkerConfig, **values: Any) -> dict[str, str]:
     """The worker environment of ``cfg`` plus the settings ``values`` (by WorkerSettings field name), then
     ``cfg.extra_env`` on top as given (its ``BIGRU_`` names must be settings too)."""
-    prefix = WorkerSettings.model_config.get("env_prefix", "")
-    extra = {k[len(prefix):].lower() for k in cfg.extra_env if k.startswith(prefix)}
-    unknown = sorted(extra - set(WorkerSettings.model_fields))
+    names = {env_name(f): f for f in WorkerSettings.model_fields}
+    unknown = sorted(k for k in cfg.extra_env if k.startswith(env_name("")) and k not in names)
     if unknown:
-        raise BenchError(f"extra_env names no WorkerSettings field: {', '.join(prefix + u.upper() for u in unknown)}")
+        raise BenchError(f"extra_env names no WorkerSettings field: {', '.join(unknown)}")
     unmapped = [f.name for f in fields(cfg) if f.name not in SETTING_OF and f.name not in NOT_SETTINGS]
     if unmapped:
         raise BenchError(f"WorkerConfig fields mapped to no WorkerSettings field: {', '.join(unmapped)}")
     cfg_values = {SETTING_OF[f.name]: getattr(cfg, f.name) for f in fields(cfg) if f.name in SETTING_OF}
-    return {**settings_env({**BENCH_SETTINGS, **cfg_values, **values}), **cfg.extra_env}
-
-
-def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
-    """SIGTERM ``proc`` (a worker pool finishes its batches) and wait; SIGKILL after ``timeout_s``."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    try:
+        env = settings_env({**BENCH_SETTINGS, **cfg_values, **values})
+    except HarnessError as e:
+        raise BenchError(str(e)) from e
+    return {**env, **cfg.extra_env}
 
 
 class Workers:
@@ -142,7 +109,7 @@ class Workers:
 
     def __enter__(self) -> Workers:
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker.cli"], env=self.env, stdout=log, stderr=log, cwd=ROOT)
+        self.proc = start_worker(self.env, log=log, cwd=ROOT)
         r = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 120
         while len(live_replicas(r, self.keys)) < self.cfg.replicas:
@@ -165,7 +132,8 @@ class Workers:
             return ""
 
 
-def _results_since(r: redis.Redis, stream: str, start: str = "-") -> list[dict[bytes, bytes]]:
+def results_since(r: redis.Redis, stream: str, start: str = "-") -> list[dict[bytes, bytes]]:
+    """Every result entry's fields on ``stream`` after ``start``."""
     out: list[dict[bytes, bytes]] = []
     while True:
         chunk = r.xrange(stream, start, "+", count=5000)
@@ -201,7 +169,7 @@ def saturated(url: str, checkpoint: Path, cfg: WorkerConfig, n: int, log_dir: Pa
                     raise BenchError(f"only {r.xlen(sk.results)}/{expect} results after 600 s")
                 time.sleep(0.02)
             cpu_s = proc_cpu_s(w.proc.pid) - cpu0
-        res = _results_since(r, sk.results)
+        res = results_since(r, sk.results)
     finally:
         r.delete(sk.windows, sk.results, sk.dead, keys.workers)
     ts = np.sort(np.array([int(f[b"ts"]) for f in res], dtype=np.int64))

@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 import redis
 
+from worker.types import PredictorDefaults
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class NullModel:
+class NullModel(PredictorDefaults):
     """A predictor that costs nothing: the same probabilities for every window."""
 
     version = "null"
@@ -111,7 +113,8 @@ def ceiling(url: str, n: int, procs: int, max_batch: int = 256, per_entry: int =
 
 def _serve(url: str, prefix: str, consumer: str, max_batch: int) -> dict[str, Any]:
     from worker.config import WorkerSettings
-    from worker.loop import StaticModel, WorkerLoop
+    from worker.loop import WorkerLoop
+    from worker.types import StaticModel
 
     opts: dict[str, Any] = {"redis_url": url, "prefix": prefix, "group": prefix, "burst": True, "burst_idle_ms": 300,
                             "max_batch": max_batch, "log_level": "WARNING", "trim_input": False}

@@ -24,19 +24,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from bench import report
+from bench.harness import LocalRedis
+from bench.model import build_checkpoint, describe_model, windows
+from bench.pipeline import WorkerConfig, classify_round_trips, open_loop, saturated
+from bench.plumbing import ceiling
+from producer.client import Producer
+from protocol.keys import Keys
+from worker.onnx_backend import onnx_available
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import redis  # noqa: E402
-
-from bench import report  # noqa: E402
-from bench.model import build_checkpoint, describe_model, windows  # noqa: E402
-from bench.pipeline import WorkerConfig, classify_round_trips, open_loop, saturated  # noqa: E402
-from bench.plumbing import ceiling  # noqa: E402
-from producer.client import Producer  # noqa: E402
-from protocol.keys import Keys  # noqa: E402
-from scripts.localredis import LocalRedis  # noqa: E402
-from worker.onnx_backend import onnx_available  # noqa: E402
 
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 LOADS = [0.1, 0.25, 0.5, 0.75, 0.9]

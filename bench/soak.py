@@ -31,22 +31,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import redis
+
+from bench import soak_report
+from bench.harness import LocalRedis, settings_env, start_worker, terminate
+from bench.model import build_checkpoint, windows
+from bench.soak_load import Oracle, produce, rss_kb
+from producer.client import Producer
+from protocol.keys import Keys
+from protocol.replies import group_info
+from training.checkpoint_file import set_latest_version
+from worker.health import heartbeat
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import redis  # noqa: E402
-
-from bench import soak_report  # noqa: E402
-from bench.model import build_checkpoint, windows  # noqa: E402
-from bench.pipeline import settings_env, terminate  # noqa: E402
-from bench.soak_load import Oracle, produce, rss_kb  # noqa: E402
-from producer.client import Producer  # noqa: E402
-from protocol.keys import Keys  # noqa: E402
-from protocol.replies import group_info  # noqa: E402
-from scripts.localredis import LocalRedis  # noqa: E402
-from training.checkpoint_file import set_latest_version  # noqa: E402
-from worker.health import heartbeat  # noqa: E402
 
 PREFIX = "soak"
 
@@ -83,8 +81,7 @@ class Pool:
     def start(self, timeout_s: float = 180.0) -> None:
         """Start the supervisor and wait until every replica has a heartbeat."""
         with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "worker.cli"], env=self.env, stdout=f,
-                                         stderr=subprocess.STDOUT, cwd=ROOT)
+            self.proc = start_worker(self.env, log=f, cwd=ROOT)
         deadline = time.monotonic() + timeout_s
         while len(self.pids()) < self.replicas:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -96,13 +93,13 @@ class Pool:
         out = {}
         for c in self.consumers:
             hb = heartbeat(self.r, self.keys, c)
-            if hb is not None and Path(f"/proc/{hb['pid']}").exists():
-                out[c] = int(hb["pid"])
+            if hb is not None and Path(f"/proc/{hb.pid}").exists():
+                out[c] = hb.pid
         return out
 
     def models(self) -> dict[str, str]:
         """consumer -> served model version, from the live heartbeats."""
-        return {c: str(hb["model"]) for c in self.consumers if (hb := heartbeat(self.r, self.keys, c))}
+        return {c: hb.model for c in self.consumers if (hb := heartbeat(self.r, self.keys, c))}
 
     def stop(self) -> int | None:
         """SIGTERM the supervisor (each replica finishes its batch); its exit code."""

@@ -18,7 +18,8 @@ from protocol.idempotent import IdempotentWriter
 from protocol.keys import Keys, ShardKeys
 from protocol.outage import OutageBudget
 from protocol.replies import as_str
-from protocol.wire import Fields, Result, decode_result
+from protocol.results import Result, decode_result
+from protocol.wire import Fields
 
 
 class AsyncProducer:

@@ -21,8 +21,8 @@ from producer.results import ResultsReader
 from producer.sources import LabeledWindow, from_file, synthetic
 from protocol import logs
 from protocol.outage import RedisOutageError
+from protocol.results import Result
 from protocol.security import settings_error
-from protocol.wire import Result
 from training.data import DataError
 
 #: Flags that steer a command rather than set a :class:`ProducerSettings` field.

@@ -23,7 +23,7 @@ from protocol.durability import Durability, ReplicaAckError, execute
 from protocol.idempotent import IdempotentWriter
 from protocol.keys import Keys, ShardKeys
 from protocol.outage import OutageBudget, RedisOutageError
-from protocol.wire import Result
+from protocol.results import Result
 
 __all__ = ["AsyncProducer", "ClassifyError", "Entry", "Producer", "RedisOutageError", "group_windows"]
 

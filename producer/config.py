@@ -1,28 +1,20 @@
-"""Producer configuration (env prefix ``BIGRU_``; flags override)."""
+"""Producer configuration (env prefix ``BIGRU_``, declared in ``protocol.redisconn``; flags override)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from protocol.idempotent import MAX_WINDOW_S
-from protocol.keys import Keys
 from protocol.outage import DEFAULT_OUTAGE_S, OutageBudget
-from protocol.redisconn import RedisConnSettings
+from protocol.settings import StreamSettings
 
 
-class ProducerSettings(RedisConnSettings):
-    """Settings of ``bigru-producer`` and the :class:`producer.Producer` API."""
+class ProducerSettings(StreamSettings):
+    """Settings of ``bigru-producer`` and the :class:`producer.Producer` API (the connection and the
+    streams' location are :class:`protocol.settings.StreamSettings`')."""
 
-    model_config = SettingsConfigDict(env_prefix="BIGRU_", env_file=".env", extra="ignore")
-
-    prefix: str = Field("bigru", min_length=1, description="key prefix: streams `{bigru}:windows`, `{bigru}:results`, "
-                        "`{bigru}:dead` (`{bigru:N}:…` with shards), the registry's and the workers' keys")
-    group: str = Field("bigru", min_length=1, description="the workers' consumer group (the producer watches its lag)")
-    shards: int = Field(1, ge=1, le=1024, description="shard streams per logical stream (a window goes to the shard "
-                        "its id's crc32 picks; round-robin without an id)")
     pipeline_size: int = Field(
         500, ge=1, description="most entries per pipelined round trip (`publish_many`, `bigru-producer publish`)"
     )
@@ -53,8 +45,3 @@ class ProducerSettings(RedisConnSettings):
     def outage(self) -> OutageBudget:
         """A fresh outage budget of ``producer_outage_s`` naming ``redis_url`` (one per client)."""
         return OutageBudget(self.producer_outage_s, url=self.redis_url)
-
-    @property
-    def keys(self) -> Keys:
-        """Key names."""
-        return Keys(self.prefix, self.group, self.shards)

@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 
 from producer.tracing import current_traceparent
-from protocol.wire import encode_window
-from protocol.wire_multi import encode_windows_entry
+from protocol.entries import encode_window, encode_windows_entry
 
 
 @dataclass(frozen=True, eq=False)

@@ -33,8 +33,8 @@ import structlog
 from protocol.keys import Keys
 from protocol.outage import OutageBudget
 from protocol.replies import as_str
-from protocol.wire import Result, WireError
-from protocol.wire_multi import decode_any_result
+from protocol.results import Result, decode_any_result
+from protocol.wire import WireError
 
 log = structlog.get_logger("producer.group_reader")
 

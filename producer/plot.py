@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from protocol.wire import Result
+from protocol.results import Result
 
 
 class PlotError(RuntimeError):

@@ -13,14 +13,13 @@ import redis
 
 from protocol.keys import Keys
 from protocol.outage import OutageBudget
-from protocol.wire import Result
-from protocol.wire_multi import decode_any_result
+from protocol.results import Result, decode_any_result
 
 
 class ResultsReader:
     """Iterates results in stream order per shard, merging shards; keeps its position.
 
-    Results are per window: a multi-window result entry (``protocol/wire_multi.py``) yields one
+    Results are per window: a multi-window result entry (``protocol.results``) yields one
     :class:`Result` per window of its input (a ``WindowResult``, with ``index`` and ``reason``).
     Every read rides out a Redis outage of up to ``outage`` (default 60 s), then raises
     :class:`~protocol.outage.RedisOutageError`.

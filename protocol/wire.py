@@ -1,30 +1,21 @@
-"""Wire format v1: the stream entries producers, workers and result consumers exchange.
+"""Wire format v1, its core: what every stream entry shares, and the bounded decoding of ``x``.
 
 Specified for other languages in ``docs/wire-format.md``. Imports only numpy and msgpack so the
-producer (which never imports torch) can use it.
+producer (which never imports torch) can use it. The entries themselves are in two modules on top
+of this one: ``protocol.entries`` (input entries, single- and multi-window) and ``protocol.results``
+(result entries of both forms, and dead letters).
 
-An input entry is a Redis stream entry whose fields are:
-
-========  ========================================================================
-``v``     format version, ASCII ``"1"``
-``x``     msgpack map ``{"dtype": str, "shape": [T, F], "data": bin}``; ``data`` is the
-          array, C order, little-endian
-``ts``    producer timestamp, unix microseconds, ASCII decimal
-``cid``   optional client id (UTF-8) echoed in the result
-``dl``    optional deadline, unix microseconds, ASCII decimal
-``meta``  optional msgpack map of string keys to scalar values, echoed in the result
-``reply`` optional reply stream name (ASCII ``[A-Za-z0-9_.:-]``, <= 64): the output also goes to
-          ``{<tag>}:reply:<name>``
-========  ========================================================================
-
-An entry whose ``x`` has shape ``[N, T, F]`` carries N windows: see ``protocol/wire_multi.py``.
+Here: the version (``v`` is ASCII ``"1"``, checked by :func:`check_version`), the dtypes, the decoding
+:class:`Limits`, :class:`WireError`, bounded msgpack unpacking, the ``x`` field's validation
+(:func:`parse_x`) and header scan (:func:`x_ndim`, :func:`x_windows`), the ``ts``/``dl`` integers
+(:func:`int_field`, :func:`parse_ts`) and the ``reply`` field.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -34,8 +25,14 @@ from protocol.keys import REPLY_NAME
 
 WIRE_VERSION = 1
 
+
+#: The ``v`` field of every entry this version writes and accepts.
+VERSION = str(WIRE_VERSION).encode()
+
+
 #: dtype names on the wire and their little-endian numpy equivalents.
 DTYPES: dict[str, str] = {"float32": "<f4", "float64": "<f8", "float16": "<f2"}
+
 
 Fields = Mapping[bytes, bytes]
 
@@ -59,40 +56,7 @@ class Limits:
     max_meta_bytes: int = 4096
     max_cid_bytes: int = 256
     allow_nonfinite: bool = False
-    max_windows_per_entry: int = 4096  # multi-window entries (protocol/wire_multi.py)
-
-
-@dataclass
-class Window:
-    """A decoded input window."""
-
-    x: np.ndarray  # [T, F] float32
-    ts_us: int
-    cid: str = ""
-    deadline_us: int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    reply: str | None = None  # reply stream name (the ``reply`` field)
-
-
-@dataclass
-class Result:
-    """One classification result, as published on the results stream."""
-
-    input_id: str
-    cid: str
-    status: str  # "ok" or "expired"
-    label: int
-    class_name: str
-    probs: list[float]
-    model: str
-    worker: str
-    queue_us: int
-    wait_us: int
-    infer_us: int
-    e2e_us: int
-    ts_us: int
-    batch: int
-    meta: dict[str, Any] = field(default_factory=dict)
+    max_windows_per_entry: int = 4096  # multi-window entries (protocol.entries)
 
 
 def now_us() -> int:
@@ -100,66 +64,15 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _pack(obj: Any) -> bytes:
+def pack(obj: Any) -> bytes:
     packed: bytes = msgpack.packb(obj, use_bin_type=True)
     return packed
 
 
-def encode_array(x: np.ndarray) -> bytes:
-    """Encode a [T, F] (or [T], treated as F=1) float array as the ``x`` field."""
-    arr = np.asarray(x)
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2:
-        raise WireError("bad_shape", f"expected a [T, F] array, got shape {arr.shape}")
-    if arr.dtype == np.float64:
-        name = "float64"
-    elif arr.dtype == np.float16:
-        name = "float16"
-    else:
-        name = "float32"
-    data = np.ascontiguousarray(arr, dtype=DTYPES[name]).tobytes()
-    return _pack({"dtype": name, "shape": [int(arr.shape[0]), int(arr.shape[1])], "data": data})
-
-
-def encode_window(
-    x: np.ndarray,
-    *,
-    cid: str | None = None,
-    ts_us: int | None = None,
-    deadline_us: int | None = None,
-    meta: Mapping[str, Any] | None = None,
-    reply: str | None = None,
-) -> dict[bytes, bytes]:
-    """Build the stream fields of an input entry (``reply``: the reply stream name)."""
-    return entry_fields(encode_array(x), cid=cid, ts_us=ts_us, deadline_us=deadline_us, meta=meta, reply=reply)
-
-
-def entry_fields(
-    x: bytes,
-    *,
-    cid: str | None = None,
-    ts_us: int | None = None,
-    deadline_us: int | None = None,
-    meta: Mapping[str, Any] | None = None,
-    reply: str | None = None,
-) -> dict[bytes, bytes]:
-    """The fields both entry forms share, in the order ``v x ts cid dl meta reply``, around an
-    encoded ``x`` (one window, or N for a multi-window entry)."""
-    fields: dict[bytes, bytes] = {
-        b"v": str(WIRE_VERSION).encode(),
-        b"x": x,
-        b"ts": str(now_us() if ts_us is None else int(ts_us)).encode(),
-    }
-    if cid:
-        fields[b"cid"] = cid.encode()
-    if deadline_us is not None:
-        fields[b"dl"] = str(int(deadline_us)).encode()
-    if meta:
-        fields[b"meta"] = _pack(dict(meta))
-    if reply is not None:
-        fields[b"reply"] = reply_field(reply)
-    return fields
+def check_version(fields: Fields) -> None:
+    """:class:`WireError` ``bad_version`` unless the entry's ``v`` is this version's."""
+    if fields.get(b"v") != VERSION:
+        raise WireError("bad_version", f"wire version {fields.get(b'v')!r} unsupported, expected {WIRE_VERSION}")
 
 
 def reply_field(name: str) -> bytes:
@@ -191,7 +104,7 @@ def reply_or_none(fields: Fields) -> str | None:
         return None
 
 
-def _unpack_limited(raw: bytes, max_bytes: int, what: str) -> Any:
+def unpack_limited(raw: bytes, max_bytes: int, what: str) -> Any:
     # Explicit limits: no ext types, bounded bin/str/array/map sizes, and the C unpacker's
     # fixed nesting depth raises instead of recursing without bound. One C call per field.
     try:
@@ -211,7 +124,7 @@ def _unpack_limited(raw: bytes, max_bytes: int, what: str) -> Any:
         raise WireError(f"bad_{what}", f"{what} is not valid msgpack within limits ({type(e).__name__}: {e})") from e
 
 
-def _int_field(fields: Fields, key: bytes, required: bool) -> int | None:
+def int_field(fields: Fields, key: bytes, required: bool) -> int | None:
     raw = fields.get(key)
     if raw is None:
         if required:
@@ -225,7 +138,16 @@ def _int_field(fields: Fields, key: bytes, required: bool) -> int | None:
         raise WireError("bad_field", f"field {key.decode()!r} must be an ASCII integer") from e
 
 
+def parse_ts(fields: Fields) -> int:
+    """The entry's ``ts`` (producer timestamp, unix µs): :class:`WireError` when missing or not an integer."""
+    ts = int_field(fields, b"ts", required=True)
+    assert ts is not None
+    return ts
+
+
 _X_KEYS = frozenset(("dtype", "shape", "data"))
+
+
 _ITEMSIZE = {name: np.dtype(code).itemsize for name, code in DTYPES.items()}
 
 
@@ -233,11 +155,11 @@ def parse_x(raw: bytes, limits: Limits, n_features: int | None, ndim: int = 2) -
     """Validate an ``x`` field without building the array: (dtype, shape, data).
 
     ``ndim`` 2: one window, shape ``[T, F]``; 3: a multi-window entry, ``[N, T, F]`` (see
-    ``protocol/wire_multi.py``). Each form rejects the other's shape with ``bad_shape``.
+    ``protocol.entries``). Each form rejects the other's shape with ``bad_shape``.
     """
     if len(raw) > limits.max_window_bytes + 256:
         raise WireError("too_large", f"x is {len(raw)} bytes, limit {limits.max_window_bytes}")
-    obj = _unpack_limited(raw, limits.max_window_bytes, "x")
+    obj = unpack_limited(raw, limits.max_window_bytes, "x")
     if not isinstance(obj, dict) or obj.keys() != _X_KEYS:
         raise WireError("bad_x", "x must be a map with exactly the keys dtype, shape, data")
     dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
@@ -266,177 +188,73 @@ def parse_x(raw: bytes, limits: Limits, n_features: int | None, ndim: int = 2) -
     return dtype, tuple(shape), data
 
 
-def decode_window(fields: Fields, limits: Limits, n_features: int | None = None) -> Window:
-    """Decode and validate an input entry; raises :class:`WireError` with a reason."""
-    w = decode_windows([fields], limits, n_features)[0]
-    if isinstance(w, WireError):
-        raise w
-    return w
+_COMMON_HEAD = b"\x83\xa5dtype\xa7"  # {"dtype": <7-byte str>, ...
 
 
-_NONFINITE = "window contains NaN or infinity"
+_STR_BIN_WIDTH = {0xD9: 1, 0xDA: 2, 0xDB: 4, 0xC4: 1, 0xC5: 2, 0xC6: 4}
 
 
-def decode_windows(entries: Sequence[Fields], limits: Limits, n_features: int | None = None) -> list[Window | WireError]:
-    """:func:`decode_window` for many entries: each item is the window or the error it raised.
-
-    Windows of the same dtype and shape are converted and checked for NaN/inf with one numpy call
-    per group; each window's ``x`` is a read-only view into its group's array.
-    """
-    out: list[Window | WireError] = []
-    groups: dict[tuple[str, int, int], list[int]] = {}
-    datas: list[bytes] = []
-    for fields in entries:
-        try:
-            if fields.get(b"v") != _VERSION:
-                raise WireError("bad_version", f"wire version {fields.get(b'v')!r} unsupported, expected {WIRE_VERSION}")
-            raw = fields.get(b"x")
-            if raw is None:
-                raise WireError("missing_field", "field 'x' is required")
-            dtype, (t, f), data = parse_x(raw, limits, n_features)
-            out.append(_decode_fields(fields, limits))
-        except WireError as e:
-            out.append(e)
-            datas.append(b"")
-            continue
-        groups.setdefault((dtype, t, f), []).append(len(out) - 1)
-        datas.append(data)
-    for (dtype, t, f), idx in groups.items():
-        arr = np.frombuffer(b"".join([datas[i] for i in idx]), dtype=DTYPES[dtype]).reshape(len(idx), t, f)
-        if arr.dtype != np.float32:
-            arr = arr.astype(np.float32)
-        ok = None
-        if not limits.allow_nonfinite and not np.isfinite(arr).all():
-            ok = np.isfinite(arr).all(axis=(1, 2)).tolist()
-        for j, i in enumerate(idx):
-            w = out[i]
-            assert isinstance(w, Window)
-            if ok is None or ok[j]:
-                w.x = arr[j]
-            else:
-                out[i] = WireError("nonfinite", _NONFINITE)
-    return out
+def _str_or_bin(raw: bytes, i: int) -> tuple[int, int]:
+    """(start, end) of the msgpack str/bin payload whose header is at ``raw[i]`` (KeyError if neither)."""
+    c = raw[i]
+    if 0xA0 <= c <= 0xBF:
+        return i + 1, i + 1 + (c & 0x1F)
+    start = i + 1 + _STR_BIN_WIDTH[c]
+    return start, start + int.from_bytes(raw[i + 1 : start], "big")
 
 
-_VERSION = str(WIRE_VERSION).encode()
-_EMPTY = np.zeros((0, 0), dtype=np.float32)
-
-
-def _decode_fields(fields: Fields, limits: Limits) -> Window:
-    """Every field but ``x`` (which ``decode_windows`` fills in)."""
-    ts = _int_field(fields, b"ts", required=True)
-    assert ts is not None
-    cid_raw = fields.get(b"cid", b"")
-    if len(cid_raw) > limits.max_cid_bytes:
-        raise WireError("bad_cid", f"cid longer than {limits.max_cid_bytes} bytes")
+def x_ndim(raw: bytes) -> int | None:
+    """Length of the ``shape`` array of an ``x`` field, read from its msgpack headers without
+    unpacking (or copying) ``data``; ``None`` when ``x`` is not a map of str keys to str/bin
+    values that this scanner follows (the full decoder then says what is wrong)."""
     try:
-        cid = cid_raw.decode()
-    except UnicodeDecodeError as e:
-        raise WireError("bad_cid", "cid is not UTF-8") from e
-    meta: dict[str, Any] = {}
-    if b"meta" in fields:
-        if len(fields[b"meta"]) > limits.max_meta_bytes:
-            raise WireError("bad_meta", f"meta larger than {limits.max_meta_bytes} bytes")
-        m = _unpack_limited(fields[b"meta"], limits.max_meta_bytes, "meta")
-        if not isinstance(m, dict) or not all(
-            isinstance(v, (str, int, float, bool)) or v is None for v in m.values()
-        ):
-            raise WireError("bad_meta", "meta must be a map of string keys to scalars")
-        meta = m
-    return Window(x=_EMPTY, ts_us=ts, cid=cid, deadline_us=_int_field(fields, b"dl", required=False), meta=meta,
-                  reply=decode_reply(fields))
-
-
-def encode_result(r: Result) -> dict[bytes, bytes]:
-    """Build the stream fields of a result entry."""
-    fields = {
-        b"v": str(WIRE_VERSION).encode(),
-        b"in": r.input_id.encode(),
-        b"cid": r.cid.encode(),
-        b"status": r.status.encode(),
-        b"label": str(r.label).encode(),
-        b"class": r.class_name.encode(),
-        b"probs": _pack([float(p) for p in r.probs]),
-        b"model": r.model.encode(),
-        b"worker": r.worker.encode(),
-        b"queue_us": str(r.queue_us).encode(),
-        b"wait_us": str(r.wait_us).encode(),
-        b"infer_us": str(r.infer_us).encode(),
-        b"e2e_us": str(r.e2e_us).encode(),
-        b"ts": str(r.ts_us).encode(),
-        b"batch": str(r.batch).encode(),
-    }
-    if r.meta:
-        fields[b"meta"] = _pack(r.meta)
-    return fields
-
-
-def decode_result(fields: Fields) -> Result:
-    """Parse a result entry's fields."""
-    try:
-        return Result(
-            input_id=fields[b"in"].decode(),
-            cid=fields.get(b"cid", b"").decode(),
-            status=fields[b"status"].decode(),
-            label=int(fields[b"label"]),
-            class_name=fields[b"class"].decode(),
-            probs=list(msgpack.unpackb(fields[b"probs"])),
-            model=fields[b"model"].decode(),
-            worker=fields[b"worker"].decode(),
-            queue_us=int(fields[b"queue_us"]),
-            wait_us=int(fields[b"wait_us"]),
-            infer_us=int(fields[b"infer_us"]),
-            e2e_us=int(fields[b"e2e_us"]),
-            ts_us=int(fields[b"ts"]),
-            batch=int(fields[b"batch"]),
-            meta=msgpack.unpackb(fields[b"meta"]) if b"meta" in fields else {},
-        )
-    except (KeyError, ValueError, TypeError, msgpack.UnpackException) as e:
-        raise WireError("bad_result", f"result entry malformed: {e}") from e
-
-
-#: Prefix of the fields a worker adds to a dead-letter entry (the original fields are kept).
-DEAD_PREFIX = b"dead."
-#: How a dead letter's note for an original field too large to copy begins.
-TRUNCATED_PREFIX = b"<truncated: "
-
-
-def is_truncated(value: bytes) -> bool:
-    """Whether a dead letter's field is the note :func:`encode_dead` leaves for a field it did not copy."""
-    return value.startswith(TRUNCATED_PREFIX) and value.endswith(b">") and len(value) < 128
-
-
-def encode_dead(
-    original: Fields,
-    *,
-    input_id: str,
-    reason: str,
-    detail: str,
-    worker: str,
-    deliveries: int,
-    max_field_bytes: int = 64 * 1024,
-) -> dict[bytes, bytes]:
-    """Build a dead-letter entry: the original fields plus ``dead.*`` fields.
-
-    Original fields larger than ``max_field_bytes`` are replaced by a note so that a hostile
-    100 MB field is not copied around; the note gives its size and a hex prefix.
-    """
-    fields: dict[bytes, bytes] = {}
-    for k, v in original.items():
-        if k.startswith(DEAD_PREFIX):
-            continue
-        if len(v) > max_field_bytes:
-            fields[k] = TRUNCATED_PREFIX + f"{len(v)} bytes, starts {v[:16].hex()}>".encode()
+        if raw[:8] == _COMMON_HEAD and raw[15:21] == b"\xa5shape" and 0x90 <= raw[21] <= 0x9F:
+            return raw[21] & 0x0F  # fast path: the key order and dtype length every encoder here uses
+        c = raw[0]
+        if 0x80 <= c <= 0x8F:
+            n, i = c & 0x0F, 1
+        elif c == 0xDE:
+            n, i = int.from_bytes(raw[1:3], "big"), 3
         else:
-            fields[k] = v
-    fields.update(
-        {
-            b"dead.id": input_id.encode(),
-            b"dead.reason": reason.encode(),
-            b"dead.detail": detail[:1000].encode(),
-            b"dead.worker": worker.encode(),
-            b"dead.deliveries": str(deliveries).encode(),
-            b"dead.ts": str(now_us()).encode(),
-        }
-    )
-    return fields
+            return None
+        for _ in range(min(n, 3)):  # a valid x has exactly 3 keys
+            s, e = _str_or_bin(raw, i)
+            c = raw[e]
+            if e - s == 5 and raw[s:e] == b"shape":
+                if 0x90 <= c <= 0x9F:
+                    return c & 0x0F
+                return int.from_bytes(raw[e + 1 : e + 3], "big") if c == 0xDC else None
+            _, i = _str_or_bin(raw, e)
+        return None
+    except (IndexError, KeyError):
+        return None
+
+
+def _msgpack_uint(raw: bytes, i: int) -> int | None:
+    """The non-negative msgpack integer at ``raw[i]`` (fixint or uint 8/16/32), else ``None``."""
+    c = raw[i]
+    if c <= 0x7F:
+        return c
+    width = {0xCC: 1, 0xCD: 2, 0xCE: 4}.get(c)
+    return None if width is None else int.from_bytes(raw[i + 1 : i + 1 + width], "big")
+
+
+def x_windows(raw: bytes) -> int:
+    """Windows an ``x`` field holds, from its msgpack headers: ``N`` of an ``[N, T, F]`` shape, else 1.
+
+    For the batch bound only (the reader counts windows before decoding); a field this scanner
+    does not follow counts 1 and the full decoder says what is wrong with it.
+    """
+    try:
+        if raw[:8] == _COMMON_HEAD and raw[15:21] == b"\xa5shape" and raw[21] == 0x93:
+            n = _msgpack_uint(raw, 22)
+            return n if n and n > 0 else 1
+        if x_ndim(raw) != 3:
+            return 1
+        i = raw.index(b"\xa5shape") + 6  # the general path: after the key, a 3-element array header
+        if raw[i] != 0x93:
+            return 1
+        n = _msgpack_uint(raw, i + 1)
+        return n if n and n > 0 else 1
+    except (IndexError, ValueError):
+        return 1

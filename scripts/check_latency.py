@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.harness import LocalRedis
+from protocol.keys import Keys
+from worker.liveness import Heartbeat
 
-from protocol.keys import Keys  # noqa: E402
-from scripts.localredis import LocalRedis  # noqa: E402
-from worker.liveness import Heartbeat  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _times(cmd: list[str], n: int, env: dict[str, str]) -> tuple[list[float], set[int]]:
@@ -66,7 +65,7 @@ def main() -> int:
     c, f = doc["check"], doc["python_c_pass"]
     (args.out / "check_latency.md").write_text(
         "# `bigru-worker --check` latency (an exec probe's cost)\n\n"
-        f"`python scripts/check_latency.py`: {args.calls} fresh `bigru-worker --check` processes against a local "
+        f"`python -m scripts.check_latency`: {args.calls} fresh `bigru-worker --check` processes against a local "
         "redis-server holding one live heartbeat (every call exited 0), on this machine "
         f"({doc['cpus']} CPUs shared with other jobs, load average {doc['load_average_1m']} at the end).\n\n"
         "| command | p50 | p99 | max | mean |\n|---|---|---|---|---|\n"

@@ -3,7 +3,7 @@
 Each row comes from one pydantic field: its environment variable (the class's ``env_prefix`` plus
 the field name), its default, its ``description``, and the CLI flags whose ``dest`` is the field.
 Nothing here restates a setting; a field without a description, or a field two roles define
-differently, stops the rendering. ``tests/test_config_doc.py`` checks that the README block is
+differently, stops the rendering. ``tests/unit/test_config_doc.py`` checks that the README block is
 what this renders.
 
     python scripts/config_table.py            # rewrite the block in README.md
@@ -24,17 +24,16 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from producer.cli import build_parser as producer_parser
+from producer.config import ProducerSettings
+from protocol.redisconn import RedisConnSettings
+from training.cli import TrainSettings
+from training.registry_cli import RegistrySettings
+from training.registry_cli import build_parser as registry_parser
+from worker.cli import build_parser as worker_parser
+from worker.config import WorkerSettings
 
-from producer.cli import build_parser as producer_parser  # noqa: E402
-from producer.config import ProducerSettings  # noqa: E402
-from protocol.redisconn import RedisConnSettings  # noqa: E402
-from training.cli import TrainSettings  # noqa: E402
-from training.registry_cli import RegistrySettings  # noqa: E402
-from training.registry_cli import build_parser as registry_parser  # noqa: E402
-from worker.cli import build_parser as worker_parser  # noqa: E402
-from worker.config import WorkerSettings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BEGIN = "<!-- config-table:begin -->"
 END = "<!-- config-table:end -->"

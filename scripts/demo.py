@@ -19,21 +19,22 @@ from pathlib import Path
 import numpy as np
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.harness import LocalRedis, start_worker, worker_process_env
+from producer.client import Producer
+from producer.results import ResultsReader
+from producer.sources import synthetic
+from protocol.keys import Keys
+from protocol.redisconn import connect
+from worker.config import WorkerSettings
 
-from producer.client import Producer  # noqa: E402
-from producer.results import ResultsReader  # noqa: E402
-from producer.sources import synthetic  # noqa: E402
-from protocol.keys import Keys  # noqa: E402
-from protocol.redisconn import connect  # noqa: E402
-from scripts.localredis import LocalRedis  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 N = int(os.environ.get("DEMO_WINDOWS", "10000"))
 
 
 def _redis() -> tuple[str, LocalRedis | None]:
-    url = os.environ.get("BIGRU_REDIS_URL")
+    s = WorkerSettings()  # from the environment
+    url = s.redis_url if "redis_url" in s.model_fields_set else None  # set in the environment (or .env)
     if url:
         try:
             connect(url).ping()
@@ -52,18 +53,17 @@ def _redis() -> tuple[str, LocalRedis | None]:
 def main() -> int:
     """Run the demo."""
     url, srv = _redis()
-    ckpt_root = Path(os.environ.get("BIGRU_CHECKPOINT", ROOT / "checkpoints"))
+    s = WorkerSettings()  # from the environment
+    ckpt_root = Path(s.checkpoint) if "checkpoint" in s.model_fields_set else ROOT / "checkpoints"
     prefix = f"demo-{uuid.uuid4().hex[:6]}" if srv is None else "bigru"
-    env = dict(os.environ, BIGRU_REDIS_URL=url, BIGRU_PREFIX=prefix, BIGRU_GROUP=prefix,
-               BIGRU_CHECKPOINT=str(ckpt_root), PYTHONPATH=str(ROOT))
+    env = worker_process_env(redis_url=url, prefix=prefix, group=prefix, checkpoint=str(ckpt_root))
     workers = None
     try:
         if not (ckpt_root / "latest").is_file():
             print("no checkpoint yet: training a small BiGRU on the synthetic task ...")
             subprocess.run([sys.executable, "-m", "training.cli", "--data", "synthetic", "--out", str(ckpt_root),
                             "--n", "4000", "--epochs", "10"], env=env, check=True)
-        workers = subprocess.Popen([sys.executable, "-m", "worker.cli", "--replicas", "2"], env=env,
-                                   stderr=subprocess.DEVNULL)
+        workers = start_worker(env, ["--replicas", "2"], log=None, stderr=subprocess.DEVNULL)
         r = connect(url)
         keys = Keys(prefix, prefix)
         _wait_ready(r, keys, 2, workers)

@@ -20,7 +20,7 @@ def step_pipeline(ctx: Ctx) -> dict[str, Any]:
     if shutil.which("redis-server") is None:
         raise StepSkipped("no redis-server on PATH (carry .whl with bin/redis-server, see docs/device-check.md)")
     import bench.model as bm
-    from scripts.localredis import LocalRedis
+    from bench.harness import LocalRedis
 
     root = bm.build_checkpoint(Path(tempfile.mkdtemp(prefix="devchk-pipe-")))
     logs = Path(tempfile.mkdtemp(prefix="devchk-logs-"))
@@ -76,7 +76,7 @@ def drain(url: str, checkpoint: Path, device: str, backend: str, replicas: int, 
     import redis
 
     from bench.model import windows
-    from bench.pipeline import WorkerConfig, Workers, _results_since
+    from bench.pipeline import WorkerConfig, Workers, results_since
     from producer.client import Producer
     from protocol.keys import Keys
 
@@ -110,7 +110,7 @@ def drain(url: str, checkpoint: Path, device: str, backend: str, replicas: int, 
                 time.sleep(0.02)
                 done = int(r.xlen(sk.results))
             wall = time.perf_counter() - t0
-        res = _results_since(r, sk.results)
+        res = results_since(r, sk.results)
     finally:
         r.delete(sk.windows, sk.results, sk.dead, keys.workers)
         r.close()
@@ -132,8 +132,8 @@ def step_plumbing(ctx: Ctx) -> dict[str, Any]:
     """The null-model ceiling on this machine's CPUs: 1, 2 and 4 replicas, 1 and 64 windows per entry."""
     if shutil.which("redis-server") is None:
         raise StepSkipped("no redis-server on PATH")
+    from bench.harness import LocalRedis
     from bench.plumbing import ceiling
-    from scripts.localredis import LocalRedis
 
     rows: list[dict[str, Any]] = []
     n1 = 4_000 if ctx.plan.dry else 200_000

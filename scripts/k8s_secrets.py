@@ -24,10 +24,9 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from protocol.security import acl_rules
 
-from protocol.security import acl_rules  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ROLES = ("worker", "producer", "reader", "redrive", "trainer", "keda", "admin")
 

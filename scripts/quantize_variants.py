@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 BATCHES = (1, 8, 64, 256)
 
@@ -77,7 +76,7 @@ def main(argv: list[str]) -> int:
     gw, gy = ckpt.golden_windows(), np.asarray(ckpt.golden_y)
     test = align_classes(load_dataset(a.data), list(ckpt.classes)) if a.data else None
 
-    class Golden(CalibrationDataReader):  # type: ignore[misc]
+    class Golden(CalibrationDataReader):
         def __init__(self) -> None:
             self._it = iter(calibration_batches(ckpt))
 

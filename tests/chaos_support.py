@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -17,6 +16,7 @@ from typing import Any
 
 import redis
 
+from bench import harness
 from protocol.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,8 +115,7 @@ def audit(test: str, out: Outputs, accepted: Iterable[str], **extra: Any) -> Fig
 def start_worker(env: dict[str, str], name: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
     """One ``bigru-worker`` process (one replica, consumer ``<name>-0``) logging JSON to ``log``."""
     with open(log, "ab") as f:
-        return subprocess.Popen([sys.executable, "-m", "worker.cli", "--worker-name", name, *args],
-                                env=env, stdout=f, stderr=subprocess.STDOUT)
+        return harness.start_worker(env, ["--worker-name", name, *args], log=f)
 
 
 def wait_until(cond: Callable[[], bool], timeout_s: float, what: str, interval: float = 0.05) -> None:

@@ -1,11 +1,15 @@
-"""Shared fixtures: a real redis-server on a free port, per-test key prefixes, a small checkpoint."""
+"""Shared fixtures: a real redis-server on a free port, per-test key prefixes, a small checkpoint.
+
+The folder a test lives in is its kind: ``tests/unit`` (no Redis), ``tests/integration`` (a real
+redis-server) or ``tests/chaos`` (kills, failover, soak). Each test gets its kind's marker and, unless it
+sets its own ``timeout`` marker, its kind's timeout (:data:`KIND_TIMEOUT_S`).
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +17,29 @@ from pathlib import Path
 import pytest
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.harness import LocalCluster, LocalRedis
+from protocol.cluster import shard_nodes
+from protocol.keys import Keys
+from protocol.redisconn import connect
+from tests.cluster_support import SHARDS
 
-from scripts.localredis import LocalRedis  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
+
+#: Per-test timeout of each kind, seconds (pyproject's ``timeout`` applies to anything else).
+KIND_TIMEOUT_S = {"unit": 180, "integration": 300, "chaos": 900}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its folder's kind, and give it the kind's timeout."""
+    for item in items:
+        rel = Path(str(item.fspath)).resolve().relative_to(ROOT / "tests")
+        kind = rel.parts[0] if len(rel.parts) > 1 else None
+        if kind not in KIND_TIMEOUT_S:
+            continue
+        item.add_marker(getattr(pytest.mark, kind))
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(KIND_TIMEOUT_S[kind]))
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -87,3 +110,31 @@ def worker_env(redis_url: str, prefix: str, checkpoint_root: Path) -> dict[str, 
         PYTHONPATH=str(ROOT),
     )
     return env
+
+
+# --- a Redis Cluster (tests/integration/test_cluster.py, tests/chaos/test_cluster_kill.py) ---------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """Three masters on free ports, joined with ``redis-cli --cluster create``."""
+    with LocalCluster(3) as c:
+        yield c
+
+
+@pytest.fixture
+def rc(cluster: LocalCluster) -> Iterator[redis.Redis]:
+    """A cluster client from the system's own connection factory."""
+    client = connect(cluster.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def spread_prefix(rc: redis.Redis) -> str:
+    """A fresh prefix whose shard streams land on all three masters."""
+    for _ in range(1000):
+        prefix = f"c{uuid.uuid4().hex[:8]}"
+        if len(set(shard_nodes(rc, Keys(prefix, prefix, SHARDS)).values())) == 3:
+            return prefix
+    raise AssertionError("no prefix spreads the shards over every node")

@@ -13,8 +13,9 @@ import redis
 from producer.client import Producer
 from training.checkpoint import load_checkpoint
 from worker.config import WorkerSettings
-from worker.loop import LoopStats, Predictor, StaticModel, WorkerLoop
+from worker.loop import LoopStats, WorkerLoop
 from worker.predictor import TorchPredictor
+from worker.types import Predictor, StaticModel
 
 
 def make_loop(

@@ -12,15 +12,21 @@ from collections.abc import Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import harness
 from protocol.keys import Keys
 from protocol.redisconn import connect
 from worker.health import check
 
 
+def worker_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``bigru-worker *args`` run to completion (text output captured)."""
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     """``bigru-worker *args`` in its own process group (output discarded)."""
-    return subprocess.Popen([sys.executable, "-m", "worker.cli", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    return harness.start_worker(env, args, new_session=True)
 
 
 def wait_ready(url: str, keys: Keys, consumers: Iterable[str], procs: Iterable[subprocess.Popen[bytes]] = (),

@@ -15,28 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from protocol import registry
-from protocol.keys import Keys
-from protocol.redisconn import RedisConnSettings, redacted
+from protocol.redisconn import redacted
 from protocol.security import settings_error
+from protocol.settings import PrefixSettings
 from training.publish import publish_checkpoint
 
 
-class RegistrySettings(RedisConnSettings):
+class RegistrySettings(PrefixSettings):
     """Where the registry lives (env prefix ``BIGRU_``, shared with the worker; flags override).
 
-    Connection settings (TLS files, password sources) are the workers' ``RedisConnSettings``.
+    Connection settings (TLS files, password sources) and the key prefix are the workers'
+    :class:`protocol.settings.PrefixSettings` (the registry's keys depend on the prefix only).
     """
-
-    prefix: str = Field("bigru", min_length=1, description="key prefix: streams `{bigru}:windows`, `{bigru}:results`, "
-                        "`{bigru}:dead` (`{bigru:N}:…` with shards), the registry's and the workers' keys")
-
-    @property
-    def keys(self) -> Keys:
-        """Registry key names (the consumer group does not matter here)."""
-        return Keys(self.prefix)
 
     def client(self) -> redis.Redis:
         """A client with the workers' retry policy, TLS and password settings."""

@@ -23,8 +23,8 @@ import redis
 
 from protocol.keys import Keys
 from protocol.replies import as_str
-from protocol.wire import Result, WireError
-from protocol.wire_multi import decode_any_result
+from protocol.results import Result, decode_any_result
+from protocol.wire import WireError
 
 #: Window identity across the two streams: (shard, input entry id, window index).
 Key = tuple[int, str, int]

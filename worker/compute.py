@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-from worker.stages import Batch
+from worker.types import Batch
 
 
 class Compute:

@@ -6,26 +6,22 @@ import socket
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
 
 from protocol.cluster import parse_shards
 from protocol.keys import Keys
-from protocol.redisconn import RedisConnSettings
+from protocol.settings import StreamSettings
 
 if TYPE_CHECKING:  # protocol.wire imports numpy; `bigru-worker --check` (a probe) must start fast
     from protocol.wire import Limits
 
 
-class WorkerSettings(RedisConnSettings):
-    """Every worker setting; environment variables use the ``BIGRU_`` prefix (``BIGRU_MAX_BATCH``)."""
+class WorkerSettings(StreamSettings):
+    """Every worker setting; environment variables use the ``BIGRU_`` prefix (``BIGRU_MAX_BATCH``).
 
-    model_config = SettingsConfigDict(env_prefix="BIGRU_", env_file=".env", extra="ignore")
+    The connection and the streams' location (prefix, group, shards, :attr:`keys`) are
+    :class:`protocol.settings.StreamSettings`'.
+    """
 
-    prefix: str = Field("bigru", min_length=1, description="key prefix: streams `{bigru}:windows`, `{bigru}:results`, "
-                        "`{bigru}:dead` (`{bigru:N}:…` with shards), the registry's and the workers' keys")
-    group: str = Field("bigru", min_length=1, description="the workers' consumer group (the producer watches its lag)")
-    shards: int = Field(1, ge=1, le=1024, description="shard streams per logical stream (a window goes to the shard "
-                        "its id's crc32 picks; round-robin without an id)")
     consume_shards: str | None = Field(None, description="shards this worker consumes, e.g. `0,2-3` (unset: all)")
     checkpoint: str = Field(
         "checkpoints", description="checkpoint file, version directory, or root with a `latest` pointer"
@@ -182,8 +178,8 @@ class WorkerSettings(RedisConnSettings):
 
     @property
     def keys(self) -> Keys:
-        """Key names for this prefix, group and shard count."""
-        keys = Keys(self.prefix, self.group, self.shards)
+        """Key names for this prefix, group and shard count (a shadow pool's view with ``shadow_version``)."""
+        keys = super().keys
         return keys.as_shadow() if self.shadow_version else keys
 
     @property

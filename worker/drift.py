@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -24,10 +24,10 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from training.checkpoint_file import CheckpointMeta
 from training.drift_ref import BINS, EPS, DriftReference
-from worker.stages import Batch, Predictor
+from worker.types import PSI_ACT, PSI_WATCH, Batch, DriftReport, Predictor
 
-#: PSI thresholds: watch above the first, act above the second.
-PSI_WATCH, PSI_ACT = 0.1, 0.25
+__all__ = ["PSI_ACT", "PSI_WATCH", "DriftGauges", "DriftMonitor", "DriftReport", "reference_of"]
+
 #: A report needs at least this many sampled values per feature (or a full window): fewer are noise.
 MIN_VALUES = 1000
 #: The sample takes its windows in chunks of up to this many from one batch (one in ``sample_every``
@@ -43,34 +43,6 @@ class Checkpointed(Protocol):
     """A predictor that knows the checkpoint it serves (both serving backends do)."""
 
     checkpoint: CheckpointMeta
-
-
-@dataclass(frozen=True)
-class DriftReport:
-    """One drift reading of a replica (``known`` False: the checkpoint carries no statistics)."""
-
-    version: str
-    known: bool
-    windows: int = 0  # sampled windows in the rolling sample
-    feature_psi: list[float] = field(default_factory=list)
-    prediction_psi: float | None = None
-    top_prob_mean: float | None = None
-    reference_top_prob: float | None = None
-
-    def summary(self) -> dict[str, Any]:
-        """The heartbeat's ``drift`` document (what ``bigru-worker status`` shows)."""
-        if not self.known:
-            return {"known": False, "model": self.version}
-        psi = self.feature_psi
-        worst = int(np.argmax(psi)) if psi else None
-        return {
-            "known": True, "model": self.version, "windows": self.windows,
-            "max_psi": None if worst is None else round(psi[worst], 4), "max_feature": worst,
-            "features_over_act": [i for i, v in enumerate(psi) if v > PSI_ACT][:16],
-            "prediction_psi": None if self.prediction_psi is None else round(self.prediction_psi, 4),
-            "top_prob_mean": None if self.top_prob_mean is None else round(self.top_prob_mean, 4),
-            "reference_top_prob": None if self.reference_top_prob is None else round(self.reference_top_prob, 4),
-        }
 
 
 def reference_of(model: Predictor) -> DriftReference | None:
@@ -122,10 +94,10 @@ class DriftMonitor:
         """False when sampling is off (``sample_every`` 0)."""
         return self.sample_every > 0
 
-    def heartbeat_fields(self) -> dict[str, Any]:
-        """``{"drift": summary}`` once a report exists."""
+    def summary(self) -> dict[str, Any] | None:
+        """The heartbeat's ``drift`` document, once a report exists."""
         rep = self.report
-        return {} if rep is None else {"drift": rep.summary()}
+        return None if rep is None else rep.summary()
 
     def _switch(self, model: Predictor) -> None:
         """A new model version: start a new sample against its statistics."""

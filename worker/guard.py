@@ -10,6 +10,11 @@
   than ``breaker_reload_batches`` batches ago, the model source falls back to the previous version.
 - :meth:`ModelGuard.hold` runs instead of collecting while the breaker is open: it waits out the
   backoff and probes.
+
+Threads: :meth:`~ModelGuard.judge` is the only method the compute thread calls, and the only writer
+of the probe windows (``_good``, ``_fallback``); the loop thread reads them in :meth:`~ModelGuard.hold`
+only while the breaker is open, when no batch computes. The breaker itself is touched by the loop
+thread only (the heartbeat thread reads its state through :meth:`~ModelGuard.breaker_view`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import redis
@@ -27,8 +31,7 @@ import structlog
 from protocol.keys import Keys
 from worker.breaker import Breaker, BreakerRules, suspect, verdict
 from worker.config import WorkerSettings
-from worker.reader import Entry
-from worker.stages import Batch, Predictor
+from worker.types import Batch, Entry, ModelSource, Predictor
 
 #: Longest single wait while open, so heartbeats and a stop request are not delayed.
 HOLD_TICK_S = 0.5
@@ -62,7 +65,7 @@ def probe(model: Predictor, xs: list[np.ndarray]) -> bool:
 class ModelGuard:
     """The breaker of one replica and what the loop does with it (see the module docstring)."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, consumer: str, rules: BreakerRules, models: Any,
+    def __init__(self, r: redis.Redis, keys: Keys, consumer: str, rules: BreakerRules, models: ModelSource,
                  on_state: Callable[[str, int], None], monotonic: Callable[[], float] = time.monotonic) -> None:
         self.r, self.keys, self.consumer, self.rules, self.models = r, keys, consumer, rules, models
         self.on_state = on_state
@@ -82,8 +85,7 @@ class ModelGuard:
 
     def probe_windows(self, model: Predictor) -> list[np.ndarray]:
         """What to probe ``model`` with: its golden batch, else windows served recently, else the last broken batch's."""
-        golden = getattr(getattr(model, "checkpoint", None), "golden_windows", None)
-        xs = list(golden()[: self.rules.probe_windows]) if callable(golden) else []
+        xs = list(model.golden_windows()[: self.rules.probe_windows])
         return xs or list(self._good) or self._fallback
 
     def judge(self, batch: Batch) -> Batch:
@@ -114,9 +116,7 @@ class ModelGuard:
         """A batch was published without a broken verdict (closes a half-open breaker)."""
         self.since_swap += 1
         if self.since_swap == self.rules.reload_batches + 1:  # no fallback any more: free the old version
-            forget = getattr(self.models, "forget_previous", None)
-            if forget is not None:
-                forget()
+            self.models.forget_previous()
         if self.breaker.served():
             self.log.info("breaker_closed", model=self._version, trips=self.breaker.trips)
             self._notify()
@@ -130,8 +130,7 @@ class ModelGuard:
                        held=len(held), trips=self.breaker.trips, failures=self.breaker.failures,
                        retry_in_s=round(self.breaker.wait_s(), 2))
         if self.since_swap <= self.rules.reload_batches and batch.model.version == self.models.current.version:
-            fall_back = getattr(self.models, "fall_back", None)
-            version = fall_back(reason) if fall_back is not None else None
+            version = self.models.fall_back(reason)
             if version is not None:
                 self._version, self.since_swap = version, self.rules.reload_batches + 1
                 self.breaker.probe_now()
@@ -150,10 +149,9 @@ class ModelGuard:
                       retry_in_s=round(self.breaker.wait_s(), 2))
         self._notify()
 
-    def heartbeat_fields(self) -> dict[str, Any]:
-        """What the heartbeat says about the breaker (``--check`` fails while it is open)."""
-        return {"breaker": self.breaker.state, "breaker_trips": self.breaker.trips,
-                "breaker_reason": self.breaker.reason[:300]}
+    def breaker_view(self) -> tuple[str, int, str]:
+        """What the heartbeat says about the breaker: state, trips, reason (``--check`` fails while open)."""
+        return self.breaker.state, self.breaker.trips, self.breaker.reason[:300]
 
     def _notify(self) -> None:
         self.on_state(self.breaker.state, self.breaker.trips)

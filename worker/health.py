@@ -5,17 +5,21 @@ it every ``heartbeat_interval_s``; the key expires ``heartbeat_ttl_s`` after the
 A replica is therefore *ready* exactly while its heartbeat key exists and its breaker
 (``worker.breaker``) is not open: a replica whose model is broken keeps its heartbeat (so status
 shows why) and fails ``--check``.
+
+This module is the one reader of the heartbeat (:class:`worker.types.HeartbeatRecord`, written by
+``worker.liveness.Heartbeat``); ``worker.status`` reads it through :func:`beats`.
 """
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
 from redis.exceptions import RedisClusterException, RedisError
 
 from protocol.keys import Keys
+from protocol.replies import as_str
+from worker.types import HeartbeatRecord
 
 if TYPE_CHECKING:
     from worker.config import WorkerSettings
@@ -26,18 +30,23 @@ if TYPE_CHECKING:
 PROBE_TIMEOUT_S = 2.0
 
 
-def heartbeat(r: redis.Redis, keys: Keys, consumer: str) -> dict[str, Any] | None:
-    """The heartbeat document of ``consumer``, or None when missing or expired."""
+def heartbeat(r: redis.Redis, keys: Keys, consumer: str) -> HeartbeatRecord | None:
+    """The heartbeat of ``consumer``, or None when missing or expired."""
     raw = r.get(keys.heartbeat(consumer))
-    return None if raw is None else dict(json.loads(raw))
+    return None if raw is None else HeartbeatRecord.from_json(raw)
 
 
-def live_replicas(r: redis.Redis, keys: Keys, host: str | None = None) -> list[dict[str, Any]]:
-    """Heartbeat documents of replicas whose heartbeat key has not expired (optionally one host's)."""
+def beats(r: redis.Redis, keys: Keys) -> dict[str, HeartbeatRecord]:
+    """The last heartbeat of every replica in the workers hash (expired ones included), by consumer."""
+    return {as_str(k): HeartbeatRecord.from_json(v) for k, v in r.hgetall(keys.workers).items()}
+
+
+def live_replicas(r: redis.Redis, keys: Keys, host: str | None = None) -> list[HeartbeatRecord]:
+    """Heartbeats of replicas whose heartbeat key has not expired (optionally one host's)."""
     out = []
     for consumer in r.hkeys(keys.workers):
         info = heartbeat(r, keys, consumer.decode())
-        if info is not None and (host is None or info.get("host") == host):
+        if info is not None and (host is None or info.host == host):
             out.append(info)
     return out
 
@@ -45,16 +54,15 @@ def live_replicas(r: redis.Redis, keys: Keys, host: str | None = None) -> list[d
 def check(r: redis.Redis, keys: Keys, consumers: list[str]) -> tuple[bool, str]:
     """True when every consumer in ``consumers`` (this host's replicas) has a fresh heartbeat and a
     breaker that is not open."""
-    beats = {c: heartbeat(r, keys, c) for c in consumers}
-    missing = [c for c, hb in beats.items() if hb is None]
-    broken = [c for c, hb in beats.items() if hb is not None and hb.get("breaker") == "open"]
+    found = {c: heartbeat(r, keys, c) for c in consumers}
+    missing = [c for c, hb in found.items() if hb is None]
+    broken = {c: hb for c, hb in found.items() if hb is not None and hb.breaker == "open"}
     ready = len(consumers) - len(missing) - len(broken)
     msg = f"{ready}/{len(consumers)} replicas ready"
     if missing:
         msg += f"; missing or stale: {', '.join(missing)}"
     if broken:
-        msg += "; breaker open (model failing): " + ", ".join(
-            f"{c} ({str(beats[c].get('breaker_reason', ''))[:120]})" for c in broken)  # type: ignore[union-attr]
+        msg += "; breaker open (model failing): " + ", ".join(f"{c} ({hb.breaker_reason[:120]})" for c, hb in broken.items())
     return not missing and not broken, msg
 
 

@@ -9,19 +9,19 @@ holds, so a slow batch is not reclaimed by another consumer while it is still be
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import redis
 import structlog
 
 from protocol.keys import Keys
-from worker.reader import Entry, refresh_claims
+from worker.reader import refresh_claims
+from worker.types import Entry, HeartbeatRecord
 
 
 class Heartbeat:
@@ -35,19 +35,19 @@ class Heartbeat:
         self._next = 0.0
 
     def beat(self, model: str, results: int, dead: int, force: bool = False, precision: str = "fp32",
-             extra: Callable[[], Mapping[str, Any]] | None = None) -> None:
-        """Refresh the heartbeat key (TTL) and the workers hash entry, if due (``extra()``: more fields,
-        asked for only when a beat is written)."""
+             breaker: Callable[[], tuple[str, int, str]] | None = None,
+             drift: Callable[[], dict[str, Any] | None] | None = None) -> None:
+        """Refresh the heartbeat key (TTL) and the workers hash entry, if due (``breaker()``: the breaker's
+        state, trips and reason; ``drift()``: the last drift summary; both asked for only when a beat is written)."""
         now = self.monotonic()
         if not force and now < self._next:
             return
         self._next = now + self.interval_s
-        info: dict[str, Any] = {
-            "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(), "model": model,
-            "precision": precision, "started": self.started, "ts": time.time(), "results": results, "dead": dead,
-            **(extra() if extra is not None else {}),
-        }
-        doc = json.dumps(info)
+        state, trips, reason = breaker() if breaker is not None else ("closed", 0, "")
+        doc = HeartbeatRecord(consumer=self.consumer, host=socket.gethostname(), pid=os.getpid(), model=model,
+                              precision=precision, started=self.started, ts=time.time(), results=results, dead=dead,
+                              breaker=state, breaker_trips=trips, breaker_reason=reason,
+                              drift=drift() if drift is not None else None).to_json()
         pipe = self.r.pipeline(transaction=False)
         pipe.set(self.keys.heartbeat(self.consumer), doc, ex=max(1, int(self.ttl_s)))
         pipe.hset(self.keys.workers, self.consumer, doc)
@@ -86,6 +86,40 @@ class Pulse:
                 self.beat()
             except Exception as err:  # never let the heartbeat thread die (Redis outages included)
                 self.log.warning("heartbeat_failed", error=str(err))
+
+
+class HeldBatches:
+    """The batches a replica read and has not published yet, by key: the loop thread adds and drops
+    them, the claim keeper thread reads them; every access takes one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[int, tuple[float, list[Entry]]] = {}
+
+    def add(self, key: int, since: float, entries: list[Entry]) -> None:
+        """Hold ``entries`` (read at monotonic time ``since``) under ``key``."""
+        with self._lock:
+            self._by_key[key] = (since, entries)
+
+    def drop(self, key: int) -> None:
+        """Stop holding the batch ``key`` (published), if held."""
+        with self._lock:
+            self._by_key.pop(key, None)
+
+    def take_all(self) -> list[Entry]:
+        """Stop holding every batch; their entries."""
+        with self._lock:
+            held, self._by_key = self._by_key, {}
+        return [e for _, entries in held.values() for e in entries]
+
+    def snapshot(self) -> list[tuple[float, list[Entry]]]:
+        """(since, entries) of every batch held now."""
+        with self._lock:
+            return list(self._by_key.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_key)
 
 
 class ClaimKeeper:

@@ -1,12 +1,26 @@
-"""The batching loop: collect -> decode -> batch -> predict -> encode -> publish.
+"""The batching loop: collect -> decode -> predict -> encode -> publish.
 
-Each stage lives in one named place: collect in :class:`worker.reader.Collector` (with the
-batch-wait policy of ``worker.batching``), decode/predict/encode in :class:`worker.stages.Stages`
-around one :class:`worker.stages.Batch`, the predict stage's thread in :class:`worker.compute.Compute`,
+Each stage lives in one named place: collect in :class:`worker.reader.Collector` (a batch is what
+one collect call hands over, sized by the batch-wait policy of ``worker.batching``), decode/predict/encode
+in :class:`worker.stages.Stages` around one :class:`worker.types.Batch`, the predict stage's thread in
+:class:`worker.compute.Compute`, the breaker's verdict in :class:`worker.guard.ModelGuard`,
 publish in :class:`worker.publisher.Publisher`. This module only drives them: batch ``k + 1`` is
 collected and decoded while batch ``k`` computes and queued behind it, then ``k`` is encoded and
-published while ``k + 1`` computes. The collaborators (Redis client, model source, clock, observer, stop event
-and the stage objects) are passed in, so tests drive the real loop against a real Redis.
+published while ``k + 1`` computes. The collaborators (Redis client, model source, clock, observer, stop event)
+are passed in and the stage objects are built from the settings (:meth:`LoopParts.build`), so tests
+drive the real loop against a real Redis.
+
+Threads and what they share (the loop thread owns everything not named here):
+
+- the compute thread (``Compute``) runs :meth:`WorkerLoop._predict`: it alone writes
+  ``_computing_since``; the heartbeat thread only reads it (one reference store, atomic under the GIL);
+- the heartbeat thread (``Pulse``) calls :meth:`WorkerLoop.heartbeat`, as the loop thread does: both
+  go through ``_beat_lock`` (the breaker state last shown and the ``Heartbeat``'s due time); it reads
+  ``_progress`` (written by the loop thread only) and the counters (ints, written by the loop thread only);
+- the claim keeper thread (``ClaimKeeper``) reads the batches held, a :class:`worker.liveness.HeldBatches`
+  that the loop thread fills and empties, under that object's own lock;
+- the model source's checker and watcher threads (``worker.reload``) hand a new model over under
+  their own lock; ``models.current`` changes only in ``poll()``, on the loop thread.
 """
 
 from __future__ import annotations
@@ -18,7 +32,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import redis
 import structlog
@@ -29,66 +42,18 @@ from protocol.wire import now_us
 from worker.batching import BatchWait, make_batch_wait
 from worker.compute import Compute
 from worker.config import WorkerSettings
-from worker.drift import DriftMonitor, DriftReport
+from worker.drift import DriftMonitor
 from worker.guard import ModelGuard, breaker_rules
-from worker.liveness import ClaimKeeper, Heartbeat, Pulse
+from worker.liveness import ClaimKeeper, Heartbeat, HeldBatches, Pulse
 from worker.maintenance import Maintenance
 from worker.publisher import Publisher
-from worker.reader import Collector, Entry, ReadPlan, ensure_groups
+from worker.reader import Collector, ReadPlan, ensure_groups
 from worker.shadow_publisher import publisher_class
-from worker.stages import Batch, BatchMismatch, Predictor, Stages
+from worker.stages import BatchMismatch, Stages
+from worker.types import Batch, Entry, ModelSource, Observer, Predictor, StaticModel
 
 __all__ = ["BatchMismatch", "Clock", "LoopParts", "LoopStats", "ModelSource", "Observer", "Predictor",
            "StaticModel", "WorkerLoop"]
-
-
-class ModelSource(Protocol):
-    """Supplies the predictor; ``poll()`` runs between batches and may swap ``current``."""
-
-    current: Predictor
-
-    def poll(self) -> None: ...
-
-
-@dataclass
-class StaticModel:
-    """A model source that never changes."""
-
-    current: Predictor
-
-    def poll(self) -> None:
-        """Nothing to reload."""
-
-
-class Observer:
-    """Hooks for metrics; the default does nothing."""
-
-    def batch(self, batch: Batch) -> None:
-        """Called after each batch is published."""
-
-    def dead(self, reason: str) -> None:
-        """Called per dead-lettered entry."""
-
-    def reclaimed(self, n: int) -> None:
-        """Called with the number of entries claimed from other consumers."""
-
-    def duplicates(self, n: int) -> None:
-        """Called when the publish script refused ``n`` outputs already acknowledged elsewhere."""
-
-    def model_version(self, version: str) -> None:
-        """Called when the replica serves ``version``: once loaded and warmed up, and after each reload."""
-
-    def reload(self, accepted: bool, version: str) -> None:
-        """Called when a new model version was accepted (swapped in) or refused (old one keeps serving)."""
-
-    def replica_ack_short(self) -> None:
-        """Called when a publish's ``WAIT`` got fewer replica acknowledgements than ``wait_replicas``."""
-
-    def breaker(self, state: str, trips: int) -> None:
-        """Called when the breaker changes state (``worker.breaker``); ``trips`` counts its openings."""
-
-    def drift(self, report: DriftReport) -> None:
-        """Called with each drift reading (``worker.drift``)."""
 
 
 @dataclass
@@ -215,13 +180,12 @@ class WorkerLoop:
     def __init__(
         self, r: redis.Redis, settings: WorkerSettings, consumer: str, models: ModelSource, *,
         clock: Clock | None = None, observer: Observer | None = None, stop: threading.Event | None = None,
-        parts: LoopParts | None = None,
     ) -> None:
         self.r, self.s, self.keys, self.consumer, self.models = r, settings, settings.keys, consumer, models
         self.clock = clock or Clock()
         self.stop = stop or threading.Event()
         self.counters = Counters(observer or Observer())
-        p = parts or LoopParts.build(r, settings, consumer, self.clock, self.stop, self.counters)
+        p = LoopParts.build(r, settings, consumer, self.clock, self.stop, self.counters)
         self.collector, self.stages, self.publisher, self.policy = p.collector, p.stages, p.publisher, p.policy
         self.maintenance, self.beats = p.maintenance, p.heartbeat
         self.guard = ModelGuard(r, self.keys, consumer, breaker_rules(settings), models, self.counters.breaker,
@@ -231,8 +195,9 @@ class WorkerLoop:
         self._progress = self.clock.monotonic()  # the loop thread last began a step
         self._computing_since: float | None = None  # the batch on the compute thread began
         self.pulse = Pulse(lambda: self.heartbeat(force=True), self._working, settings.heartbeat_interval_s)
-        self._held: dict[int, tuple[float, list[Entry]]] = {}  # batches read and not yet published
-        self.keeper = ClaimKeeper(r, self.keys, consumer, settings.claim_idle_ms, self._held_batches, self.stop,
+        self._beat_lock = threading.Lock()
+        self._held = HeldBatches()  # batches read and not yet published
+        self.keeper = ClaimKeeper(r, self.keys, consumer, settings.claim_idle_ms, self._held.snapshot, self.stop,
                                   self.clock.monotonic)
         self.log = structlog.get_logger("worker").bind(consumer=consumer)
         self.drift = DriftMonitor(settings.drift_sample_every, settings.drift_window,
@@ -252,9 +217,6 @@ class WorkerLoop:
     def observer(self, obs: Observer) -> None:
         self.counters.observer = obs
 
-    def _held_batches(self) -> list[tuple[float, list[Entry]]]:
-        return list(self._held.values())
-
     def _predict(self, batch: Batch) -> Batch:
         """The predict stage, then the breaker's verdict (on the compute thread)."""
         self._computing_since = self.clock.monotonic()
@@ -272,11 +234,15 @@ class WorkerLoop:
 
     def heartbeat(self, force: bool = False) -> None:
         """Refresh this replica's heartbeat (when due, or now with ``force``)."""
+        with self._beat_lock:  # the loop thread and the heartbeat thread
+            self._beat(force)
+
+    def _beat(self, force: bool) -> None:
         model = self.models.current
         state = self.guard.breaker.state
         force, self._beat_state = force or state != self._beat_state, state  # a breaker change shows at once
-        self.beats.beat(model.version, self.stats.results, self.stats.dead, force, getattr(model, "precision", "fp32"),
-                        extra=lambda: {**self.guard.heartbeat_fields(), **self.drift.heartbeat_fields()})
+        self.beats.beat(model.version, self.stats.results, self.stats.dead, force, model.precision,
+                        breaker=self.guard.breaker_view, drift=self.drift.summary)
 
     # -- driver -------------------------------------------------------------------------------
 
@@ -299,7 +265,7 @@ class WorkerLoop:
             return False
         if entries:
             batch = self.stages.decode(entries, self.models.current)
-            self._held[id(batch)] = (self.clock.monotonic(), batch.entries)
+            self._held.add(id(batch), self.clock.monotonic(), batch.entries)
             batch.t_submit = time.perf_counter()
             self.compute.submit(batch)
         # Publish what is computed; with two batches in flight wait for the older one (the newer
@@ -317,7 +283,7 @@ class WorkerLoop:
         try:
             self._count_published(self.publisher.send(outputs))
         finally:
-            self._held.pop(id(batch), None)
+            self._held.drop(id(batch))
         self.policy.observe(len(batch.entries), time.perf_counter() - (batch.t_submit or time.perf_counter()))
         if batch.trace is not None:
             batch.trace.end(batch)
@@ -331,15 +297,6 @@ class WorkerLoop:
         self._count_published(self.publisher.collect())
         self.collector.restart()  # once closed, re-read them first
         self.guard.trip(batch, held)
-
-    def process(self, entries: list[Entry]) -> Batch:
-        """Run one batch of entries through every stage, synchronously (tests, shutdown)."""
-        batch = self.stages.decode(entries, self.models.current)
-        batch.t_submit = time.perf_counter()
-        self._predict(batch)
-        self._held[id(batch)] = (self.clock.monotonic(), batch.entries)
-        self.finish(batch)
-        return batch
 
     def _count_published(self, done: list[tuple[int, int]]) -> None:
         for sent, published in done:
@@ -355,9 +312,7 @@ class WorkerLoop:
                 self.compute.take()
             except Exception as err:  # the batch is dropped either way
                 self.log.warning(event, error=str(err))
-        held = [e for _, entries in self._held.values() for e in entries]
-        self._held.clear()
-        return held
+        return self._held.take_all()
 
     def _abandon(self) -> None:
         """After a Redis error: drop every batch held; its inputs stay pending and are read again."""

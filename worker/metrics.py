@@ -27,10 +27,10 @@ from prometheus_client.registry import Collector
 
 from protocol.keys import Keys
 from protocol.replies import group_info
+from protocol.results import timing
 from worker.breaker import STATES
 from worker.drift import DriftGauges, DriftReport
-from worker.loop import Observer
-from worker.stages import Batch
+from worker.types import Batch, Observer
 
 #: Latency buckets in seconds (0.5 ms .. 30 s), shared by every latency histogram.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -104,10 +104,11 @@ class WorkerMetrics(Observer):
         pub, start = batch.pub_us, batch.batch_us
         stamps = [(e, w.ts_us, 1) for e, w in batch.items] + [(g.entry, g.mw.ts_us, len(g.good)) for g in batch.groups]
         for e, ts, windows in stamps:  # a multi-window entry's windows share their timings
+            t = timing(ts, e.read_us, start, pub, 0, 0)
             for _ in range(windows):
-                self.e2e.observe(max(0, pub - ts) / 1e6)
-                self.queue.observe(max(0, e.read_us - ts) / 1e6)
-                self.wait.observe(max(0, start - e.read_us) / 1e6)
+                self.e2e.observe(t.e2e_us / 1e6)
+                self.queue.observe(t.queue_us / 1e6)
+                self.wait.observe(t.wait_us / 1e6)
         if batch.model.version != self._version:
             self.model_version(batch.model.version)
 

@@ -168,6 +168,10 @@ class OnnxPredictor:
         """Class probabilities [B, C] for the windows ``xs`` (one run per distinct length)."""
         return self._predict(self.session, xs)
 
+    def golden_windows(self) -> list[np.ndarray]:
+        """The checkpoint's golden batch as raw windows (the breaker probes with it; empty when none)."""
+        return self.checkpoint.golden_windows()
+
     def warmup(self) -> None:
         """One run so the first real batch does not pay for lazy initialisation."""
         self.predict([np.zeros((8, self.n_features), dtype=np.float32)])

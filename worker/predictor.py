@@ -87,6 +87,10 @@ class TorchPredictor:
         self._copied.record()
         return out
 
+    def golden_windows(self) -> list[np.ndarray]:
+        """The checkpoint's golden batch as raw windows (the breaker probes with it; empty when none)."""
+        return self.checkpoint.golden_windows()
+
     def warmup(self) -> None:
         """One forward pass so the first real batch does not pay for lazy initialisation."""
         self.predict([np.zeros((8, self.n_features), dtype=np.float32)])

@@ -7,7 +7,6 @@ computes the next batch. An input whose script never ran stays pending and is re
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
@@ -18,7 +17,7 @@ from redis.exceptions import NoScriptError
 from protocol.cluster import is_cluster
 from protocol.durability import Durability, ReplicaAckShort, execute, execute_on_nodes, wait_reply
 from protocol.keys import Keys
-from worker.reader import Entry
+from worker.types import Output
 
 # Each input's XACK return value gates its output XADDs: an entry that another consumer already
 # acknowledged (after a reclaim) publishes nothing, so every input gets exactly one output (and, with
@@ -55,20 +54,6 @@ for i = 1, #records do
 end
 return published
 """
-
-
-@dataclass
-class Output:
-    """What to publish for one input: a result (``kind='r'``) or a dead letter (``kind='d'``).
-
-    ``dead`` is the dead letter that goes with a result: the dead windows of a multi-window entry.
-    """
-
-    entry: Entry
-    kind: str
-    fields: dict[bytes, bytes]
-    dead: dict[bytes, bytes] | None = None
-    reply: str | None = None  # the input's reply stream name: the output also goes there
 
 
 def own_connection(r: redis.Redis) -> Any:

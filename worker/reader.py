@@ -18,25 +18,13 @@ import structlog
 
 from protocol.keys import Keys, ShardKeys
 from protocol.replies import as_str
-from protocol.wire_multi import x_windows
+from protocol.wire import WireError, parse_ts, x_windows
 from worker.batching import BatchWait
+from worker.types import Entry
 
 #: Poll interval while a batch fills (Redis checks BLOCK timeouts only every 1/hz s, 100 ms at the
 #: default hz 10, so a short blocking read could overshoot the fill deadline by ~100 ms).
 FILL_POLL_S = 0.0005
-
-
-@dataclass
-class Entry:
-    """A stream entry read by this worker."""
-
-    shard: int
-    id: str
-    fields: dict[bytes, bytes]
-    read_us: int
-    deliveries: int = 1
-    size: int = 0  # bytes of field names and values (the batch byte budget counts these)
-    windows: int = 1  # windows it holds (from ``x``'s headers; ``max_batch`` bounds their sum)
 
 
 def ensure_groups(r: redis.Redis, keys: Keys) -> None:
@@ -114,14 +102,12 @@ def refresh_claims(r: redis.Redis, keys: Keys, consumer: str, entries: list[Entr
 
 
 def enqueued_us(entry: Entry) -> int:
-    """When a window entered the stream: its ``ts`` field, else the entry id's millisecond part."""
-    raw = entry.fields.get(b"ts")
-    if raw is not None and len(raw) <= 20:
-        try:
-            return int(raw)
-        except ValueError:
-            pass
-    return int(entry.id.split("-", 1)[0]) * 1000
+    """When a window entered the stream: its ``ts`` field (read by the wire's one ``ts`` parser), else
+    the entry id's millisecond part (a missing or malformed ``ts`` is the decode stage's to report)."""
+    try:
+        return parse_ts(entry.fields)
+    except WireError:
+        return int(entry.id.split("-", 1)[0]) * 1000
 
 
 @dataclass

@@ -31,7 +31,7 @@ import structlog
 
 from protocol.keys import Keys, ShardKeys
 from protocol.replies import as_str
-from protocol.wire import DEAD_PREFIX, is_truncated
+from protocol.results import DEAD_PREFIX, is_truncated
 
 # KEYS = dead-letter stream, input stream (one hash tag); ARGV[1] = msgpack array of
 # [dead id, [field, value, ...]]. Returns, per record, the new input id or '' when the dead letter

@@ -32,7 +32,7 @@ from worker import memory
 from worker.backends import ServingPredictor, make_predictor
 from worker.config import WorkerSettings
 from worker.gate import GateRules, Refused, check_schema, evaluate, parse
-from worker.loop import ModelSource, Observer, Predictor, StaticModel
+from worker.types import ModelSource, Observer, Predictor, StaticModel
 
 #: Seconds after a swap before freed memory is given back (batches on the old model publish first).
 RELEASE_AFTER_S = 2.0
@@ -64,7 +64,7 @@ def checkpoint_root(settings: WorkerSettings) -> Path | None:
 
 
 class ReloadingSource:
-    """A :class:`~worker.loop.ModelSource` that hot-swaps verified checkpoints between batches."""
+    """A :class:`~worker.types.ModelSource` that hot-swaps verified checkpoints between batches."""
 
     def __init__(
         self, r: redis.Redis, settings: WorkerSettings, consumer: str, initial: ServingPredictor,
@@ -310,7 +310,6 @@ def open_source(settings: WorkerSettings, r: redis.Redis, consumer: str, observe
 
 def install_sighup(source: ModelSource) -> None:
     """SIGHUP forces a check for a new version (main thread only)."""
-    request = getattr(source, "request_check", None)
-    if request is None or not hasattr(signal, "SIGHUP"):
+    if not hasattr(signal, "SIGHUP"):  # not on Windows
         return
-    signal.signal(signal.SIGHUP, lambda signum, frame: request())
+    signal.signal(signal.SIGHUP, lambda signum, frame: source.request_check())

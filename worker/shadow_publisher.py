@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from worker.config import WorkerSettings
-from worker.publisher import Output, Publisher
+from worker.publisher import Publisher
+from worker.types import Output
 
 
 class ShadowPublisher(Publisher):

@@ -1,6 +1,6 @@
-"""The decode, predict and encode stages of the batching loop, around one :class:`Batch`.
+"""The decode, predict and encode stages of the batching loop, around one :class:`worker.types.Batch`.
 
-A :class:`Batch` is the one representation of a batch from the moment its entries are read to the
+A batch is the one representation of a batch from the moment its entries are read to the
 moment its outputs are published: the entries, the windows that go to the model, the outputs
 decided early (dead letters, expired windows), the predictions and the timestamps. Collect lives in
 ``worker.reader``, publish in ``worker.publisher``, the driver in ``worker.loop``.
@@ -10,87 +10,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
-import msgpack
 import numpy as np
 import structlog
 
-from protocol.wire import (
-    WIRE_VERSION,
-    Limits,
+from protocol.entries import MultiWindow, Window, decode_entries
+from protocol.results import (
+    OkResults,
     Result,
-    Window,
-    WireError,
+    WindowOutcome,
     encode_dead,
+    encode_dead_windows,
+    encode_multi_result,
     encode_result,
-    reply_or_none,
+    timing,
 )
-from protocol.wire_multi import MultiWindow, WindowOutcome, decode_entries, encode_dead_windows, encode_multi_result
-from worker.publisher import Output
-from worker.reader import Entry
-
-
-class Predictor(Protocol):
-    """What the loop needs from a model backend."""
-
-    version: str
-    classes: list[str]
-    n_features: int
-
-    def predict(self, xs: list[np.ndarray]) -> np.ndarray: ...
-
-
-class TraceRecord(Protocol):
-    """What tracing (``worker.tracing``) keeps on a batch; ``end`` records its spans once it is published."""
-
-    def end(self, batch: Batch) -> None: ...
+from protocol.wire import Limits, WireError, reply_or_none
+from worker.types import Batch, Entry, Group, Output, Predictor
 
 
 class BatchMismatch(RuntimeError):
     """The predictor returned a different number of outputs than it was given inputs."""
-
-
-@dataclass
-class Group:
-    """A multi-window entry in a batch: its good windows are ``xs[offset:offset + len(good)]``."""
-
-    entry: Entry
-    mw: MultiWindow
-    good: list[int]
-    offset: int
-
-
-@dataclass
-class Batch:
-    """One batch through the stages (see the module docstring).
-
-    The model sees ``xs``: the single-window entries' windows (``items``, in order) followed by the
-    good windows of each multi-window entry (``groups``).
-    """
-
-    entries: list[Entry]
-    model: Predictor
-    items: list[tuple[Entry, Window]] = field(default_factory=list)  # single-window entries
-    groups: list[Group] = field(default_factory=list)  # multi-window entries
-    xs: list[np.ndarray] = field(default_factory=list)  # what the model sees
-    outputs: list[Output] = field(default_factory=list)  # dead letters/expired at decode, then results
-    probs: np.ndarray | None = None  # [len(xs), C]; rows of failed windows are NaN
-    failed: dict[int, BaseException] = field(default_factory=dict)  # xs index -> error, after bisection
-    batch_us: int = 0  # the forward pass began (unix µs)
-    infer_s: float = 0.0
-    pass_windows: int = 0  # windows in its largest forward pass (what results report as ``batch``)
-    pub_us: int = 0  # outputs encoded, about to be published (unix µs)
-    expired: int = 0
-    t_submit: float = 0.0  # perf_counter when handed to the model (the batch-wait policy's service time)
-    broken: str | None = None  # set by the breaker (worker.guard): the model, not the windows, failed
-    trace: TraceRecord | None = None  # tracing's record of this batch (worker.tracing), when tracing is on
-
-    @property
-    def served(self) -> int:
-        """Windows classified (not failed)."""
-        return len(self.xs) - len(self.failed)
 
 
 DeadHook = Callable[[str], None]
@@ -110,8 +50,6 @@ class Stages:
         self.on_dead = on_dead
         self.now_us = now_us
         self.log = structlog.get_logger("worker").bind(consumer=consumer)
-        self._packer = msgpack.Packer(use_bin_type=True)
-        self._consumer_b = consumer.encode()
 
     # -- decode ---------------------------------------------------------------------------------
 
@@ -192,8 +130,9 @@ class Stages:
     def encode(self, batch: Batch) -> list[Output]:
         """Append one result (or dead letter) per predicted window to ``batch.outputs``.
 
-        Byte-identical to :func:`protocol.wire.encode_result` per window; the fields every result of
-        the batch shares, and each class's label fields, are encoded once.
+        Byte-identical to :func:`protocol.results.encode_result` per window (through
+        :class:`protocol.results.OkResults`: the fields every result of the batch shares, and each
+        class's label fields, are encoded once).
         """
         if not batch.xs:
             return batch.outputs
@@ -203,13 +142,11 @@ class Stages:
             raise BatchMismatch(f"{len(probs)} outputs for {len(batch.xs)} inputs")
         pub_us = batch.pub_us = self.now_us()
         batch_us = batch.batch_us
-        v = str(WIRE_VERSION).encode()
-        ok, model_b, worker_b = b"ok", model.version.encode(), self._consumer_b
-        infer_b, ts_b, size_b = str(int(batch.infer_s * 1e6)).encode(), str(pub_us).encode(), str(batch.pass_windows).encode()
-        classes = [(str(i).encode(), c.encode()) for i, c in enumerate(model.classes)]
+        results = OkResults(model.classes, model.version, self.consumer, int(batch.infer_s * 1e6), pub_us,
+                            batch.pass_windows)
         labels = np.argmax(np.nan_to_num(probs, nan=-1.0), axis=1).tolist()
         rows = probs.astype(np.float64).tolist()
-        pack = self._packer.pack
+        encode = results.encode
         out = batch.outputs
         failed = batch.failed
         for i, ((e, w), row, label) in enumerate(zip(batch.items, rows, labels)):
@@ -217,16 +154,7 @@ class Stages:
                 err = failed[i]
                 out.append(self.dead(e, "predict_failed", f"{type(err).__name__}: {err}", whole=True))
                 continue
-            ts = w.ts_us
-            lab = classes[label]
-            fields = {
-                b"v": v, b"in": e.id.encode(), b"cid": w.cid.encode(), b"status": ok, b"label": lab[0],
-                b"class": lab[1], b"probs": pack(row), b"model": model_b, b"worker": worker_b,
-                b"queue_us": str(max(0, e.read_us - ts)).encode(), b"wait_us": str(max(0, batch_us - e.read_us)).encode(),
-                b"infer_us": infer_b, b"e2e_us": str(max(0, pub_us - ts)).encode(), b"ts": ts_b, b"batch": size_b,
-            }
-            if w.meta:
-                fields[b"meta"] = pack(w.meta)
+            fields = encode(e.id, w.cid, label, row, w.ts_us, e.read_us, batch_us, w.meta)
             out.append(Output(e, "r", fields, reply=w.reply))
         for g in batch.groups:
             out.append(self._group_output(batch, g, rows, labels))
@@ -248,12 +176,9 @@ class Stages:
             else:
                 outcomes.append(WindowOutcome("ok", labels[k], classes[labels[k]], rows[k]))
             k += 1
-        fields = encode_multi_result(
-            e.id, outcomes, cid=mw.cid, cids=mw.cids, model=batch.model.version, worker=self.consumer,
-            queue_us=max(0, e.read_us - mw.ts_us), wait_us=max(0, batch.batch_us - e.read_us),
-            infer_us=int(batch.infer_s * 1e6), e2e_us=max(0, batch.pub_us - mw.ts_us), ts_us=batch.pub_us,
-            batch=batch.pass_windows, meta=mw.meta,
-        )
+        t = timing(mw.ts_us, e.read_us, batch.batch_us, batch.pub_us, int(batch.infer_s * 1e6), batch.pass_windows)
+        fields = encode_multi_result(e.id, outcomes, cid=mw.cid, cids=mw.cids, model=batch.model.version,
+                                     worker=self.consumer, **t._asdict(), meta=mw.meta)
         return Output(e, "r", fields, self._dead_windows(e, bad), mw.reply)
 
     def _dead_windows(self, e: Entry, bad: dict[int, str]) -> dict[bytes, bytes] | None:
@@ -282,16 +207,13 @@ class Stages:
 
     def _expired(self, e: Entry, w: Window | MultiWindow, model: Predictor, now: int) -> Output:
         """The ``expired`` result of an entry whose deadline passed before batching."""
+        t = timing(w.ts_us, e.read_us, e.read_us, now, 0, 0)  # never batched: no wait, no forward pass
         if isinstance(w, Window):
             return Output(e, "r", encode_result(Result(
                 input_id=e.id, cid=w.cid, status="expired", label=-1, class_name="", probs=[],
-                model=model.version, worker=self.consumer, queue_us=max(0, e.read_us - w.ts_us),
-                wait_us=0, infer_us=0, e2e_us=max(0, now - w.ts_us), ts_us=now, batch=0, meta=w.meta,
+                model=model.version, worker=self.consumer, **t._asdict(), meta=w.meta,
             )), reply=w.reply)
         rows = [WindowOutcome("dead", reason=w.bad[i]) if i in w.bad else WindowOutcome("expired") for i in range(w.n)]
-        fields = encode_multi_result(
-            e.id, rows, cid=w.cid, cids=w.cids, model=model.version, worker=self.consumer,
-            queue_us=max(0, e.read_us - w.ts_us), wait_us=0, infer_us=0, e2e_us=max(0, now - w.ts_us), ts_us=now,
-            batch=0, meta=w.meta,
-        )
+        fields = encode_multi_result(e.id, rows, cid=w.cid, cids=w.cids, model=model.version, worker=self.consumer,
+                                     **t._asdict(), meta=w.meta)
         return Output(e, "r", fields, self._dead_windows(e, dict(w.bad)), w.reply)

@@ -21,6 +21,7 @@ from protocol.keys import Keys
 from protocol.registry import read_pointer
 from protocol.replies import as_str, group_info
 from worker.drift_view import drift_lines
+from worker.health import beats
 
 
 def _shard_info(r: redis.Redis, keys: Keys, shard: int, node: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -98,13 +99,11 @@ def snapshot(r: redis.Redis, keys: Keys, window_s: float = 60.0) -> dict[str, An
             agg = per_consumer.setdefault(c["name"], {"name": c["name"], "pending": 0, "idle_ms": c["idle_ms"]})
             agg["pending"] += c["pending"]
             agg["idle_ms"] = min(agg["idle_ms"], c["idle_ms"])
-    beats = {as_str(k): json.loads(v) for k, v in r.hgetall(keys.workers).items()}
-    for name, hb in beats.items():
+    for name, hb in beats(r, keys).items():
         c = per_consumer.setdefault(name, {"name": name, "pending": 0, "idle_ms": None})
-        c.update(host=hb.get("host"), pid=hb.get("pid"), model=hb.get("model"), precision=hb.get("precision"),
-                 served=hb.get("results"),
-                 dead=hb.get("dead"), heartbeat_age_s=round(now - float(hb.get("ts", 0)), 1),
-                 breaker=hb.get("breaker", "closed"), breaker_trips=hb.get("breaker_trips", 0), drift=hb.get("drift"))
+        c.update(host=hb.host, pid=hb.pid, model=hb.model, precision=hb.precision, served=hb.results, dead=hb.dead,
+                 heartbeat_age_s=round(now - hb.ts, 1), breaker=hb.breaker, breaker_trips=hb.breaker_trips,
+                 drift=hb.drift)
     for name, c in per_consumer.items():
         c["alive"] = bool(r.exists(keys.heartbeat(name)))
         c.setdefault("model", None)

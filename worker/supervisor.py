@@ -78,12 +78,11 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
         log.warning("first_heartbeat_failed", error=str(err))
     metrics.model_version(model.version)
     log.info("replica_ready", redis=settings.redis_url_redacted, model=model.version,
-             device=str(getattr(model, "device", settings.device)), backend=getattr(model, "backend", "torch"),
-             precision=getattr(model, "precision", "fp32"))
+             device=str(model.device), backend=model.backend, precision=model.precision)
     try:
         loop.run()
     finally:
-        getattr(source, "close", lambda: None)()
+        source.close()
     return 0
 
 

@@ -23,9 +23,8 @@ from typing import Any
 
 from protocol.traceparent import trace_ids
 from worker.config import WorkerSettings
-from worker.publisher import Output
-from worker.reader import Entry
-from worker.stages import Batch, Predictor, Stages
+from worker.stages import Stages
+from worker.types import Batch, Entry, Output, Predictor
 
 #: The instrumentation scope's name.
 SCOPE = "bigru_stream.worker"

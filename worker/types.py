@@ -1,0 +1,288 @@
+"""The worker's data types and interfaces, declared once: every stage imports them from here.
+
+- :class:`Entry` (an input entry read from a shard stream), :class:`Batch` (one batch through the
+  stages, with its multi-window :class:`Group` s) and :class:`Output` (what the publish stage writes
+  for one input).
+- :class:`Predictor` (a model backend) and :class:`ModelSource` (what supplies the served predictor,
+  and falls back or forgets the previous one for the breaker): the Protocols declare every member
+  the worker uses, so no caller probes for one.
+- :class:`Observer` (the metrics hooks) and :class:`HeartbeatRecord` (the heartbeat document:
+  written by ``worker.liveness.Heartbeat``, read by ``worker.health``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # annotations only: `bigru-worker --check` reads HeartbeatRecord without numpy (worker.health)
+    import numpy as np
+
+    from protocol.entries import MultiWindow, Window
+
+__all__ = ["Batch", "Entry", "Group", "HeartbeatRecord", "ModelSource", "Observer", "Output", "Predictor",
+           "PredictorDefaults", "StaticModel", "TraceRecord", "DriftReport", "PSI_ACT", "PSI_WATCH"]
+
+
+@dataclass
+class Entry:
+    """A stream entry read by this worker."""
+
+    shard: int
+    id: str
+    fields: dict[bytes, bytes]
+    read_us: int
+    deliveries: int = 1
+    size: int = 0  # bytes of field names and values (the batch byte budget counts these)
+    windows: int = 1  # windows it holds (from ``x``'s headers; ``max_batch`` bounds their sum)
+
+
+@dataclass
+class Output:
+    """What to publish for one input: a result (``kind='r'``) or a dead letter (``kind='d'``).
+
+    ``dead`` is the dead letter that goes with a result: the dead windows of a multi-window entry.
+    """
+
+    entry: Entry
+    kind: str
+    fields: dict[bytes, bytes]
+    dead: dict[bytes, bytes] | None = None
+    reply: str | None = None  # the input's reply stream name: the output also goes there
+
+
+class Predictor(Protocol):
+    """What the worker needs from a model backend (``worker.predictor``, ``worker.onnx_backend``)."""
+
+    version: str
+    classes: list[str]
+    n_features: int
+
+    @property
+    def precision(self) -> str:
+        """What it serves: ``fp32`` or ``int8`` (the heartbeat and status show it)."""
+        ...
+
+    @property
+    def backend(self) -> str:
+        """The runtime that serves: ``torch`` or ``onnx``."""
+        ...
+
+    @property
+    def device(self) -> object:
+        """The device it serves on (logged at start)."""
+        ...
+
+    def predict(self, xs: list[np.ndarray]) -> np.ndarray:
+        """Class probabilities [len(xs), C] for the [T_i, F] windows ``xs``."""
+        ...
+
+    def golden_windows(self) -> list[np.ndarray]:
+        """The checkpoint's golden batch as raw windows (the breaker probes with it); empty when none."""
+        ...
+
+
+class PredictorDefaults:
+    """The members of :class:`Predictor` a stand-in model (tests, benchmarks) need not care about."""
+
+    precision = "fp32"
+    backend = "none"
+    device = "cpu"
+
+    def golden_windows(self) -> list[np.ndarray]:
+        """No golden batch: the breaker probes with windows served recently."""
+        return []
+
+
+class ModelSource(Protocol):
+    """Supplies the predictor; ``poll()`` runs between batches and may swap ``current``."""
+
+    current: Predictor
+
+    def poll(self) -> None:
+        """Swap in a new version if one is waiting (loop thread, between batches)."""
+        ...
+
+    def forget_previous(self) -> None:
+        """The breaker's fallback window passed: drop the version served before the last swap."""
+        ...
+
+    def fall_back(self, reason: str) -> str | None:
+        """Serve the previous version again (the current one broke soon after a swap); the version now
+        served, or None when there is none to fall back to."""
+        ...
+
+    def request_check(self) -> None:
+        """Look for a new version now (SIGHUP)."""
+        ...
+
+    def close(self) -> None:
+        """Stop any background threads."""
+        ...
+
+
+@dataclass
+class StaticModel:
+    """A model source that never changes."""
+
+    current: Predictor
+
+    def poll(self) -> None:
+        """Nothing to reload."""
+
+    def forget_previous(self) -> None:
+        """There is no previous version."""
+
+    def fall_back(self, reason: str) -> str | None:
+        """There is no previous version to fall back to."""
+        return None
+
+    def request_check(self) -> None:
+        """Nothing to check."""
+
+    def close(self) -> None:
+        """No threads."""
+
+
+@dataclass
+class Group:
+    """A multi-window entry in a batch: its good windows are ``xs[offset:offset + len(good)]``."""
+
+    entry: Entry
+    mw: MultiWindow
+    good: list[int]
+    offset: int
+
+
+@dataclass
+class Batch:
+    """One batch through the stages (``worker.stages``), from the moment its entries are read to the
+    moment its outputs are published.
+
+    The model sees ``xs``: the single-window entries' windows (``items``, in order) followed by the
+    good windows of each multi-window entry (``groups``).
+    """
+
+    entries: list[Entry]
+    model: Predictor
+    items: list[tuple[Entry, Window]] = field(default_factory=list)  # single-window entries
+    groups: list[Group] = field(default_factory=list)  # multi-window entries
+    xs: list[np.ndarray] = field(default_factory=list)  # what the model sees
+    outputs: list[Output] = field(default_factory=list)  # dead letters/expired at decode, then results
+    probs: np.ndarray | None = None  # [len(xs), C]; rows of failed windows are NaN
+    failed: dict[int, BaseException] = field(default_factory=dict)  # xs index -> error, after bisection
+    batch_us: int = 0  # the forward pass began (unix µs)
+    infer_s: float = 0.0
+    pass_windows: int = 0  # windows in its largest forward pass (what results report as ``batch``)
+    pub_us: int = 0  # outputs encoded, about to be published (unix µs)
+    expired: int = 0
+    t_submit: float = 0.0  # perf_counter when handed to the model (the batch-wait policy's service time)
+    broken: str | None = None  # set by the breaker (worker.guard): the model, not the windows, failed
+    trace: TraceRecord | None = None  # tracing's record of this batch (worker.tracing), when tracing is on
+
+    @property
+    def served(self) -> int:
+        """Windows classified (not failed)."""
+        return len(self.xs) - len(self.failed)
+
+
+#: PSI thresholds of drift (``worker.drift``): watch above the first, act above the second.
+PSI_WATCH, PSI_ACT = 0.1, 0.25
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """One drift reading of a replica (``known`` False: the checkpoint carries no statistics)."""
+
+    version: str
+    known: bool
+    windows: int = 0  # sampled windows in the rolling sample
+    feature_psi: list[float] = field(default_factory=list)
+    prediction_psi: float | None = None
+    top_prob_mean: float | None = None
+    reference_top_prob: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The heartbeat's ``drift`` document (what ``bigru-worker status`` shows)."""
+        if not self.known:
+            return {"known": False, "model": self.version}
+        psi = self.feature_psi
+        worst = max(range(len(psi)), key=psi.__getitem__) if psi else None
+        return {
+            "known": True, "model": self.version, "windows": self.windows,
+            "max_psi": None if worst is None else round(psi[worst], 4), "max_feature": worst,
+            "features_over_act": [i for i, v in enumerate(psi) if v > PSI_ACT][:16],
+            "prediction_psi": None if self.prediction_psi is None else round(self.prediction_psi, 4),
+            "top_prob_mean": None if self.top_prob_mean is None else round(self.top_prob_mean, 4),
+            "reference_top_prob": None if self.reference_top_prob is None else round(self.reference_top_prob, 4),
+        }
+
+
+class TraceRecord(Protocol):
+    """What tracing (``worker.tracing``) keeps on a batch; ``end`` records its spans once it is published."""
+
+    def end(self, batch: Batch) -> None:
+        """The batch is published: record its spans."""
+        ...
+
+
+class Observer:
+    """Hooks for metrics (``worker.metrics``); the default does nothing."""
+
+    def batch(self, batch: Batch) -> None:
+        """Called after each batch is published."""
+
+    def dead(self, reason: str) -> None:
+        """Called per dead-lettered entry."""
+
+    def reclaimed(self, n: int) -> None:
+        """Called with the number of entries claimed from other consumers."""
+
+    def duplicates(self, n: int) -> None:
+        """Called when the publish script refused ``n`` outputs already acknowledged elsewhere."""
+
+    def model_version(self, version: str) -> None:
+        """Called when the replica serves ``version``: once loaded and warmed up, and after each reload."""
+
+    def reload(self, accepted: bool, version: str) -> None:
+        """Called when a new model version was accepted (swapped in) or refused (old one keeps serving)."""
+
+    def replica_ack_short(self) -> None:
+        """Called when a publish's ``WAIT`` got fewer replica acknowledgements than ``wait_replicas``."""
+
+    def breaker(self, state: str, trips: int) -> None:
+        """Called when the breaker changes state (``worker.breaker``); ``trips`` counts its openings."""
+
+    def drift(self, report: DriftReport) -> None:
+        """Called with each drift reading (``worker.drift``)."""
+
+
+@dataclass(frozen=True)
+class HeartbeatRecord:
+    """A replica's heartbeat document (JSON in its heartbeat key and its workers-hash entry)."""
+
+    consumer: str = ""
+    host: str = ""
+    pid: int = 0
+    model: str = ""
+    precision: str = "fp32"
+    started: float = 0.0  # unix time the replica started
+    ts: float = 0.0  # unix time of this beat
+    results: int = 0
+    dead: int = 0
+    breaker: str = "closed"  # the breaker's state (``--check`` fails while it is ``open``)
+    breaker_trips: int = 0
+    breaker_reason: str = ""
+    drift: dict[str, Any] | None = None  # the last drift reading's summary (worker.drift); None before one
+
+    def to_json(self) -> str:
+        """The document as written to Redis."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> HeartbeatRecord:
+        """Parse a document (fields this version does not know are ignored, missing ones default)."""
+        doc = json.loads(raw)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})

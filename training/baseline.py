@@ -176,12 +176,51 @@ def dtw_1nn_accuracy(train: Dataset, test: Dataset, parallel: bool = False, max_
             "mode": mode}
 
 
-def discover_datasets(root: Path) -> list[str]:
-    """Names of the folders ``root/<name>/`` holding ``<name>_TRAIN.ts`` and ``<name>_TEST.ts``, sorted."""
+SPLIT_SUFFIXES = (".ts", ".tsv")  # the archive's formats: UEA .ts, UCR 2018 .tsv
+
+
+def split_files(folder: Path) -> tuple[Path, Path] | None:
+    """``folder/<name>_TRAIN`` and ``_TEST`` (``.ts``, else ``.tsv``), or None when the folder holds neither pair."""
+    for suffix in SPLIT_SUFFIXES:
+        train, test = folder / f"{folder.name}_TRAIN{suffix}", folder / f"{folder.name}_TEST{suffix}"
+        if train.is_file() and test.is_file():
+            return train, test
+    return None
+
+
+def dataset_folders(root: Path) -> dict[str, Path]:
+    """Dataset name -> folder, for ``root/<name>/`` and one level of grouping ``root/<group>/<name>/``.
+
+    A folder holds ``<name>_TRAIN`` and ``<name>_TEST`` as ``.ts`` or ``.tsv``; a name found twice
+    keeps its top-level folder.
+    """
     if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and (p / f"{p.name}_TRAIN.ts").is_file() and (p / f"{p.name}_TEST.ts").is_file())
+        return {}
+    found: dict[str, Path] = {}
+    for p in sorted(root.iterdir()):
+        if not p.is_dir():
+            continue
+        if split_files(p):
+            found.setdefault(p.name, p)
+            continue
+        for q in sorted(p.iterdir()):
+            if q.is_dir() and split_files(q):
+                found.setdefault(q.name, q)
+    return found
+
+
+def discover_datasets(root: Path) -> list[str]:
+    """Names of the dataset folders under ``root`` (see :func:`dataset_folders`), sorted."""
+    return sorted(dataset_folders(root))
+
+
+def dataset_split_files(name: str, datasets: Path) -> tuple[Path, Path]:
+    """The training and test files of dataset ``name`` under ``datasets``."""
+    folder = dataset_folders(datasets).get(name)
+    files = split_files(folder) if folder else None
+    if files is None:
+        raise DataError(f"no {name}_TRAIN/_TEST (.ts or .tsv) under {datasets}")
+    return files
 
 
 def task_data(name: str, datasets: Path, n: int = 6000, test_n: int = 20000, length: int = 20) -> tuple[Dataset, Dataset]:
@@ -189,15 +228,15 @@ def task_data(name: str, datasets: Path, n: int = 6000, test_n: int = 20000, len
 
     ``synthetic``: the training draw of seed 0 (``n`` windows, training + validation) and the
     held-out draw of seed 0 (``test_n`` windows), as ``bigru-train`` makes them. Otherwise the
-    archive files ``datasets/<name>/<name>_TRAIN.ts`` and ``_TEST.ts``.
+    archive files ``<name>_TRAIN`` and ``_TEST`` (``.ts`` or ``.tsv``) found by :func:`dataset_split_files`.
     """
     if name == "synthetic":
         from training.run import SYNTHETIC_TEST_SEED
 
         return synthetic(n, length, 0), synthetic(test_n, length, SYNTHETIC_TEST_SEED)
-    base = datasets / name / name
-    train = load_dataset(f"{base}_TRAIN.ts")
-    test = align_classes(load_dataset(f"{base}_TEST.ts"), train.classes)
+    train_file, test_file = dataset_split_files(name, datasets)
+    train = load_dataset(train_file)
+    test = align_classes(load_dataset(test_file), train.classes)
     return train, test
 
 

@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bigru-train", description="Train a sequence classifier and write a versioned checkpoint.",
                                 epilog=f"subcommands: {', '.join(COMMANDS)} (bigru-train SUBCOMMAND --help)")
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="'synthetic' or a .ts/.npz/.csv file (the training split)")
-    g.add_argument("--test", help="the file's own test split (e.g. X_TEST.ts)")
+    g.add_argument("--data", help="'synthetic' or a .ts/.tsv/.npz/.csv file (the training split)")
+    g.add_argument("--test", help="the file's own test split (e.g. X_TEST.ts or X_TEST.tsv)")
     g.add_argument("--n", type=int, help="synthetic: windows for training + validation")
     g.add_argument("--test-n", type=int, help="synthetic: held-out test windows")
     g.add_argument("--length", type=int, help="synthetic: timesteps per window")

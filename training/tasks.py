@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.baseline import dataset_split_files
 from training.run import RunOptions, evaluate_checkpoint, load_run_data, model_config, train_model
 from training.train import TrainConfig
 
@@ -24,8 +25,8 @@ class Task:
         """Run options for this task (data files under ``datasets/<name>/``)."""
         if self.name == "synthetic":
             return RunOptions(data="synthetic", n=self.n, test_n=self.test_n, length=self.length, plots=False)
-        base = datasets / self.name / self.name
-        return RunOptions(data=f"{base}_TRAIN.ts", test=f"{base}_TEST.ts", plots=False)
+        train, test = dataset_split_files(self.name, datasets)
+        return RunOptions(data=str(train), test=str(test), plots=False)
 
 
 def default_datasets() -> Path:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from training.data import DataError, Dataset, align_classes, synthetic
+from training.datasets import dataset_split_files, discover_datasets
 from training.formats import load_dataset
 
 PAIR_MODE_CELLS = 4096  # DP cells per pair above which per-pair early abandoning beats the matrix
@@ -176,53 +177,6 @@ def dtw_1nn_accuracy(train: Dataset, test: Dataset, parallel: bool = False, max_
             "mode": mode}
 
 
-SPLIT_SUFFIXES = (".ts", ".tsv")  # the archive's formats: UEA .ts, UCR 2018 .tsv
-
-
-def split_files(folder: Path) -> tuple[Path, Path] | None:
-    """``folder/<name>_TRAIN`` and ``_TEST`` (``.ts``, else ``.tsv``), or None when the folder holds neither pair."""
-    for suffix in SPLIT_SUFFIXES:
-        train, test = folder / f"{folder.name}_TRAIN{suffix}", folder / f"{folder.name}_TEST{suffix}"
-        if train.is_file() and test.is_file():
-            return train, test
-    return None
-
-
-def dataset_folders(root: Path) -> dict[str, Path]:
-    """Dataset name -> folder, for ``root/<name>/`` and one level of grouping ``root/<group>/<name>/``.
-
-    A folder holds ``<name>_TRAIN`` and ``<name>_TEST`` as ``.ts`` or ``.tsv``; a name found twice
-    keeps its top-level folder.
-    """
-    if not root.is_dir():
-        return {}
-    found: dict[str, Path] = {}
-    for p in sorted(root.iterdir()):
-        if not p.is_dir():
-            continue
-        if split_files(p):
-            found.setdefault(p.name, p)
-            continue
-        for q in sorted(p.iterdir()):
-            if q.is_dir() and split_files(q):
-                found.setdefault(q.name, q)
-    return found
-
-
-def discover_datasets(root: Path) -> list[str]:
-    """Names of the dataset folders under ``root`` (see :func:`dataset_folders`), sorted."""
-    return sorted(dataset_folders(root))
-
-
-def dataset_split_files(name: str, datasets: Path) -> tuple[Path, Path]:
-    """The training and test files of dataset ``name`` under ``datasets``."""
-    folder = dataset_folders(datasets).get(name)
-    files = split_files(folder) if folder else None
-    if files is None:
-        raise DataError(f"no {name}_TRAIN/_TEST (.ts or .tsv) under {datasets}")
-    return files
-
-
 def task_data(name: str, datasets: Path, n: int = 6000, test_n: int = 20000, length: int = 20) -> tuple[Dataset, Dataset]:
     """A benchmark task's whole training set and its test set.
 
@@ -252,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from training.tasks import default_datasets
+    from training.datasets import default_datasets
 
     p = argparse.ArgumentParser(prog="python -m training.baseline", description=main.__doc__)
     p.add_argument("tasks", nargs="*", help="default: synthetic + every dataset folder")

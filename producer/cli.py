@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "producer_outage_s", type=float)
     sub = p.add_subparsers(dest="command", required=True)
     pub = sub.add_parser("publish", help="publish windows and exit")
-    pub.add_argument("--source", default="synthetic", help="'synthetic', or a .npz / .ts file")
+    pub.add_argument("--source", default="synthetic", help="'synthetic', or a .npz / .ts / .tsv / .csv file")
     pub.add_argument("--count", type=int, help="windows to publish (default: 1000, or the whole file)")
     pub.add_argument("--rate", type=float, help="open-loop rate in windows/s (default: as fast as possible)")
     pub.add_argument("--length", type=int, default=20, help="synthetic: timesteps per window")
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --group: take over entries unacknowledged this long at other consumers "
                           "(default 30000)")
     cls = sub.add_parser("classify", help="classify windows and print their results in order (reply streams)")
-    cls.add_argument("source", help="'synthetic', or a .npz / .ts / .csv file")
+    cls.add_argument("source", help="'synthetic', or a .npz / .ts / .tsv / .csv file")
     cls.add_argument("--count", type=int, help="windows to classify (default: 10 synthetic, or the whole file)")
     cls.add_argument("--length", type=int, default=20, help="synthetic: timesteps per window")
     cls.add_argument("--seed", type=int, default=0)

@@ -36,6 +36,6 @@ def synthetic(count: int, length: int = 20, seed: int = 0) -> Iterator[LabeledWi
 
 
 def from_file(path: str, count: int | None = None) -> Iterator[LabeledWindow]:
-    """Windows of a ``.npz``, UCR ``.ts`` or ``.csv`` file, cycling when ``count`` exceeds the file."""
+    """Windows of a ``.npz``, UCR ``.ts`` / ``.tsv`` or ``.csv`` file, cycling when ``count`` exceeds the file."""
     ds = load_dataset(path)
     return _windows(ds, len(ds) if count is None else count)

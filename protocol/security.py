@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-Role = Literal["worker", "producer", "reader", "redrive"]
+Role = Literal["worker", "producer", "reader", "redrive", "trainer", "keda"]
 
 #: Connection housekeeping every role needs (redis-py ignores a refused CLIENT SETINFO).
 _CONNECTION = ["+ping", "+select"]
@@ -79,7 +79,17 @@ def acl_rules(role: Role, prefix: str = "bigru") -> list[str]:
                 _selector("+evalsha", *_streams(prefix, "dead", "windows")),
                 _selector("+xdel", *_streams(prefix, "dead")),
                 _selector("+xadd", *_streams(prefix, "windows"))]
-    raise ValueError(f"unknown role {role!r}; expected worker, producer, reader or redrive")
+    if role == "trainer":
+        # `bigru-train --publish`: blob (SET), entry (HGET/HSET), the `latest` pointer (an EVAL running
+        # HINCRBY + HSET on one key), the announcement (XADD ... MAXLEN); reads to check what exists.
+        return [*base, "+get", "+set", "+exists", "+hget", "+hset", "+hgetall", "+hkeys", "+hincrby", "+eval",
+                "+xadd", "+xrange", "+xrevrange", f"~{prefix}:models", f"~{prefix}:model:*"]
+    if role == "keda":
+        # KEDA's redis-streams scaler: INFO (it checks the server version before reading lag),
+        # XINFO GROUPS (lag), XPENDING (pending count), XLEN (a stream without the group); read-only keys.
+        return [*base, "+info", "+xinfo|groups", "+xpending", "+xlen",
+                *(f"%R{k}" for k in _streams(prefix, "windows"))]
+    raise ValueError(f"unknown role {role!r}; expected worker, producer, reader, redrive, trainer or keda")
 
 
 def acl_setuser(role: Role, user: str, password_placeholder: str = "<password>", prefix: str = "bigru") -> str:

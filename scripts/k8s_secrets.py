@@ -31,22 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ROLES = ("worker", "producer", "reader", "redrive", "trainer", "keda", "admin")
 
 
-def _streams(prefix: str, name: str, perm: str = "") -> list[str]:
-    return [f"{perm}~{{{prefix}}}:{name}", f"{perm}~{{{prefix}:*}}:{name}"]
-
-
 def rules(role: str, prefix: str = "bigru") -> list[str]:
-    """ACL rules of ``role`` (without user name and password)."""
-    base = ["reset", "on", "-@all", "+ping", "+select", "resetchannels"]
-    if role == "keda":
-        # KEDA's redis-streams scaler: INFO (it checks the server version before reading lag),
-        # XINFO GROUPS (lag), XPENDING (pending count), XLEN (a stream without the group); read-only keys.
-        return [*base, "+info", "+xinfo|groups", "+xpending", "+xlen", *_streams(prefix, "windows", "%R")]
-    if role == "trainer":
-        # `bigru-train --publish`: blob (SET), entry (HGET/HSET), the `latest` pointer (an EVAL running
-        # HINCRBY + HSET on one key), the announcement (XADD ... MAXLEN); reads to check what exists.
-        return [*base, "+get", "+set", "+exists", "+hget", "+hset", "+hgetall", "+hkeys", "+hincrby", "+eval",
-                "+xadd", "+xrange", "+xrevrange", f"~{prefix}:models", f"~{prefix}:model:*"]
+    """ACL rules of ``role`` (without user name and password): :func:`protocol.security.acl_rules`, or admin's."""
     if role == "admin":
         return ["reset", "on", "~*", "&*", "+@all"]
     return acl_rules(role, prefix)  # type: ignore[arg-type]

@@ -1,11 +1,14 @@
 """``bigru-train accuracy``: the accuracy benchmark, with the training defaults on every task.
 
 Runs the synthetic task and every dataset folder found in the datasets directory
-(``<name>/<name>_TRAIN.ts`` + ``_TEST.ts``), each with several seeds, beside a 1-nearest-neighbour
-DTW baseline computed in the same run (:mod:`training.baseline`). Writes ``accuracy.md``,
-``accuracy.json`` and ``accuracy.png`` under ``--results``. Nothing is tuned per task: every
-dataset gets ``bigru-train``'s defaults (architecture, schedule, epochs, refit); only the synthetic
-task's data size is a benchmark parameter.
+(``<name>/<name>_TRAIN.ts`` + ``_TEST.ts``, and the UCR 2018 ``.tsv`` sets in ``ucr2018/<name>/``),
+beside a 1-nearest-neighbour DTW baseline computed in the same run (:mod:`training.baseline`): the
+original six tasks with ``--seeds`` seeds, the development sets with ``--dev-seeds``. Writes
+``accuracy.md``, ``accuracy.json`` and ``accuracy.png`` under ``--results``, with the mean over the
+sets that have published figures beside InceptionTime's and HIVE-COTE 2's means, wins / ties /
+losses against DTW and training seconds. Nothing is tuned per task: every dataset gets
+``bigru-train``'s defaults (architecture, schedule, steps); only the synthetic task's data size is a
+benchmark parameter.
 """
 
 from __future__ import annotations
@@ -35,6 +38,24 @@ PUBLISHED = {
     "ACSF1": "InceptionTime 82.7 %, HIVE-COTE 2 84.8 %",
     "PickupGestureWiimoteZ": "not in aeon's results files",
 }
+#: Published means of 30 resamples (aeon's results files, Middlehurst et al. 2024) for the ucr2018 sets
+#: (../shared/README.md): InceptionTime, HIVE-COTE 2; None where the results files have no figure.
+_UCR2018 = {
+    "Chinatown": (96.5, 96.9), "DistalPhalanxOutlineCorrect": (81.5, 82.8), "MedicalImages": (79.6, 81.1),
+    "ECG200": (89.7, 89.6), "CBF": (99.6, 99.8), "FaceFour": (93.9, 97.9), "Lightning7": (82.1, 79.3),
+    "CricketX": (85.3, 84.1), "Adiac": (82.2, 79.4), "Fish": (97.3, 98.2), "Beef": (68.2, 72.1),
+    "InsectWingbeatSound": (62.7, 65.7), "Ham": (85.0, 86.0), "Computers": (86.6, 86.2), "HouseTwenty": (95.3, 98.4),
+    "PigArtPressure": (93.3, 98.2), "EOGHorizontalSignal": (88.4, 81.8), "Fungi": (None, None),
+    "GesturePebbleZ1": (None, None), "AllGestureWiimoteX": (None, None), "DodgerLoopGame": (None, None),
+}
+INCEPTION_TIME: dict[str, float | None] = {k: v[0] for k, v in _UCR2018.items()}
+HIVE_COTE2: dict[str, float | None] = {k: v[1] for k, v in _UCR2018.items()}
+PUBLISHED.update({k: "not in aeon's results files" if it is None else f"InceptionTime {it} %, HIVE-COTE 2 {hc} %"
+                  for k, (it, hc) in _UCR2018.items()})
+# Unequal-length / missing-value sets without published figures: DTW + 3 points.
+DTW_MARGIN.update({k: 0.03 for k in ("GesturePebbleZ1", "AllGestureWiimoteX", "DodgerLoopGame")})
+#: The tasks the benchmark started with (measured with ``--seeds``; the development sets with ``--dev-seeds``).
+ORIGINAL = ("synthetic", "ItalyPowerDemand", "GunPoint", "BasicMotions", "ACSF1", "PickupGestureWiimoteZ")
 _EPS = 1e-9
 
 
@@ -77,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bigru-train accuracy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: synthetic + every dataset folder)")
-    p.add_argument("--seeds", type=int, default=3, help="training runs per task (seeds 0..N-1)")
+    p.add_argument("--seeds", type=int, default=3, help="training runs per original task (seeds 0..N-1)")
+    p.add_argument("--dev-seeds", type=int, default=1, help="training runs per development (ucr2018) task")
     p.add_argument("--n", type=int, default=6000, help="synthetic training + validation windows")
     p.add_argument("--test-n", type=int, default=20000, help="synthetic held-out test windows")
     p.add_argument("--datasets", type=Path, default=None, help="folder with <name>/<name>_TRAIN.ts (default ../shared/datasets)")
@@ -96,8 +118,8 @@ def main(argv: list[str]) -> int:
     """The ``accuracy`` subcommand."""
     p = _parser()
     args = p.parse_args(argv)
-    if args.seeds < 1:
-        p.error("--seeds must be at least 1")
+    if args.seeds < 1 or args.dev_seeds < 1:
+        p.error("--seeds and --dev-seeds must be at least 1")
     import torch
 
     from training.tasks import Task, default_datasets, measure
@@ -121,7 +143,7 @@ def main(argv: list[str]) -> int:
             print(json.dumps({"task": name, "dtw_1nn": info["baseline"]}), file=sys.stderr, flush=True)
         tasks[name] = info
         task = Task(name, n=args.n, test_n=args.test_n) if name == "synthetic" else Task(name)
-        for seed in range(args.seeds):
+        for seed in range(args.seeds if name in ORIGINAL else args.dev_seeds):
             t1 = time.perf_counter()
             r = measure(task, datasets, {}, TrainConfig(seed=seed), refit=True)
             r["seconds"] = time.perf_counter() - t1
@@ -220,7 +242,44 @@ def _row(name: str, runs: list[dict[str, Any]], tasks: dict[str, dict[str, Any]]
         sizes = f"- / {rs[0]['test_windows']:,}" if rs and "test_windows" in rs[0] else "-"
     return [name, span, sizes, chans, classes, pct(s["accuracies"]) if rs else "-", _fmt_dtw(b),
             f"{b['seconds']:.1f}" if b else "-", PUBLISHED.get(name, "-"), _fmt_target(name, s["target"]), s["met"],
-            f"{s['seconds']:.0f}" if s["seconds"] is not None else "-", f"{s['epochs']:.0f}" if s["epochs"] is not None else "-"]
+            f"{s['seconds']:.0f}" if s["seconds"] is not None else "-", f"{s['epochs']:.0f}" if s["epochs"] is not None else "-",
+            str(s["runs"])]
+
+
+def totals(runs: list[dict[str, Any]], tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Benchmark-wide figures: the mean over the sets with published figures (ours, InceptionTime's,
+    HIVE-COTE 2's), wins / ties / losses against 1-NN DTW, targets met, training seconds per run."""
+    sums = {n: summary(runs, tasks, n) for n in tasks if any(r["task"] == n for r in runs)}
+    published = [n for n in sums if INCEPTION_TIME.get(n) is not None]
+    dtw = {n: s for n, s in sums.items() if s["dtw"] is not None}
+    secs = [float(r["seconds"]) for r in runs if "seconds" in r]
+    return {
+        "published_sets": len(published),
+        "mean_published": float(np.mean([sums[n]["mean"] for n in published])) if published else None,
+        "inception_time_mean": float(np.mean([INCEPTION_TIME[n] for n in published])) / 100 if published else None,
+        "hive_cote2_mean": float(np.mean([HIVE_COTE2[n] for n in published])) / 100 if published else None,
+        "dtw_wins": sum(s["mean"] > s["dtw"] + _EPS for s in dtw.values()),
+        "dtw_ties": sum(abs(s["mean"] - s["dtw"]) <= _EPS for s in dtw.values()),
+        "dtw_losses": sum(s["mean"] < s["dtw"] - _EPS for s in dtw.values()),
+        "met": sum(s["met"] == "yes" for s in sums.values()), "scored": sum(s["met"] != "n/a" for s in sums.values()),
+        "tasks": len(sums), "median_seconds": float(np.median(secs)) if secs else None,
+        "max_seconds": float(np.max(secs)) if secs else None,
+    }
+
+
+def overview(runs: list[dict[str, Any]], tasks: dict[str, dict[str, Any]]) -> list[str]:
+    """The report's summary lines (see :func:`totals`)."""
+    t = totals(runs, tasks)
+    lines = []
+    if t["mean_published"] is not None:
+        lines.append(f"- **mean over the {t['published_sets']} sets with published figures**: "
+                     f"{100 * t['mean_published']:.1f} % (InceptionTime {100 * t['inception_time_mean']:.1f} %, "
+                     f"HIVE-COTE 2 {100 * t['hive_cote2_mean']:.1f} % on the same sets, means of 30 resamples).")
+    lines.append(f"- **against 1-NN DTW** (same run): {t['dtw_wins']} wins, {t['dtw_ties']} ties, {t['dtw_losses']} losses "
+                 f"over {t['dtw_wins'] + t['dtw_ties'] + t['dtw_losses']} tasks; targets met on {t['met']} of {t['scored']}.")
+    if t["median_seconds"] is not None:
+        lines.append(f"- **training seconds per run**: median {t['median_seconds']:.0f} s, largest {t['max_seconds']:.0f} s.")
+    return lines
 
 
 def plot_accuracy(runs: list[dict[str, Any]], tasks: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -265,17 +324,18 @@ def write_report(runs: list[dict[str, Any]], tasks: dict[str, dict[str, Any]], a
     for name in dict.fromkeys(r["task"] for r in runs):
         tasks.setdefault(name, {"data": None, "baseline": None})
     env = {**environment(), "cpu_count": os.cpu_count()}
-    seeds = getattr(args, "seeds", 1)
-    cmd = f"bigru-train accuracy --seeds {seeds} --n {getattr(args, 'n', 6000)} --test-n {getattr(args, 'test_n', 20000)}"
+    seeds, dev_seeds = getattr(args, "seeds", 1), getattr(args, "dev_seeds", 1)
+    cmd = (f"bigru-train accuracy --seeds {seeds} --dev-seeds {dev_seeds} --n {getattr(args, 'n', 6000)} "
+           f"--test-n {getattr(args, 'test_n', 20000)}")
     if getattr(args, "no_baseline", False):
         cmd += " --no-baseline"
     dtw_s = sum(float(t["baseline"]["seconds"]) for t in tasks.values() if t.get("baseline"))
-    headers = ["task", "T (min–max)", "train / test", "channels", "classes", f"test accuracy (%), mean ± std of {seeds}",
-               "1-NN DTW (%)", "DTW s", "published", "target (%)", "met", "train s / run", "epochs"]
+    headers = ["task", "T (min–max)", "train / test", "channels", "classes", "test accuracy (%), mean ± std over seeds",
+               "1-NN DTW (%)", "DTW s", "published", "target (%)", "met", "train s / run", "epochs", "seeds"]
     md = [
         "# Accuracy benchmark\n",
         f"Command: `{cmd}`{' (tasks run separately and merged with --merge)' if getattr(args, 'merge', False) else ''}. "
-        "Every task uses the same `bigru-train` defaults (architecture, schedule, epochs, refit); nothing is tuned "
+        "Every task uses the same `bigru-train` defaults (architecture, schedule, step budget); nothing is tuned "
         "per task. The tasks are the synthetic task and every dataset folder found in the datasets directory; "
         "UCR/UEA tasks use the archive's own train/test split, the synthetic task a fresh held-out draw of "
         f"{getattr(args, 'test_n', 20000):,} windows.\n",
@@ -283,9 +343,12 @@ def write_report(runs: list[dict[str, Any]], tasks: dict[str, dict[str, Any]], a
         f"training thread(s), machine with {env['cpu_count']} CPU(s).\n",
         md_table(headers, [_row(n, runs, tasks) for n in tasks]),
         "",
-        f"- **test accuracy**: mean ± (population) std over seeds 0..{seeds - 1}; a seed changes the validation split, "
-        "the initialization and, for the synthetic task, the training draw. *train s / run*: wall seconds of one "
-        "training run (fit, refit, test scoring), mean over seeds.",
+        *overview(runs, tasks),
+        "",
+        f"- **test accuracy**: mean ± (population) std over seeds 0..N-1 ({seeds} for the original six tasks, "
+        f"{dev_seeds} for the development sets); a seed changes the initialization, the batch order and, for the "
+        "synthetic task, the training draw. *train s / run*: wall seconds of one training run (training and test "
+        "scoring), mean over seeds.",
         "- **1-NN DTW**: unconstrained DTW (dtaidistance, C; squared-Euclidean point cost; dependent DTW over all "
         "channels for multivariate data), nearest neighbour over the whole training split, on raw values (no "
         "normalization); windows of unequal length are compared as they are; missing values are filled by linear "
@@ -301,5 +364,6 @@ def write_report(runs: list[dict[str, Any]], tasks: dict[str, dict[str, Any]], a
     plot_accuracy(runs, tasks, results / "accuracy.png")
     data = {"runs": runs, "tasks": {n: {**t, **{k: v for k, v in summary(runs, tasks, n).items() if k != "accuracies"}}
                                     for n, t in tasks.items()},
+            "totals": totals(runs, tasks),
             "args": {k: str(v) for k, v in vars(args).items()}, "seconds": seconds, "environment": env}
     return write(results, "accuracy", "\n".join(md), data)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from training.data import DataError, Dataset, align_classes, synthetic
+from training.datasets import dataset_split_files, discover_datasets
 from training.formats import load_dataset
 
 PAIR_MODE_CELLS = 4096  # DP cells per pair above which per-pair early abandoning beats the matrix
@@ -176,28 +177,20 @@ def dtw_1nn_accuracy(train: Dataset, test: Dataset, parallel: bool = False, max_
             "mode": mode}
 
 
-def discover_datasets(root: Path) -> list[str]:
-    """Names of the folders ``root/<name>/`` holding ``<name>_TRAIN.ts`` and ``<name>_TEST.ts``, sorted."""
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and (p / f"{p.name}_TRAIN.ts").is_file() and (p / f"{p.name}_TEST.ts").is_file())
-
-
 def task_data(name: str, datasets: Path, n: int = 6000, test_n: int = 20000, length: int = 20) -> tuple[Dataset, Dataset]:
     """A benchmark task's whole training set and its test set.
 
     ``synthetic``: the training draw of seed 0 (``n`` windows, training + validation) and the
     held-out draw of seed 0 (``test_n`` windows), as ``bigru-train`` makes them. Otherwise the
-    archive files ``datasets/<name>/<name>_TRAIN.ts`` and ``_TEST.ts``.
+    archive files ``<name>_TRAIN`` and ``_TEST`` (``.ts`` or ``.tsv``) found by :func:`dataset_split_files`.
     """
     if name == "synthetic":
         from training.run import SYNTHETIC_TEST_SEED
 
         return synthetic(n, length, 0), synthetic(test_n, length, SYNTHETIC_TEST_SEED)
-    base = datasets / name / name
-    train = load_dataset(f"{base}_TRAIN.ts")
-    test = align_classes(load_dataset(f"{base}_TEST.ts"), train.classes)
+    train_file, test_file = dataset_split_files(name, datasets)
+    train = load_dataset(train_file)
+    test = align_classes(load_dataset(test_file), train.classes)
     return train, test
 
 
@@ -213,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from training.tasks import default_datasets
+    from training.datasets import default_datasets
 
     p = argparse.ArgumentParser(prog="python -m training.baseline", description=main.__doc__)
     p.add_argument("tasks", nargs="*", help="default: synthetic + every dataset folder")

@@ -39,6 +39,7 @@ class TrainSettings(BaseSettings):
     length: int = 20
     val_fraction: float = 0.2
     refit: bool = True
+    validation: bool = False
     label_column: str = "label"
     features: int = 1
     # Model and optimiser settings: None means the default in training.model.ModelConfig /
@@ -54,6 +55,8 @@ class TrainSettings(BaseSettings):
     channels: int | None = None
     conv_blocks: int | None = None
     kernel: int | None = None
+    dilate: bool | None = None
+    members: int | None = None
     epochs: int | None = None
     steps: int | None = None
     batch_size: int | None = None
@@ -67,6 +70,7 @@ class TrainSettings(BaseSettings):
     scale: float | None = None
     crop: float | None = None
     label_smoothing: float | None = None
+    ema: float | None = None
     seed: int = 0
     device: str = "cpu"
     plots: bool = True
@@ -87,13 +91,16 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels", type=int, help="convolution channels (0 = a plain recurrent model, no convolutions)")
     g.add_argument("--conv-blocks", type=int, help="stride-1 convolution blocks after the stem")
     g.add_argument("--kernel", type=int, help="convolution kernel size (odd)")
+    g.add_argument("--dilate", action=argparse.BooleanOptionalAction, default=None,
+                   help="dilations 2, 4, 8, ... in the convolution blocks after the stem")
+    g.add_argument("--members", type=int, help="networks in the ensemble (their probabilities are averaged; one graph)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
     g.add_argument("--steps", type=int, help="optimizer steps to train for (0 = use --epochs)")
     g.add_argument("--batch-size", type=int, help="0 = from the training set size")
     g.add_argument("--lr", type=float)
     g.add_argument("--weight-decay", type=float)
-    g.add_argument("--schedule", choices=["cosine", "plateau"])
+    g.add_argument("--schedule", choices=["onecycle", "cosine", "plateau"])
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = none: keep the last weights)")
     g.add_argument("--clip", type=float, help="gradient-norm clipping")
     g.add_argument("--jitter", type=float, help="training-input noise std (normalized units)")
@@ -102,8 +109,12 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale", type=float, help="std of a random per-window gain on training inputs")
     g.add_argument("--crop", type=float, help="window slicing: fraction of a window cut before stretching it back")
     g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--ema", type=float, help="decay of the moving average of the weights that is kept (0 = off)")
     g.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
-                   help="retrain on train+validation for the chosen epoch count (default on)")
+                   help="the served model trains on train+validation (default on)")
+    g.add_argument("--validation", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --refit, first train on the training split alone to report validation accuracy "
+                        "(doubles the training time; default off)")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="cpu, cuda or auto")
 
@@ -113,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bigru-train", description="Train a sequence classifier and write a versioned checkpoint.",
                                 epilog=f"subcommands: {', '.join(COMMANDS)} (bigru-train SUBCOMMAND --help)")
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="'synthetic' or a .ts/.npz/.csv file (the training split)")
-    g.add_argument("--test", help="the file's own test split (e.g. X_TEST.ts)")
+    g.add_argument("--data", help="'synthetic' or a .ts/.tsv/.npz/.csv file (the training split)")
+    g.add_argument("--test", help="the file's own test split (e.g. X_TEST.ts or X_TEST.tsv)")
     g.add_argument("--n", type=int, help="synthetic: windows for training + validation")
     g.add_argument("--test-n", type=int, help="synthetic: held-out test windows")
     g.add_argument("--length", type=int, help="synthetic: timesteps per window")
@@ -138,9 +149,9 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 
 
 MODEL_FIELDS = ("cell", "bidirectional", "hidden", "layers", "dropout", "pooling", "window_norm", "downsample",
-                "channels", "conv_blocks", "kernel")
+                "channels", "conv_blocks", "kernel", "dilate", "members")
 TRAIN_FIELDS = ("epochs", "steps", "batch_size", "lr", "weight_decay", "schedule", "patience", "clip", "augment", "jitter", "scale",
-                "crop", "label_smoothing")
+                "crop", "label_smoothing", "ema")
 
 
 def configs(s: TrainSettings) -> tuple[dict[str, object], object]:
@@ -172,7 +183,7 @@ def train_main(argv: list[str]) -> int:
     from training.run import RunOptions, run
 
     opts = RunOptions(data=s.data, test=s.test, out=s.out, n=s.n, test_n=s.test_n, length=s.length,
-                      val_fraction=s.val_fraction, refit=s.refit, label_column=s.label_column, features=s.features,
+                      val_fraction=s.val_fraction, refit=s.refit, validation=s.validation, label_column=s.label_column, features=s.features,
                       plots=s.plots, model=model)
     try:
         summary = run(opts, tcfg, progress=not args.json and sys.stderr.isatty())  # type: ignore[arg-type]
@@ -187,7 +198,9 @@ def train_main(argv: list[str]) -> int:
         print(json.dumps(summary))
     else:
         test = f", test_accuracy={summary['test_accuracy']:.4f}" if "test_accuracy" in summary else ""
-        print(f"wrote {summary['checkpoint']} (val_accuracy={summary['val_accuracy']:.4f}{test})")
+        va = summary["val_accuracy"]
+        val = f"val_accuracy={va:.4f}" if va is not None else "no validation run: --validation"
+        print(f"wrote {summary['checkpoint']} ({val}{test})")
     return 1 if args.publish and not summary["published"] else 0
 
 

@@ -1,4 +1,4 @@
-"""Dataset file parsers: UCR/UEA ``.ts``, ``.npz`` and ``.csv``. numpy only (the producer imports these).
+"""Dataset file parsers: UCR/UEA ``.ts``, UCR 2018 ``.tsv``, ``.npz`` and ``.csv``. numpy only (the producer imports these).
 
 Every parser returns a :class:`training.data.Dataset` whose windows are float32 [T_i, F] with NaN
 for missing values, and raises :class:`training.data.DataError` naming the file, the line and what
@@ -62,8 +62,9 @@ def _floats(cells: Sequence[str], bad: Callable[[int, str], str]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- .ts
 
 
-def _text_lines(path: str) -> list[tuple[int, str]]:
-    """(line number, stripped text) of every line of ``path`` that is neither blank nor a ``#`` comment."""
+def _text_lines(path: str, strip: str | None = None) -> list[tuple[int, str]]:
+    """(line number, text stripped of ``strip`` (None: whitespace)) of every line of ``path`` that is
+    neither blank nor a ``#`` comment."""
     try:
         f = open(path, encoding="utf-8")
     except OSError as e:
@@ -73,7 +74,8 @@ def _text_lines(path: str) -> list[tuple[int, str]]:
             lines = list(enumerate(f, 1))
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not a UTF-8 text file ({e})") from e
-    return [(n, text) for n, raw in lines if (text := raw.strip()) and not text.startswith("#")]
+    return [(n, text) for n, raw in lines
+            if (text := raw.strip(strip)) and text.strip() and not text.startswith("#")]
 
 
 def _ts_class_labels(where: str, rest: str) -> list[str] | None:
@@ -190,6 +192,43 @@ def _check_ts_header(path: str, header: dict[str, str], X: list[np.ndarray]) -> 
         longest = max(x.shape[0] for x in X)
         if longest > want:
             raise DataError(f"{path}: @seriesLength says {want}, a case has {longest} values")
+
+
+# -------------------------------------------------------------------------------------------- .tsv
+
+
+def _tsv_case(where: str, line: str) -> tuple[np.ndarray, str]:
+    """One line of a UCR 2018 ``.tsv``: the window [T, 1] (trailing ``NaN`` padding dropped) and its label."""
+    cells = line.split("\t") if "\t" in line else line.split(",")
+    if len(cells) < 2:
+        raise DataError(f"{where}: expected 'label<TAB>value<TAB>value...', found {len(cells)} cell(s)")
+    label = cells[0].strip()
+    if not label or label in _MISSING:
+        raise DataError(f"{where}: expected a class label in the first column, found {label!r}")
+    vals = _floats(cells[1:], lambda j, v: f"{where}: value {j + 1}: expected a number or NaN, found {v!r}")
+    x = _trim_trailing_missing(vals[:, None])
+    if len(x) == 0:
+        raise DataError(f"{where}: every value of this series is missing")
+    return x, label
+
+
+def load_tsv(path: str) -> Dataset:
+    """Load a UCR archive 2018 ``.tsv`` file (``NAME_TRAIN.tsv`` / ``NAME_TEST.tsv`` as downloaded).
+
+    One univariate series a line, tab-separated (comma-separated lines are accepted too), the class
+    label in the first column, no header. Trailing ``NaN`` padding makes a series shorter (unequal
+    lengths); a ``NaN`` inside a series is a missing value, as ``?`` is in a ``.ts`` file.
+    """
+    X: list[np.ndarray] = []
+    labels: list[str] = []
+    for lineno, line in _text_lines(path, strip="\r\n"):  # a leading tab is an empty label, not blank space
+        x, label = _tsv_case(f"{path}:{lineno}", line)
+        X.append(x)
+        labels.append(label)
+    if not X:
+        raise DataError(f"{path}: no series; expected one 'label<TAB>values...' line per series")
+    classes, y = _classes_for(labels, None, path)
+    return Dataset(X, y, classes, name=Path(path).stem, meta={"file": str(path)})
 
 
 # -------------------------------------------------------------------------------------------- .npz
@@ -345,7 +384,7 @@ def load_csv(path: str, label_column: str = "label", features: int = 1) -> Datas
 
 
 def load_dataset(path: str | Path, label_column: str = "label", features: int = 1) -> Dataset:
-    """Load a dataset file by extension: UCR/UEA ``.ts``, ``.npz`` or ``.csv``.
+    """Load a dataset file by extension: UCR/UEA ``.ts``, UCR 2018 ``.tsv``, ``.npz`` or ``.csv``.
 
     ``label_column`` and ``features`` apply to ``.csv`` only (see :func:`training.load_csv`).
     """
@@ -353,8 +392,10 @@ def load_dataset(path: str | Path, label_column: str = "label", features: int = 
     suffix = Path(p).suffix.lower()
     if suffix == ".ts":
         return load_ts(p)
+    if suffix == ".tsv":
+        return load_tsv(p)
     if suffix == ".npz":
         return load_npz(p)
     if suffix == ".csv":
         return load_csv(p, label_column=label_column, features=features)
-    raise DataError(f"{p}: unsupported extension {suffix!r} (expected .ts, .npz or .csv)")
+    raise DataError(f"{p}: unsupported extension {suffix!r} (expected .ts, .tsv, .npz or .csv)")

@@ -3,11 +3,14 @@
 The network, for windows ``x`` [B, T, F] with per-window lengths::
 
     inputs  = [x, per-window z-normalised x]          (``window_norm``; 2F channels)
-    stem    = log2(downsample) x (Conv1d k5 stride 2, BN, ReLU), or one Conv1d k5 at stride 1
-    trunk   = conv_blocks x (Conv1d k, BN, ReLU)       (the convolutional branch)
+    stem    = log2(downsample) x (Conv1d k5 stride 2, BN, ReLU), or one Conv1d k5 at stride 1;
+              with ``patch`` and downsample > 4, the first of them is one Conv1d of stride s = downsample / 4
+              over patches of 2s + 1 steps, then two stride-2 layers (cheap on long series)
+    trunk   = conv_blocks x (Conv1d k, BN, ReLU)       (the convolutional branch; dilations 2, 4, ... with ``dilate``)
     rnn     = (Bi)GRU/LSTM over the trunk's features
     readout = [masked mean of the trunk] + rnn pooling (last states of each direction, mean, max)
     head    = Dropout, Linear -> logits
+    members = ``members`` such networks; the logits are the log of their mean class probabilities
 
 Every layer masks the padding of shorter windows, so a window's logits are the same alone and
 inside a padded batch; the equal-length path (no ``lengths``) is what the ONNX graph serves.
@@ -23,6 +26,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from training.model_config import LEGACY, ModelConfig
 
 __all__ = ["LEGACY", "ConvLayer", "MaskedBatchNorm1d", "ModelConfig", "RawInputModel", "SequenceClassifier"]
+
+
+#: With ``patch``, the stride-2 layers the stem keeps after its patch convolution.
+PATCH_HALVINGS = 2
 
 
 def _mask(lengths: torch.Tensor | None, t: int, device: torch.device) -> torch.Tensor | None:
@@ -45,19 +52,24 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         var = (((x - mean[None, :, None]) * m) ** 2).sum(dim=(0, 2)) / n
         with torch.no_grad():
             assert self.running_mean is not None and self.running_var is not None
-            self.running_mean.lerp_(mean.detach(), self.momentum or 0.1)
-            self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1.0), self.momentum or 0.1)
+            assert self.num_batches_tracked is not None
+            self.num_batches_tracked += 1
+            # momentum None: a cumulative average, as nn.BatchNorm1d (how BN statistics are recomputed)
+            w = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean.detach(), w)
+            self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1.0), w)
         y = (x - mean[None, :, None]) / torch.sqrt(var[None, :, None] + self.eps)
         return y * self.weight[None, :, None] + self.bias[None, :, None]
 
 
 class ConvLayer(nn.Module):
-    """Conv1d ("same" padding, optional stride 2) + masked BatchNorm + ReLU; zeroes the padding after."""
+    """Conv1d ("same" padding, optional stride 2 or dilation) + masked BatchNorm + ReLU; zeroes the padding after."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, dilation: int = 1) -> None:
         super().__init__()
         self.stride = stride
-        self.conv = nn.Conv1d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
+        self.conv = nn.Conv1d(cin, cout, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation,
+                              bias=False)
         self.bn = MaskedBatchNorm1d(cout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -71,20 +83,31 @@ class ConvLayer(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-    """Convolutional stem and branch + (Bi)GRU/LSTM over [B, T, F] windows with lengths, returning logits [B, C]."""
+    """Convolutional stem and branch + (Bi)GRU/LSTM over [B, T, F] windows with lengths, returning logits [B, C].
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    With ``cfg.members`` K > 1 this module is the first of K networks and ``others`` holds the rest
+    (so a one-member model's weights keep their names); :meth:`member_logits` gives each network's
+    logits for training, :meth:`forward` the log of their mean class probabilities.
+    """
+
+    def __init__(self, cfg: ModelConfig, member: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
+        self.others = nn.ModuleList([] if member else [SequenceClassifier(cfg, member=True) for _ in range(cfg.members - 1)])
         cin = cfg.input_dim * (2 if cfg.window_norm else 1)
         convs: list[ConvLayer] = []
         if cfg.channels:
-            strides = [2] * max(1, cfg.downsample.bit_length() - 1) if cfg.downsample > 1 else [1]
+            halvings = max(0, cfg.downsample.bit_length() - 1)
+            if cfg.patch and halvings > PATCH_HALVINGS:  # one conv of stride s over patches of 2s + 1 steps
+                s = cfg.downsample >> PATCH_HALVINGS
+                convs.append(ConvLayer(cin, cfg.channels, 2 * s + 1, s))
+                cin, halvings = cfg.channels, PATCH_HALVINGS
+            strides = [2] * halvings or [1]
             for s in strides:
                 convs.append(ConvLayer(cin, cfg.channels, cfg.kernel, s))
                 cin = cfg.channels
-            for _ in range(cfg.conv_blocks):
-                convs.append(ConvLayer(cin, cfg.channels, cfg.kernel, 1))
+            for i in range(cfg.conv_blocks):
+                convs.append(ConvLayer(cin, cfg.channels, cfg.kernel, 1, 2 ** (i + 1) if cfg.dilate else 1))
         self.convs = nn.ModuleList(convs)
         rnn_cls = nn.GRU if cfg.cell == "gru" else nn.LSTM
         self.rnn = rnn_cls(
@@ -119,6 +142,18 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for ``x`` [B, T, F]; ``lengths`` [B] (CPU int64) marks real steps, the rest is padding."""
+        if not len(self.others):
+            return self._single(x, lengths)
+        probs = torch.stack([torch.softmax(z, dim=-1) for z in self.member_logits(x, lengths)]).mean(dim=0)
+        return torch.log(probs.clamp_min(1e-12))
+
+    def member_logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Each member network's logits [B, C] (one entry for a single network)."""
+        others: list[SequenceClassifier] = list(self.others)  # type: ignore[arg-type]
+        return [self._single(x, lengths), *(m._single(x, lengths) for m in others)]
+
+    def _single(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """This network's own logits (without the other members)."""
         if lengths is not None and bool((lengths == x.shape[1]).all()):
             lengths = None
         x = self._inputs(x, lengths)

@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 #: Values of the fields that did not exist before the convolutional stem, for older checkpoints.
-LEGACY: dict[str, Any] = {"window_norm": False, "downsample": 0, "channels": 0, "conv_blocks": 0, "kernel": 5}
+LEGACY: dict[str, Any] = {"window_norm": False, "downsample": 0, "channels": 0, "conv_blocks": 0, "kernel": 5,
+                          "dilate": False, "members": 1, "patch": False}
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,11 @@ class ModelConfig:
     pooling over all outputs. ``downsample`` (a power of two; 0 = no stem) is the time stride of
     the convolutional stem, chosen from the training windows' length (see ``training.recipe``);
     ``channels`` > 0 adds the stem and the convolutional branch, whose masked mean joins the readout.
+    ``patch`` (for ``downsample`` > 4) starts the stem with one convolution of stride
+    ``s = downsample / 4`` over patches of ``2s + 1`` steps and keeps two stride-2 layers (instead of
+    log2(downsample) stride-2 layers at full resolution: far cheaper on long series). ``dilate`` gives the branch's ``conv_blocks`` dilations 2, 4, 8, ... (a wider view at the same
+    cost). ``members`` > 1 makes the model an ensemble of that many independently initialised
+    networks whose class probabilities are averaged (one module, one ONNX graph).
     """
 
     input_dim: int = 1
@@ -31,12 +37,15 @@ class ModelConfig:
     hidden: int = 64
     layers: int = 1
     dropout: float = 0.1
-    pooling: tuple[str, ...] = ("last", "mean")
+    pooling: tuple[str, ...] = ("mean", "max")
     window_norm: bool = True
     downsample: int = 1
     channels: int = 64
     conv_blocks: int = 2
     kernel: int = 5
+    dilate: bool = True
+    members: int = 1
+    patch: bool = True
 
     def __post_init__(self) -> None:
         if self.cell not in ("gru", "lstm"):
@@ -44,7 +53,7 @@ class ModelConfig:
         bad = set(self.pooling) - {"last", "mean", "max"}
         if bad or not self.pooling:
             raise ValueError(f"pooling must be a non-empty subset of last/mean/max, got {self.pooling}")
-        if self.input_dim < 1 or self.num_classes < 2 or self.hidden < 1 or self.layers < 1:
+        if self.input_dim < 1 or self.num_classes < 2 or self.hidden < 1 or self.layers < 1 or self.members < 1:
             raise ValueError(f"invalid sizes in {self}")
         if self.downsample < 0 or (self.downsample & (self.downsample - 1)) != 0:
             raise ValueError(f"downsample must be 0 or a power of two, got {self.downsample}")

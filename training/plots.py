@@ -32,12 +32,13 @@ def plot_history(history: list[dict[str, float]], out_dir: Path) -> list[Path]:
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    scored = [h for h in history if "val_loss" in h]  # a fixed-budget run validates only now and then
+    ax.plot([h["epoch"] for h in scored], [h["val_loss"] for h in scored], label="validation")
     ax.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     ax.legend()
     paths.append(_save(fig, out_dir / "loss.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [100 * h["val_accuracy"] for h in history], label="validation")
+    ax.plot([h["epoch"] for h in scored], [100 * h["val_accuracy"] for h in scored], label="validation")
     if history and "train_accuracy" in history[0]:
         ax.plot(epochs, [100 * h["train_accuracy"] for h in history], label="train")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")

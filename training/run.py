@@ -36,7 +36,9 @@ class RunOptions:
     test_n: int = 0  # synthetic: held-out test windows (0 = no test set)
     length: int = 20  # synthetic: timesteps per window
     val_fraction: float = 0.2
-    refit: bool = True  # retrain on training + validation data for the chosen epoch count
+    refit: bool = True  # the served model trains on training + validation data
+    # With refit, first train on the training split alone to measure validation accuracy (doubles the time).
+    validation: bool = False
     label_column: str = "label"
     features: int = 1
     plots: bool = True
@@ -71,11 +73,12 @@ def load_run_data(opts: RunOptions, seed: int) -> RunData:
 
 
 def train_model(data: RunData, mcfg: ModelConfig, tcfg: TrainConfig, refit: bool, progress: bool = False,
-                log_epochs: bool = False) -> tuple[TrainResult, Checkpoint]:
+                log_epochs: bool = False, validate: bool = True) -> tuple[TrainResult, Checkpoint]:
     """Fit on the training split, scored on validation; with ``refit``, retrain on train + validation.
 
     The refit trains for the epoch count early stopping chose, or for the same step budget when the
-    budget ended the first run.
+    budget ended the first run. With ``refit`` and not ``validate`` there is no first run: one run
+    on train + validation for the step budget (its "validation" windows are training windows).
     Returns the validation run (its history and validation accuracy are the honest estimates) and
     the checkpoint to serve. ``progress`` draws a bar; ``log_epochs`` logs one ``epoch`` event each.
     """
@@ -84,10 +87,19 @@ def train_model(data: RunData, mcfg: ModelConfig, tcfg: TrainConfig, refit: bool
             return None
         return lambda row: log.info("epoch", phase=phase, **{k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
 
+    both = data.train.concat(data.val)
+    if refit and not validate:
+        # The "validation" windows only draw the history and the golden batch here; a split with one
+        # window per class leaves none, and then the training windows serve.
+        only = fit(both, data.val if len(data.val) else both, mcfg, tcfg, progress=progress, fixed_epochs=budget_epochs(tcfg, len(both)),
+                   on_epoch=on_epoch("fit"), desc="fit")
+        return only, only.checkpoint
+    if not len(data.val):
+        raise ValueError(f"the validation split of {data.train.name or 'the data'} is empty (no class has two windows); "
+                         "train without a validation run (--refit --no-validation)")
     res = fit(data.train, data.val, mcfg, tcfg, progress=progress, on_epoch=on_epoch("fit"), desc="fit")
     if not refit:
         return res, res.checkpoint
-    both = data.train.concat(data.val)
     epochs = max(1, res.best_epoch)
     if not res.checkpoint.metrics.get("patience") and tcfg.steps:  # the step budget ended the run: same budget again
         epochs = budget_epochs(tcfg, len(both))
@@ -106,7 +118,7 @@ def evaluate_checkpoint(ckpt: Checkpoint, ds: Dataset, device: str = "cpu") -> d
 
 
 #: The stem shortens the longest training window to at most this many steps for the recurrent layer.
-RNN_STEPS = 128
+RNN_STEPS = 64
 
 
 def auto_downsample(max_length: int, rnn_steps: int = RNN_STEPS) -> int:
@@ -121,8 +133,9 @@ def default_model_config(input_dim: int, num_classes: int, max_length: int, over
     and ``channels=0`` gives the plain recurrent model without convolutions.
     """
     o = dict(overrides or {})
+    rnn_steps = int(o.pop("rnn_steps", RNN_STEPS))
     if "downsample" not in o:
-        o["downsample"] = 0 if o.get("channels") == 0 else auto_downsample(max_length)
+        o["downsample"] = 0 if o.get("channels") == 0 else auto_downsample(max_length, rnn_steps)
     if o.get("channels") == 0:
         o.setdefault("conv_blocks", 0)
     return ModelConfig(input_dim=input_dim, num_classes=num_classes, **o)
@@ -140,22 +153,24 @@ def run(opts: RunOptions, tcfg: TrainConfig, progress: bool = False) -> dict[str
     mcfg = model_config(data.train, opts.model)
     log.info("train_start", data=opts.data, train=len(data.train), val=len(data.val),
              test=len(data.test) if data.test is not None else 0, config=mcfg.to_dict())
-    res, ckpt = train_model(data, mcfg, tcfg, opts.refit, progress, log_epochs=not progress)
-    val = evaluate_checkpoint(res.checkpoint, data.val, tcfg.device)
+    validated = opts.validation or not opts.refit
+    res, ckpt = train_model(data, mcfg, tcfg, opts.refit, progress, log_epochs=not progress, validate=validated)
+    val = evaluate_checkpoint(res.checkpoint, data.val, tcfg.device) if validated else None
     test = evaluate_checkpoint(ckpt, data.test, tcfg.device) if data.test is not None else None
     metrics: dict[str, Any] = {
-        "val_accuracy": val["accuracy"],
+        "val_accuracy": val["accuracy"] if val else None,
         "test_accuracy": test["accuracy"] if test else None,
         "epochs": len(res.history),
         "best_epoch": res.best_epoch,
         "refit": opts.refit,
+        "validated": validated,
         "seconds_per_epoch": res.seconds_per_epoch,
         "params": int(res.checkpoint.metrics["params"]),
         "batch_size": int(res.checkpoint.metrics["batch_size"]),
         "train_seconds": time.perf_counter() - t0,
         "validation": val,
         "test": test,
-        "data": {"train": data.train.summary(), "val": data.val.summary(), "test": data.test.summary() if data.test else None},
+        "data": {"train": data.train.summary(), "val": data.val.summary() if len(data.val) else None, "test": data.test.summary() if data.test else None},
         "train_config": asdict(tcfg),
     }
     ckpt.metrics = {k: metrics[k] for k in ("val_accuracy", "test_accuracy", "epochs", "best_epoch", "seconds_per_epoch", "params")}
@@ -179,7 +194,9 @@ def run(opts: RunOptions, tcfg: TrainConfig, progress: bool = False) -> dict[str
 
         plot_history(res.history, run_dir)
         which = "test" if test is not None else "validation"
-        plot_confusion((test or val)["confusion"], list(ckpt.classes), run_dir / "confusion.png", f"Confusion matrix ({which})")
+        scored = test or val
+        if scored is not None:
+            plot_confusion(scored["confusion"], list(ckpt.classes), run_dir / "confusion.png", f"Confusion matrix ({which})")
     set_latest_version(opts.out, ckpt.version)  # only now: a reader of 'latest' sees the whole run directory
     log.info("train_done", **summary)
     return summary

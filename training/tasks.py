@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.datasets import dataset_split_files, default_datasets
 from training.run import RunOptions, evaluate_checkpoint, load_run_data, model_config, train_model
 from training.train import TrainConfig
+
+__all__ = ["Task", "default_datasets", "measure"]
 
 
 @dataclass(frozen=True)
@@ -24,28 +26,22 @@ class Task:
         """Run options for this task (data files under ``datasets/<name>/``)."""
         if self.name == "synthetic":
             return RunOptions(data="synthetic", n=self.n, test_n=self.test_n, length=self.length, plots=False)
-        base = datasets / self.name / self.name
-        return RunOptions(data=f"{base}_TRAIN.ts", test=f"{base}_TEST.ts", plots=False)
+        train, test = dataset_split_files(self.name, datasets)
+        return RunOptions(data=str(train), test=str(test), plots=False)
 
 
-def default_datasets() -> Path:
-    """``$BIGRU_DATASETS``, else ``../shared/datasets`` next to the checkout (as in the repository layout)."""
-    env = os.environ.get("BIGRU_DATASETS")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent
-    for cand in (here.parent / "shared" / "datasets", here.parent.parent / "shared" / "datasets"):
-        if cand.is_dir():
-            return cand
-    return here.parent / "shared" / "datasets"
+def measure(task: Task, datasets: Path, model: dict[str, Any], tcfg: TrainConfig, refit: bool,
+            validate: bool = False) -> dict[str, Any]:
+    """Train once on ``task`` and score on its test set: accuracy, params, seconds per epoch, epochs.
 
-
-def measure(task: Task, datasets: Path, model: dict[str, Any], tcfg: TrainConfig, refit: bool) -> dict[str, Any]:
-    """Train once on ``task`` and score on its test set: accuracy, params, seconds per epoch, epochs."""
+    With ``refit`` and not ``validate`` (``bigru-train``'s default) the model trains once on all of the
+    training file and ``val_accuracy`` is None.
+    """
     opts = task.options(datasets)
     data = load_run_data(opts, tcfg.seed)
     mcfg = model_config(data.train, model)
-    res, ckpt = train_model(data, mcfg, tcfg, refit)
+    validated = validate or not refit
+    res, ckpt = train_model(data, mcfg, tcfg, refit, validate=validated)
     assert data.test is not None
     test = evaluate_checkpoint(ckpt, data.test, tcfg.device)
     return {
@@ -53,7 +49,7 @@ def measure(task: Task, datasets: Path, model: dict[str, Any], tcfg: TrainConfig
         "seed": tcfg.seed,
         "test_accuracy": test["accuracy"],
         "test_windows": test["windows"],
-        "val_accuracy": res.checkpoint.metrics["val_accuracy"],
+        "val_accuracy": res.checkpoint.metrics["val_accuracy"] if validated else None,
         "params": int(res.checkpoint.metrics["params"]),
         "seconds_per_epoch": res.seconds_per_epoch,
         "epochs": len(res.history),

@@ -1,4 +1,5 @@
-"""Training loop: Adam(W) with a cosine or ReduceLROnPlateau schedule, early stopping, gradient clipping.
+"""Training loop: AdamW with a one-cycle, cosine or ReduceLROnPlateau schedule, early stopping, gradient
+clipping and an optional exponential moving average of the weights (the averaged weights are kept).
 
 Seeded and deterministic on CPU: the same data, config and seed give bit-identical weights.
 """
@@ -22,7 +23,7 @@ from training.data import Dataset, fingerprint, normalization, pad
 from training.drift_ref import build_reference
 from training.model import ModelConfig, SequenceClassifier
 
-SCHEDULES = ("cosine", "plateau")
+SCHEDULES = ("onecycle", "cosine", "plateau")
 
 
 @dataclass
@@ -30,21 +31,22 @@ class TrainConfig:
     """Optimisation settings. ``batch_size=0`` picks one from the training set size (see :func:`auto_batch`)."""
 
     epochs: int = 500  # upper bound; the step budget usually ends training first
-    steps: int = 1000  # train for about this many optimizer steps (0 = exactly `epochs` epochs)
+    steps: int = 500  # train for about this many optimizer steps (0 = exactly `epochs` epochs)
     batch_size: int = 0
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup: float = 0.05  # fraction of the cosine schedule spent warming up linearly
+    schedule: str = "onecycle"
+    warmup: float = 0.05  # fraction of the schedule spent warming up (one-cycle: rising to lr; cosine: linearly)
     # Epochs without a better validation loss before stopping; 0 = train all epochs and keep the last;
     # -1 = auto: early stopping (AUTO_PATIENCE) only with a validation set large enough to pick an epoch.
     patience: int = -1
     clip: float = 1.0
-    augment: str = "none"  # none, noise, all, or auto: gain and slicing only for smooth series (see training.augment)
+    augment: str = "auto"  # none, noise, all, or auto: gain and slicing only for smooth series (see training.augment)
     jitter: float = 0.05  # std of Gaussian noise added to normalized training inputs
     scale: float = 0.1  # std of a per-window random gain applied to normalized training inputs
     crop: float = 0.0  # window slicing: stretch a random slice of (1 - crop) of the window to its length
     label_smoothing: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights, kept at the end (0 = off)
     seed: int = 0
     device: str = "cpu"
     golden_size: int = 256
@@ -56,6 +58,8 @@ class TrainConfig:
             raise ValueError(f"augment must be one of {AUGMENT_MODES}, got {self.augment!r}")
         if not 0.0 <= self.crop < 1.0:
             raise ValueError(f"crop must be in [0, 1), got {self.crop}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.epochs < 1 or self.batch_size < 0 or self.lr <= 0 or self.patience < -1:
             raise ValueError(f"invalid optimisation settings in {self}")
 
@@ -70,6 +74,9 @@ class TrainResult:
     best_epoch: int = 0
 
 
+#: Batch size under ``batch_size=0``.
+AUTO_BATCH = 32
+
 #: Early stopping under ``patience=-1``: this patience, with at least this many validation windows.
 AUTO_PATIENCE, AUTO_PATIENCE_MIN_VAL = 10, 200
 
@@ -82,8 +89,13 @@ def auto_patience(patience: int, val_windows: int) -> int:
 
 
 def auto_batch(n: int) -> int:
-    """About 16 steps per epoch, at least 16 windows a step (fewer only when the set is smaller), at most 256."""
-    return int(min(256, n, max(16, 2 ** round(math.log2(max(1, n / 16))))))
+    """:data:`AUTO_BATCH` windows a step (all of them when the set is smaller).
+
+    On a CPU a step's time is mostly the recurrent layer's sequential steps, not the batch, so a
+    fixed, small batch with a fixed step budget keeps the training time nearly independent of the
+    set's size; the step budget then means more epochs for smaller sets.
+    """
+    return int(min(n, AUTO_BATCH))
 
 
 def budget_epochs(tcfg: TrainConfig, n: int) -> int:
@@ -127,10 +139,12 @@ def _scheduler(opt: torch.optim.Optimizer, tcfg: TrainConfig, steps_per_epoch: i
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, abs(tcfg.patience) // 4))
     total = tcfg.epochs * steps_per_epoch
     warm = max(1, int(tcfg.warmup * total))
+    # one-cycle: the warmup rises from lr / 25 (cosine: from 0), then both anneal to 0 along a cosine.
+    start = 1 / 25 if tcfg.schedule == "onecycle" else 0.0
 
     def factor(step: int) -> float:
         if step < warm:
-            return (step + 1) / warm
+            return start + (1 - start) * (step + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -173,6 +187,7 @@ class _Run:
     epochs: int
     opt: torch.optim.Optimizer
     sched: Any
+    averaged: torch.optim.swa_utils.AveragedModel | None
 
 
 def _setup(train: Dataset, val: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, fixed_epochs: int | None) -> _Run:
@@ -194,8 +209,12 @@ def _setup(train: Dataset, val: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, f
     epochs = fixed_epochs or budget_epochs(tcfg, len(xt))
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     sched = _scheduler(opt, TrainConfig(**{**asdict(tcfg), "epochs": epochs}), math.ceil(len(xt) / bs))
+    averaged = None
+    if tcfg.ema:
+        averaged = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tcfg.ema), use_buffers=True)
     return _Run(tcfg, rng, mean, std, xt, xv, dev, smoothness, augment, model, bs,
-                auto_patience(tcfg.patience, len(val)), epochs, opt, sched)
+                auto_patience(tcfg.patience, len(val)), epochs, opt, sched, averaged)
 
 
 def _step(run: _Run, idx: torch.Tensor) -> tuple[float, int]:
@@ -203,19 +222,25 @@ def _step(run: _Run, idx: torch.Tensor) -> tuple[float, int]:
     tcfg, data = run.tcfg, run.train
     xb, yb = data.x[idx].to(run.dev), data.y[idx].to(run.dev)
     xb = run.augment(xb, data.lengths[idx])
-    logits = run.model(xb, data.lengths[idx])
-    loss = nn.functional.cross_entropy(logits, yb, label_smoothing=tcfg.label_smoothing)
+    members = run.model.member_logits(xb, data.lengths[idx])
+    loss = torch.stack([nn.functional.cross_entropy(z, yb, label_smoothing=tcfg.label_smoothing) for z in members]).mean()
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(run.model.parameters(), tcfg.clip)
     run.opt.step()
-    if tcfg.schedule == "cosine":
+    if tcfg.schedule != "plateau":
         run.sched.step()
-    return loss.item(), int((logits.argmax(-1) == yb).sum())
+    if run.averaged is not None:
+        run.averaged.update_parameters(run.model)
+    votes = torch.stack([torch.softmax(z.detach(), dim=-1) for z in members]).mean(dim=0)
+    return loss.item(), int((votes.argmax(-1) == yb).sum())
 
 
-def _epoch(run: _Run, epoch: int) -> dict[str, float]:
-    """Train one epoch (shuffled batches), validate, step a plateau schedule; the history row."""
+def _epoch(run: _Run, epoch: int, validate: bool = True) -> dict[str, float]:
+    """Train one epoch (shuffled batches), validate, step a plateau schedule; the history row.
+
+    Without ``validate`` the row has no ``val_loss`` / ``val_accuracy``.
+    """
     run.model.train()
     n = len(run.train)
     perm = torch.from_numpy(run.rng.permutation(n))
@@ -225,12 +250,19 @@ def _epoch(run: _Run, epoch: int) -> dict[str, float]:
         loss, right = _step(run, idx)
         total += loss * len(idx)
         correct += right
-    vloss, vacc, _ = evaluate(run.model, run.val.x, run.val.lengths, run.val.y)
+    row = {"epoch": epoch, "train_loss": total / n, "train_accuracy": correct / n, "lr": run.opt.param_groups[0]["lr"]}
+    if not validate:
+        return row
+    if run.averaged is not None:
+        recompute_batchnorm(run.averaged.module, run.train, run.batch_size, run.dev)
+    vloss, vacc, _ = evaluate(_served(run), run.val.x, run.val.lengths, run.val.y)
     if run.tcfg.schedule == "plateau":
         run.sched.step(vloss)
-    return {"epoch": epoch, "train_loss": total / n, "train_accuracy": correct / n, "val_loss": vloss,
-            "val_accuracy": vacc, "lr": run.opt.param_groups[0]["lr"]}
+    return {**row, "val_loss": vloss, "val_accuracy": vacc}
 
+
+#: Validation passes of a run that keeps its last weights (for the history; early stopping scores every epoch).
+VALIDATIONS = 5
 
 #: The weights kept from a run: (validation loss, epoch, state dict on CPU).
 _Kept = tuple[float, int, dict[str, torch.Tensor]]
@@ -239,6 +271,33 @@ _Kept = tuple[float, int, dict[str, torch.Tensor]]
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of ``model``'s state dict."""
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, data: _Tensors, batch_size: int, dev: torch.device) -> None:
+    """Replace ``model``'s BatchNorm statistics by their average over one pass of ``data`` (no augmentation).
+
+    Averaged weights need this: the moving average of running statistics gathered under the raw
+    weights does not describe the averaged network's activations (as in SWA's ``update_bn``).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for i in range(0, len(data), batch_size):
+        model(data.x[i : i + batch_size].to(dev), data.lengths[i : i + batch_size])
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+def _served(run: _Run) -> nn.Module:
+    """The network whose weights a checkpoint keeps: the moving average when there is one."""
+    return run.model if run.averaged is None else run.averaged.module
 
 
 def _epochs(run: _Run, keep_last: bool, on_epoch: Callable[[dict[str, float]], None] | None,
@@ -250,22 +309,26 @@ def _epochs(run: _Run, keep_last: bool, on_epoch: Callable[[dict[str, float]], N
     """
     best: _Kept | None = None
     history: list[dict[str, float]] = []
+    # Keeping the last weights, the validation set only draws the history: score it VALIDATIONS times.
+    every = max(1, run.epochs // VALIDATIONS) if keep_last and run.tcfg.schedule != "plateau" else 1
     for epoch in range(1, run.epochs + 1):
-        row = _epoch(run, epoch)
+        row = _epoch(run, epoch, validate=epoch % every == 0 or epoch == run.epochs)
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_loss=f"{row['val_loss']:.4f}", val_acc=f"{row['val_accuracy']:.4f}")
+        if "val_loss" in row:
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_loss=f"{row['val_loss']:.4f}",
+                            val_acc=f"{row['val_accuracy']:.4f}")
         bar.update(1)
         if keep_last:
             continue
         # Ties (common with tiny validation sets) go to the later epoch: more training, same loss.
         if best is None or row["val_loss"] <= best[0]:
-            best = (row["val_loss"], epoch, _weights(run.model))
+            best = (row["val_loss"], epoch, _weights(_served(run)))
         elif epoch - best[1] >= run.patience:
             break
     if best is None:  # keep_last: the final weights
-        best = (history[-1]["val_loss"], len(history), _weights(run.model))
+        best = (history[-1]["val_loss"], len(history), _weights(_served(run)))
     return history, best
 
 

@@ -36,3 +36,10 @@ def test_from_file_cycles_and_fills_missing_values(tmp_path: Path) -> None:
     assert [w.label for w in got] == ["a", "b", "a", "b", "a"]
     assert got[1].x[:, 0].tolist() == [4.0, 0.0, 6.0]  # missing -> 0
     assert [w.label for w in from_file(str(ROOT / "tests" / "data" / "ItalyPowerDemand_TRAIN.ts"))][:3] == ["1", "1", "2"]
+
+
+def test_from_file_reads_ucr2018_tsv_with_padding_and_missing_values() -> None:
+    got = list(from_file(str(ROOT / "tests" / "data" / "Padded_TRAIN.tsv")))
+    assert [w.label for w in got] == ["1", "2", "1", "3"]
+    assert [w.x.shape for w in got] == [(5, 1), (3, 1), (2, 1), (5, 1)]
+    assert got[1].x[:, 0].tolist() == [-1.0, 0.0, -3.0]  # missing -> 0, padding dropped

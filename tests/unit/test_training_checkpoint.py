@@ -182,7 +182,8 @@ def test_round_trip_of_the_convolutional_stem_config_and_its_batchnorm_statistic
 def test_checkpoint_of_an_older_release_loads_as_the_plain_recurrent_model() -> None:
     """A config without the stem's fields (written before it existed) still loads and serves."""
     torch.manual_seed(4)
-    legacy = ModelConfig(input_dim=1, num_classes=2, layers=2, channels=0, downsample=0, conv_blocks=0, window_norm=False)
+    legacy = ModelConfig(input_dim=1, num_classes=2, layers=2, channels=0, downsample=0, conv_blocks=0, window_norm=False,
+                         dilate=False, patch=False)
     ckpt = Checkpoint(config=legacy, classes=["0", "1"], mean=np.zeros(1, np.float32), std=np.ones(1, np.float32),
                       state_dict={k: v.clone() for k, v in SequenceClassifier(legacy).state_dict().items()})
     data = to_bytes(ckpt)

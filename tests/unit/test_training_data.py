@@ -1,4 +1,4 @@
-"""Loaders (.ts/.npz/.csv), malformed-file errors, the synthetic task and splits."""
+"""Loaders (.ts/.tsv/.npz/.csv), malformed-file errors, the synthetic task and splits."""
 
 from __future__ import annotations
 
@@ -81,6 +81,38 @@ def test_uea_ts_multivariate_unequal_length_with_missing(tmp_path: Path) -> None
 def test_malformed_ts_names_line_and_expectation(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(DataError, match=expected):
         load_dataset(write(tmp_path, "bad.ts", text))
+
+
+def test_ucr2018_tsv_padding_and_missing_values() -> None:
+    ds = load_dataset(DATA / "Padded_TRAIN.tsv")
+    assert ds.classes == ["1", "2", "3"] and list(ds.y) == [0, 1, 0, 2]
+    assert [x.shape for x in ds.X] == [(5, 1), (3, 1), (2, 1), (5, 1)]  # trailing NaN padding = shorter series
+    assert ds.X[0][:, 0].tolist() == [0.5, 1.5, 2.5, 3.5, 4.5]
+    assert np.isnan(ds.X[1][1, 0]) and ds.X[1][2, 0] == -3.0  # NaN inside a series: missing, like '?' in .ts
+    assert np.isnan(ds.X[3][2, 0]) and ds.X[3][4, 0] == 5.0
+    assert ds.X[3][0, 0] == np.float32(0.1)
+    same = load_dataset(DATA / "Padded_TRAIN.tsv")
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(ds.X, same.X, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1\t0.5\t1.5\n2\t1.0\tabc\n", r"Bad_TRAIN.tsv:2: value 2: expected a number or NaN, found 'abc'"),
+        ("1\t0.5\n7\n", r":2: expected 'label<TAB>value<TAB>value...', found 1 cell"),
+        ("1\t0.5\n\t1\t2\n", r":2: expected a class label in the first column"),
+        ("1\t0.5\n2\tNaN\tNaN\n", r":2: every value of this series is missing"),
+        ("\n\n", r"no series"),
+    ],
+)
+def test_malformed_tsv_names_line_and_expectation(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(DataError, match=expected):
+        load_dataset(write(tmp_path, "Bad_TRAIN.tsv", text))
+
+
+def test_malformed_tsv_file_in_tests_data() -> None:
+    with pytest.raises(DataError, match=r"Malformed_TRAIN.tsv:2: value 2: expected a number or NaN"):
+        load_dataset(DATA / "Malformed_TRAIN.tsv")
 
 
 def test_npz_dense_object_and_flat_layouts(tmp_path: Path) -> None:

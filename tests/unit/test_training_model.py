@@ -11,7 +11,8 @@ from training.train import TrainConfig, auto_batch, fit
 
 STEMS = [{"channels": 0, "downsample": 0, "conv_blocks": 0, "window_norm": False},  # the plain recurrent model
          {"channels": 8, "downsample": 1, "conv_blocks": 1},
-         {"channels": 8, "downsample": 4, "conv_blocks": 2, "kernel": 3}]
+         {"channels": 8, "downsample": 4, "conv_blocks": 2, "kernel": 3},
+         {"channels": 8, "downsample": 2, "conv_blocks": 2, "kernel": 3, "dilate": True, "members": 2}]  # ensemble
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -86,7 +87,7 @@ def test_plateau_schedule_and_early_stopping() -> None:
 
 
 def test_auto_batch() -> None:
-    assert auto_batch(40) == 16 and auto_batch(53) == 16 and auto_batch(1600) == 128 and auto_batch(100_000) == 256
+    assert auto_batch(40) == 32 and auto_batch(1600) == 32 and auto_batch(100_000) == 32
     assert auto_batch(10) == 10
 
 
@@ -155,3 +156,57 @@ def test_step_budget_sets_the_epoch_count() -> None:
     res = fit(ds.subset(tr), ds.subset(va), ModelConfig(hidden=4, channels=4),
               TrainConfig(steps=30, batch_size=16, seed=1, patience=0))
     assert len(res.history) == 5 == res.best_epoch  # 90 windows = 6 steps an epoch -> 5 epochs, last kept
+
+
+def test_ensemble_forward_is_the_log_of_the_members_mean_probabilities() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden=4, channels=4, conv_blocks=1, members=3, num_classes=3)
+    model = SequenceClassifier(cfg).eval()
+    x = torch.randn(5, 17, 1)
+    with torch.inference_mode():
+        members = model.member_logits(x)
+        got = model(x)
+    assert len(members) == 3 and not torch.allclose(members[0], members[1])  # independently initialised
+    expected = torch.log(torch.stack([torch.softmax(z, -1) for z in members]).mean(0))
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.allclose(torch.softmax(got, -1).sum(-1), torch.ones(5), atol=1e-5)
+    single = SequenceClassifier(ModelConfig(hidden=4, channels=4, conv_blocks=1))
+    assert not any(k.startswith("others.") for k in single.state_dict())  # one network keeps its weight names
+    assert sum(k.startswith("others.1.") for k in model.state_dict()) == sum(1 for _ in single.state_dict())
+
+
+def test_dilated_blocks_widen_the_view() -> None:
+    model = SequenceClassifier(ModelConfig(channels=4, conv_blocks=3, dilate=True, hidden=4))
+    assert [layer.conv.dilation[0] for layer in model.convs] == [1, 2, 4, 8]
+    plain = SequenceClassifier(ModelConfig(channels=4, hidden=4, dilate=False))
+    assert [layer.conv.dilation[0] for layer in plain.convs] == [1, 1, 1]
+
+
+def test_weight_average_is_what_the_checkpoint_keeps() -> None:
+    """With a decay close to 1 the average stays at the first step's weights (Adam: one lr from the initial
+    ones), while the trained weights move on."""
+    torch.set_num_threads(1)
+    ds = synthetic(64, 6, seed=2)
+    tr, va = stratified_split(ds.y, 0.25, 2)
+    cfg = ModelConfig(hidden=4, channels=4, conv_blocks=1)
+    torch.manual_seed(3)
+    init = SequenceClassifier(cfg).state_dict()
+    kept = fit(ds.subset(tr), ds.subset(va), cfg, TrainConfig(steps=20, seed=3, patience=0, lr=0.05, ema=0.999999)).checkpoint
+    raw = fit(ds.subset(tr), ds.subset(va), cfg, TrainConfig(steps=20, seed=3, patience=0, lr=0.05)).checkpoint
+    w = "head.1.weight"
+    assert float((kept.state_dict[w] - init[w]).abs().max()) <= 0.05 * 1.01
+    assert float((raw.state_dict[w] - init[w]).abs().max()) > 0.1
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)
+
+
+def test_one_cycle_schedule_peaks_at_lr_and_anneals() -> None:
+    torch.set_num_threads(1)
+    ds = synthetic(64, 6, seed=2)
+    tr, va = stratified_split(ds.y, 0.25, 2)
+    res = fit(ds.subset(tr), ds.subset(va), ModelConfig(hidden=4, channels=4, conv_blocks=0),
+              TrainConfig(steps=40, batch_size=16, seed=1, patience=0, schedule="onecycle", lr=0.01, warmup=0.25))
+    lrs = [h["lr"] for h in res.history]
+    assert max(lrs) == pytest.approx(0.01, rel=0.05) and lrs[-1] < 1e-4 and lrs[0] < 0.005
+    # a fixed-budget run validates only now and then (the last epoch always)
+    assert "val_loss" in res.history[-1] and sum("val_loss" in h for h in res.history) <= len(res.history)

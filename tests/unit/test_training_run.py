@@ -25,7 +25,7 @@ def _one_thread() -> None:
 
 def test_short_run_learns_synthetic_and_writes_the_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["--data", "synthetic", "--n", "1500", "--test-n", "2000", "--epochs", "8", "--hidden", "16", "--layers", "1",
-               "--out", str(tmp_path), "--json", "--seed", "3"])
+               "--out", str(tmp_path), "--json", "--seed", "3", "--validation"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["test_accuracy"] > 0.9 and summary["val_accuracy"] > 0.9  # chance is 0.5, Bayes 0.98
@@ -103,7 +103,7 @@ def test_subcommands_are_a_dict_of_entry_points() -> None:
 def test_one_epoch_event_per_epoch_when_not_on_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Without a terminal there is no progress bar: each epoch of the fit and the refit logs one JSON event."""
     rc = main(["--data", "synthetic", "--n", "300", "--epochs", "3", "--hidden", "8", "--channels", "8",
-               "--out", str(tmp_path), "--json", "--no-plots"])
+               "--out", str(tmp_path), "--json", "--no-plots", "--validation"])
     assert rc == 0
     out, err = capsys.readouterr()
     assert json.loads(out.strip().splitlines()[-1])["epochs"] == 3  # stdout: the summary only
@@ -126,3 +126,32 @@ def test_compare_runs_the_cell_variants_on_the_default_model(tmp_path: Path) -> 
         ("LSTM", "lstm", False), ("BiGRU", "gru", True)]
     assert all(r["config"]["channels"] > 0 and 0.5 < r["test_accuracy"] <= 1 for r in runs)
     assert "| synthetic | BiGRU |" in (tmp_path / "compare.md").read_text()
+
+
+def test_default_is_one_run_on_all_training_windows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --validation there is no validation run: one fit on train + validation, for the step budget."""
+    rc = main(["--data", "synthetic", "--n", "300", "--epochs", "3", "--hidden", "8", "--channels", "8",
+               "--out", str(tmp_path), "--json", "--no-plots", "--members", "2"])
+    assert rc == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["val_accuracy"] is None and summary["epochs"] == 3
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2, 3]
+    assert {e["phase"] for e in events if e["event"] == "epoch"} == {"fit"}
+    ckpt = load_checkpoint(tmp_path)
+    mean, std = normalization(synthetic(300, 20, 0))  # every training window, as a refit's
+    assert np.allclose(ckpt.mean, mean) and np.allclose(ckpt.std, std)
+    assert ckpt.config.members == 2 and any(k.startswith("others.0.") for k in ckpt.state_dict)
+
+
+def test_one_window_per_class_trains_without_a_validation_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A UCR set with one training series per class (Fungi) leaves an empty validation split."""
+    rows = "".join(f"{c}\t" + "\t".join(str(v) for v in np.sin(np.arange(12) * (c + 1))) + "\n" for c in range(4))
+    (tmp_path / "One_TRAIN.tsv").write_text(rows)
+    data = str(tmp_path / "One_TRAIN.tsv")
+    assert main(["--data", data, "--test", data, "--epochs", "2", "--out", str(tmp_path), "--json", *TINY]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test_accuracy"] >= 0.0
+    assert main(["--data", data, "--epochs", "2", "--out", str(tmp_path), "--validation", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "validation split" in err and "is empty" in err

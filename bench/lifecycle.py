@@ -40,8 +40,8 @@ def drift_checkpoint(root: Path) -> Path:
     """The bench model with drift statistics of its own input distribution (standard normal windows)."""
     import torch
 
-    from training.checkpoint import load_checkpoint, save_checkpoint
-    from training.drift_ref import build_reference
+    from training.model.checkpoint import load_checkpoint, save_checkpoint
+    from training.model.drift_ref import build_reference
 
     base = build_checkpoint(root / "base")
     ckpt = load_checkpoint(base)
@@ -58,7 +58,7 @@ def drift_detection(url: str, tmp: Path, seeds: int) -> list[dict[str, Any]]:
     """Windows served until the 1-sigma-shifted feature's PSI crosses 0.25 (real loop, 3-feature model)."""
     from bench.lifecycle_task import WARM, Recorder, serve, train
     from bench.lifecycle_task import windows as task_windows
-    from training.checkpoint import load_checkpoint
+    from training.model.checkpoint import load_checkpoint
 
     root = train(tmp / "drift-task", seed=3)
     sigma = float(load_checkpoint(root).std[1])
@@ -152,7 +152,7 @@ def saturated_rows(url: str, ckpt: Path, base: Path, n: int, repeats: int, log_d
 
 def shadow_effect(url: str, ckpt: Path, rate: float, seconds: float, log_dir: Path) -> list[dict[str, Any]]:
     """The primary's open-loop latency at ``rate`` without, with, and again without a shadow pool."""
-    from training.checkpoint_file import read_file, read_latest
+    from training.model.checkpoint_file import read_file, read_latest
     from training.publish import publish_checkpoint
 
     r = redis.Redis.from_url(url)

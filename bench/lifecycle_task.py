@@ -10,9 +10,9 @@ import redis
 
 from producer.client import Producer
 from protocol.keys import Keys
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.data import Dataset, stratified_split
-from training.model import ModelConfig
+from training.model.checkpoint import load_checkpoint, save_checkpoint
+from training.model.data import Dataset, stratified_split
+from training.model.network import ModelConfig
 from training.train import TrainConfig, fit
 from worker.config import WorkerSettings
 from worker.loop import WorkerLoop

@@ -2,7 +2,7 @@
 
 ``python -m bench.model --checkpoint C --backend onnx --threads 1 --batches 1,2,4`` prints one JSON
 line per batch size; it runs in its own process so thread settings match a worker replica's.
-``--precision int8`` serves the int8 graph (onnx backend only; :func:`training.quantize.onnx_int8_bytes`),
+``--precision int8`` serves the int8 graph (onnx backend only; :func:`training.model.quantize.onnx_int8_bytes`),
 which is calibrated on the checkpoint's golden batch: build the checkpoint with ``golden=`` > 0.
 """
 
@@ -30,8 +30,8 @@ def build_checkpoint(root: Path, seed: int = 0, length: int = T, golden: int = 0
     """
     import torch
 
-    from training.checkpoint import Checkpoint, save_checkpoint
-    from training.model import SequenceClassifier
+    from training.model.checkpoint import Checkpoint, save_checkpoint
+    from training.model.network import SequenceClassifier
     from training.run import default_model_config
 
     torch.manual_seed(seed)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from training.checkpoint import load_checkpoint
+    from training.model.checkpoint import load_checkpoint
     from worker.backends import make_predictor
 
     if a.threads:

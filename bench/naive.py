@@ -22,7 +22,7 @@ def run(url: str, prefix: str, checkpoint: str, backend: str, threads: int, seco
     from protocol.keys import Keys
     from protocol.results import Result, encode_result
     from protocol.wire import Limits, now_us
-    from training.checkpoint import load_checkpoint
+    from training.model.checkpoint import load_checkpoint
     from worker.backends import make_predictor
 
     if threads:

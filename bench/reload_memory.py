@@ -23,7 +23,7 @@ from bench.harness import LocalRedis, rss_mib, start_worker, worker_process_env
 from bench.model import build_checkpoint
 from producer.client import Producer
 from protocol.keys import Keys
-from training.checkpoint_file import set_latest_version
+from training.model.checkpoint_file import set_latest_version
 from worker.health import heartbeat
 
 ROOT = Path(__file__).resolve().parents[1]

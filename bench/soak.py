@@ -41,7 +41,7 @@ from bench.soak_load import Oracle, produce, rss_kb
 from producer.client import Producer
 from protocol.keys import Keys
 from protocol.replies import group_info
-from training.checkpoint_file import set_latest_version
+from training.model.checkpoint_file import set_latest_version
 from worker.health import heartbeat
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from protocol import logs
 from protocol.outage import RedisOutageError
 from protocol.results import Result
 from protocol.security import settings_error
-from training.data import DataError
+from training.model.data import DataError
 
 #: Flags that steer a command rather than set a :class:`ProducerSettings` field.
 COMMAND_OPTIONS = frozenset({"command", "source", "count", "rate", "length", "seed", "id_prefix", "per_entry",

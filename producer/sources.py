@@ -1,7 +1,7 @@
 """Window sources for the producer CLI: the synthetic task and dataset files. No torch here.
 
-Both come from the model layer's numpy-only dataset code (:mod:`training.data`,
-:mod:`training.formats`), so the producer publishes exactly the windows training sees.
+Both come from the model layer's numpy-only dataset code (:mod:`training.model.data`,
+:mod:`training.model.formats`), so the producer publishes exactly the windows training sees.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training import data
-from training.formats import load_dataset
+from training.model import data
+from training.model.formats import load_dataset
 
 
 @dataclass
@@ -31,7 +31,7 @@ def _windows(ds: data.Dataset, count: int) -> Iterator[LabeledWindow]:
 
 
 def synthetic(count: int, length: int = 20, seed: int = 0) -> Iterator[LabeledWindow]:
-    """``count`` windows of the tutorial's task (:func:`training.data.synthetic`), labelled "0" or "1"."""
+    """``count`` windows of the tutorial's task (:func:`training.model.data.synthetic`), labelled "0" or "1"."""
     return _windows(data.synthetic(max(count, 2), length, seed), count)
 
 

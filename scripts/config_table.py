@@ -175,7 +175,7 @@ def render_table(group: Group, members: list[Row], envs: dict[str, str]) -> str:
 
 def render_training(settings: type[BaseSettings] = TrainSettings) -> str:
     """The training settings as a list of variables: ``TrainSettings`` fields carry no descriptions, and
-    its model and optimiser fields default to None, falling back to ``training.model.ModelConfig`` /
+    its model and optimiser fields default to None, falling back to ``training.model.network.ModelConfig`` /
     ``training.train.TrainConfig`` (docs/training.md describes those defaults)."""
     names = ", ".join(f"`{env_name(settings, n)}`" for n in settings.model_fields)
     prefix = settings.model_config.get("env_prefix", "")

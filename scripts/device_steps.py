@@ -265,7 +265,7 @@ class _Autocast:
 def _default_checkpoint(length: int, prefix: str) -> Any:
     """``bench.model.build_checkpoint`` for windows of ``length`` steps (the default model may depend on T)."""
     from bench.model import build_checkpoint
-    from training.checkpoint import load_checkpoint
+    from training.model.checkpoint import load_checkpoint
 
     return load_checkpoint(str(build_checkpoint(Path(tempfile.mkdtemp(prefix=prefix)), length=length)))
 

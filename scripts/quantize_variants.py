@@ -4,7 +4,7 @@
 
 One ONNX Runtime thread (the worker's session settings), T=``--length`` random windows at batch 1, 8, 64
 and 256 (median µs per window), accuracy and max |probability change| against fp32 on the golden batch
-(and on ``--data``). The served variant is ``served`` (:func:`training.quantize.onnx_int8_bytes`); the
+(and on ``--data``). The served variant is ``served`` (:func:`training.model.quantize.onnx_int8_bytes`); the
 others are the alternatives it was chosen over. Prints JSON lines, then a markdown table.
 """
 
@@ -64,12 +64,12 @@ def main(argv: list[str]) -> int:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader
 
-    from training.checkpoint import load_checkpoint
-    from training.data import align_classes
     from training.export import median_seconds
-    from training.formats import load_dataset
-    from training.onnx import onnx_bytes, onnx_session
-    from training.quantize import calibration_batches, onnx_int8_bytes
+    from training.model.checkpoint import load_checkpoint
+    from training.model.data import align_classes
+    from training.model.formats import load_dataset
+    from training.model.onnx import onnx_bytes, onnx_session
+    from training.model.quantize import calibration_batches, onnx_int8_bytes
 
     logging.disable(logging.WARNING)
     ckpt = load_checkpoint(a.checkpoint)

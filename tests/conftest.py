@@ -83,9 +83,9 @@ def checkpoint_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small BiGRU trained on the synthetic task (a few seconds on CPU)."""
     import torch
 
-    from training.checkpoint import save_checkpoint
-    from training.data import stratified_split, synthetic
-    from training.model import ModelConfig
+    from training.model.checkpoint import save_checkpoint
+    from training.model.data import stratified_split, synthetic
+    from training.model.network import ModelConfig
     from training.train import TrainConfig, fit
 
     torch.set_num_threads(1)

@@ -11,7 +11,7 @@ import numpy as np
 import redis
 
 from producer.client import Producer
-from training.checkpoint import load_checkpoint
+from training.model.checkpoint import load_checkpoint
 from worker.config import WorkerSettings
 from worker.loop import LoopStats, WorkerLoop
 from worker.predictor import TorchPredictor

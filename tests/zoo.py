@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.checkpoint import FILENAME, load_checkpoint, save_checkpoint
-from training.data import Dataset, stratified_split, synthetic
-from training.model import ModelConfig
+from training.model.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from training.model.data import Dataset, stratified_split, synthetic
+from training.model.network import ModelConfig
 from training.train import TrainConfig, fit
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from training.data import Dataset
+from training.model.data import Dataset
 
 AUGMENT_MODES = ("auto", "all", "noise", "none")
 #: Lag-1 autocorrelation from which windows count as smooth shapes (white noise: 0; GunPoint: ~1).

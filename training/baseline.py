@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from training.data import DataError, Dataset, align_classes, synthetic
 from training.datasets import dataset_split_files, discover_datasets
-from training.formats import load_dataset
+from training.model.data import DataError, Dataset, align_classes, synthetic
+from training.model.formats import load_dataset
 
 PAIR_MODE_CELLS = 4096  # DP cells per pair above which per-pair early abandoning beats the matrix
 MAX_TEST_WINDOWS = 5000  # default cap on scored test windows (seeded subsample above it)
@@ -159,7 +159,7 @@ def dtw_1nn_accuracy(train: Dataset, test: Dataset, parallel: bool = False, max_
                      seed: int = 0) -> dict[str, Any]:
     """Test accuracy of 1-NN unconstrained DTW over all of ``train``.
 
-    ``test`` must use ``train``'s class indices (see :func:`training.data.align_classes`). With more
+    ``test`` must use ``train``'s class indices (see :func:`training.model.data.align_classes`). With more
     than ``max_test`` test windows, a subsample of that size drawn with ``seed`` is scored.
     Returns ``accuracy``, ``seconds`` (wall), ``test_windows`` (scored), ``test_total``,
     ``train_windows``, ``subsampled`` and ``mode`` (``matrix`` or ``pairs``).

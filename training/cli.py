@@ -42,7 +42,7 @@ class TrainSettings(BaseSettings):
     validation: bool = False
     label_column: str = "label"
     features: int = 1
-    # Model and optimiser settings: None means the default in training.model.ModelConfig /
+    # Model and optimiser settings: None means the default in training.model.network.ModelConfig /
     # training.train.TrainConfig (one source for each default; see `configs`).
     cell: str | None = None
     bidirectional: bool | None = None
@@ -156,7 +156,7 @@ TRAIN_FIELDS = ("epochs", "steps", "batch_size", "lr", "weight_decay", "schedule
 
 def configs(s: TrainSettings) -> tuple[dict[str, object], object]:
     """The model overrides and the TrainConfig described by ``s`` (unset fields keep the dataclass defaults)."""
-    from training.device import resolve_device  # DeviceError is a ValueError
+    from training.model.device import resolve_device  # DeviceError is a ValueError
     from training.train import TrainConfig
 
     model: dict[str, object] = {k: getattr(s, k) for k in MODEL_FIELDS if getattr(s, k) is not None}
@@ -179,7 +179,7 @@ def train_main(argv: list[str]) -> int:
     except (ValidationError, ValueError) as e:
         print(f"bigru-train: invalid configuration: {e}", file=sys.stderr)
         return 2
-    from training.data import DataError
+    from training.model.data import DataError
     from training.run import RunOptions, run
 
     opts = RunOptions(data=s.data, test=s.test, out=s.out, n=s.n, test_n=s.test_n, length=s.length,

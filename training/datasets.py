@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from training.data import DataError
+from training.model.data import DataError
 
 SPLIT_SUFFIXES = (".ts", ".tsv")  # the archive's formats: UEA .ts, UCR 2018 .tsv
 

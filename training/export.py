@@ -1,6 +1,6 @@
 """``bigru-train export``: write the served ONNX graph and check it, int8 size/accuracy, serving cost.
 
-The graph is :func:`training.onnx.onnx_bytes` (the one exporter). Parity is checked against the torch
+The graph is :func:`training.model.onnx.onnx_bytes` (the one exporter). Parity is checked against the torch
 model on random windows of several shapes and on real windows (the checkpoint's golden batch and,
 with ``--data``, a dataset file).
 """
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.checkpoint import Checkpoint, load_checkpoint
-from training.data import Dataset
-from training.formats import load_dataset
 from training.metrics import report
-from training.onnx import INPUT, OPSET, ExportError, onnx_bytes, onnx_session, parity, raw_input_model
+from training.model.checkpoint import Checkpoint, load_checkpoint
+from training.model.data import Dataset
+from training.model.formats import load_dataset
+from training.model.onnx import INPUT, OPSET, ExportError, onnx_bytes, onnx_session, parity, raw_input_model
 
 TIMING_BATCHES = (1, 64)
 
@@ -122,7 +122,7 @@ def accuracy(model: nn.Module, ckpt: Checkpoint, ds: Dataset) -> dict[str, Any]:
 def eval_set(ckpt: Checkpoint, data: str | None) -> Dataset:
     """``--data`` (aligned to the checkpoint's classes) or the golden batch."""
     if data:
-        from training.data import align_classes
+        from training.model.data import align_classes
 
         return align_classes(load_dataset(data), list(ckpt.classes))
     windows = ckpt.golden_windows()
@@ -191,7 +191,7 @@ def main(argv: list[str]) -> int:
     if args.length is not None and args.length < 1:
         p.error("--length must be at least 1")
     torch.set_num_threads(1)
-    from training.checkpoint import CheckpointError, resolve_path
+    from training.model.checkpoint import CheckpointError, resolve_path
 
     try:
         ckpt, file = load_checkpoint(args.checkpoint), resolve_path(args.checkpoint)

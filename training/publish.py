@@ -13,7 +13,7 @@ import redis
 
 from protocol.keys import Keys
 from protocol.registry import Entry, Pointer, RegistryError, publish
-from training.checkpoint import CheckpointError, from_bytes
+from training.model.checkpoint import CheckpointError, from_bytes
 
 
 def entry_for(data: bytes, source: str = "") -> Entry:

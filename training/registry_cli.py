@@ -50,7 +50,7 @@ def _settings(args: argparse.Namespace) -> RegistrySettings:
 
 def publish_path(s: RegistrySettings, path: str | Path, *, set_latest: bool = True) -> dict[str, Any]:
     """Publish the checkpoint at ``path`` (file, version dir or root); returns a JSON-able summary."""
-    from training.checkpoint_file import CheckpointError, resolve_path
+    from training.model.checkpoint_file import CheckpointError, resolve_path
 
     try:
         file = resolve_path(path)

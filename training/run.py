@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import structlog
 
-from training.checkpoint import Checkpoint, save_checkpoint, set_latest_version
-from training.data import Dataset, align_classes, stratified_split, synthetic
-from training.formats import load_dataset
 from training.metrics import report
-from training.model import ModelConfig
+from training.model.checkpoint import Checkpoint, save_checkpoint, set_latest_version
+from training.model.data import Dataset, align_classes, stratified_split, synthetic
+from training.model.formats import load_dataset
+from training.model.network import ModelConfig
 from training.train import TrainConfig, TrainResult, budget_epochs, fit, predict, to_tensors
 
 log = structlog.get_logger("training")

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from training.augment import AUGMENT_MODES, SMOOTH_AUTOCORR, Augmenter, lag1_autocorrelation
-from training.checkpoint import Checkpoint
-from training.data import Dataset, fingerprint, normalization, pad
-from training.drift_ref import build_reference
-from training.model import ModelConfig, SequenceClassifier
+from training.model.checkpoint import Checkpoint
+from training.model.data import Dataset, fingerprint, normalization, pad
+from training.model.drift_ref import build_reference
+from training.model.network import ModelConfig, SequenceClassifier
 
 SCHEDULES = ("onecycle", "cosine", "plateau")
 

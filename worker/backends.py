@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import structlog
 
-from training.checkpoint_file import CheckpointMeta
-from training.device import resolve_device
+from training.model.checkpoint_file import CheckpointMeta
+from training.model.device import resolve_device
 from worker.onnx_backend import BackendError, OnnxPredictor, Precision, onnx_available
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """Drift monitoring of what a replica serves, against the training statistics in its checkpoint.
 
 One in ``sample_every`` windows that go through the model (counted across batches, taken in chunks
-of up to :data:`SAMPLE_CHUNK` windows of one batch, spread over it) is binned per feature with the checkpoint's quantile edges (:class:`training.drift_ref.DriftReference`), together
+of up to :data:`SAMPLE_CHUNK` windows of one batch, spread over it) is binned per feature with the checkpoint's quantile edges (:class:`training.model.drift_ref.DriftReference`), together
 with its predicted class and top probability. The last ``window`` sampled windows form the rolling
 sample; every ``report_every`` sampled windows the monitor computes a :class:`DriftReport`: the PSI
 of each feature against the training shares, the PSI of the predicted-class distribution against
@@ -22,8 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
-from training.checkpoint_file import CheckpointMeta
-from training.drift_ref import BINS, EPS, DriftReference
+from training.model.checkpoint_file import CheckpointMeta
+from training.model.drift_ref import BINS, EPS, DriftReference
 from worker.types import PSI_ACT, PSI_WATCH, Batch, DriftReport, Predictor
 
 __all__ = ["PSI_ACT", "PSI_WATCH", "DriftGauges", "DriftMonitor", "DriftReport", "reference_of"]

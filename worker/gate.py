@@ -1,6 +1,6 @@
 """The quality gate a candidate checkpoint passes before a worker serves it.
 
-Checks, in order: the bytes parse without torch (:func:`training.checkpoint_file.parse`) and match the
+Checks, in order: the bytes parse without torch (:func:`training.model.checkpoint_file.parse`) and match the
 registry's sha256 (checked by the caller); the checkpoint's wire version is this code's
 (``incompatible_wire``); the wire version, feature count and class list match what is served (unless
 the settings allow a change); the checkpoint carries a golden batch; its accuracy there reaches the
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.checkpoint_file import CheckpointError, CheckpointMeta, ServedCheckpoint, WireVersionError
-from training.checkpoint_file import parse as parse_file
+from training.model.checkpoint_file import CheckpointError, CheckpointMeta, ServedCheckpoint, WireVersionError
+from training.model.checkpoint_file import parse as parse_file
 from worker.backends import ServingPredictor
 
 

@@ -1,12 +1,12 @@
 """ONNX Runtime serving backend for CPU: serves the fp32 graph stored in the checkpoint file, without torch.
 
-The graph is :func:`training.onnx.onnx_bytes`, stored in the file at save time (the same bytes
+The graph is :func:`training.model.onnx.onnx_bytes`, stored in the file at save time (the same bytes
 ``bigru-train export --onnx`` writes to ``model.onnx`` and checks for parity), run in a session built
-by :func:`training.onnx.onnx_session`. A replica that reads its checkpoint with
-:func:`training.checkpoint_file.parse` serves it with numpy, safetensors and onnxruntime only: torch is
+by :func:`training.model.onnx.onnx_session`. A replica that reads its checkpoint with
+:func:`training.model.checkpoint_file.parse` serves it with numpy, safetensors and onnxruntime only: torch is
 never imported. A file written before graphs were stored has none: the graph is then exported at start
 (importing torch; warning ``onnx_graph_missing_exporting``), and so is the graph of an in-memory
-:class:`training.checkpoint.Checkpoint` (its weights are the truth).
+:class:`training.model.checkpoint.Checkpoint` (its weights are the truth).
 
 ONNX cannot export ``pack_padded_sequence``, so the exported graph is the model's equal-length path
 (normalization, model and softmax in one graph, dynamic batch and time axes). A batch with unequal
@@ -14,7 +14,7 @@ lengths is split into one run per distinct length; every window is then computed
 be alone, which is what the packed torch path computes too.
 
 Precision (``BIGRU_PRECISION``): ``fp32`` serves that graph. ``auto`` and ``int8`` also build the int8
-graph (:func:`training.quantize.onnx_int8_bytes`, int8 convolutions calibrated on the golden batch) and
+graph (:func:`training.model.quantize.onnx_int8_bytes`, int8 convolutions calibrated on the golden batch) and
 run the checkpoint's golden batch through both sessions. ``auto`` serves int8 only when its golden
 accuracy is at least fp32's minus ``max_drop`` (``BIGRU_RELOAD_MAX_DROP``), and fp32 otherwise: when
 int8 falls short (a warning names both accuracies), when the checkpoint has no golden batch, or when
@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import structlog
 
-from training.checkpoint_file import CheckpointMeta, ServedCheckpoint
+from training.model.checkpoint_file import CheckpointMeta, ServedCheckpoint
 
 #: Requested serving precision (the ``precision`` worker setting).
 Precision = Literal["fp32", "int8", "auto"]
@@ -53,7 +53,7 @@ class OnnxPredictor:
 
     ``graph`` holds the served ONNX bytes: with ``precision`` ``fp32`` (what it serves, ``fp32`` or
     ``int8``) they are identical to ``bigru-train export --onnx``'s ``model.onnx``; with ``int8`` they are
-    :func:`training.quantize.onnx_int8_bytes`. ``golden_accuracy`` holds the golden-batch accuracy of
+    :func:`training.model.quantize.onnx_int8_bytes`. ``golden_accuracy`` holds the golden-batch accuracy of
     each graph that was compared (empty when no comparison ran).
     """
 
@@ -85,10 +85,10 @@ class OnnxPredictor:
         if isinstance(ckpt, ServedCheckpoint) and ckpt.graph is not None:
             return ckpt.graph
         try:
-            from training.checkpoint import CheckpointError, as_torch
+            from training.model.checkpoint import CheckpointError, as_torch
         except ImportError as e:  # torch (or safetensors.torch) is not installed
             raise BackendError(f"checkpoint {ckpt.version} stores no ONNX graph and exporting one needs torch: {e}") from e
-        from training.onnx import ExportError, onnx_bytes
+        from training.model.onnx import ExportError, onnx_bytes
 
         if isinstance(ckpt, ServedCheckpoint):
             structlog.get_logger("worker").warning(
@@ -101,7 +101,7 @@ class OnnxPredictor:
             raise BackendError(str(e)) from e
 
     def _session(self, graph: bytes) -> Any:
-        from training.onnx import onnx_session
+        from training.model.onnx import onnx_session
 
         try:
             return onnx_session(graph, self.threads)
@@ -110,7 +110,7 @@ class OnnxPredictor:
 
     def _choose_int8(self, force: bool, max_drop: float) -> None:
         """Build the int8 session and serve it when its golden accuracy allows (always when ``force``)."""
-        from training.quantize import QuantizeError, onnx_int8_bytes
+        from training.model.quantize import QuantizeError, onnx_int8_bytes
 
         log = structlog.get_logger("worker").bind(version=self.version)
         golden = self.checkpoint.golden_batch()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.checkpoint import as_torch
-from training.checkpoint_file import CheckpointMeta
-from training.device import DeviceError, resolve_device
+from training.model.checkpoint import as_torch
+from training.model.checkpoint_file import CheckpointMeta
+from training.model.device import DeviceError, resolve_device
 
 __all__ = ["DeviceError", "TorchPredictor"]
 

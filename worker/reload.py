@@ -26,8 +26,8 @@ import structlog
 
 from protocol import registry
 from protocol.redisconn import TRANSIENT
-from training.checkpoint_file import CheckpointError, is_root, load_served, read_latest, version_file
-from training.checkpoint_file import parse as parse_file
+from training.model.checkpoint_file import CheckpointError, is_root, load_served, read_latest, version_file
+from training.model.checkpoint_file import parse as parse_file
 from worker import memory
 from worker.backends import ServingPredictor, make_predictor
 from worker.config import WorkerSettings
@@ -276,8 +276,8 @@ class ReloadingSource:
 def initial_predictor(settings: WorkerSettings, r: redis.Redis) -> ServingPredictor:
     """The model to start with: the configured checkpoint, else (when reloading) the registry's latest.
 
-    The checkpoint is read without torch (:func:`training.checkpoint_file.load_served`); one made for
-    another wire version is refused (:class:`~training.checkpoint_file.WireVersionError`).
+    The checkpoint is read without torch (:func:`training.model.checkpoint_file.load_served`); one made for
+    another wire version is refused (:class:`~training.model.checkpoint_file.WireVersionError`).
     """
     log = structlog.get_logger("reload")
     try:

@@ -18,7 +18,7 @@ import structlog
 
 from protocol import registry
 from protocol.keys import Keys
-from training.checkpoint_file import CheckpointError, parse
+from training.model.checkpoint_file import CheckpointError, parse
 from worker.backends import ServingPredictor, make_predictor
 from worker.config import WorkerSettings
 

@@ -16,7 +16,7 @@ from producer.client import Producer
 from protocol.keys import Keys
 from tests.chaos_support import Outputs, audit, wait_until
 from tests.helpers import make_loop
-from training.checkpoint import load_checkpoint
+from training.model.checkpoint import load_checkpoint
 from worker.liveness import ClaimKeeper
 from worker.loop import WorkerLoop
 from worker.predictor import TorchPredictor

@@ -19,7 +19,7 @@ from protocol.keys import Keys
 from tests.chaos_support import Outputs
 from tests.helpers import make_loop, wait_for
 from tests.zoo import Zoo, zoo_fixture  # noqa: F401  (the session's tiny checkpoints)
-from training.checkpoint import load_checkpoint
+from training.model.checkpoint import load_checkpoint
 from training.publish import publish_checkpoint
 from worker import reload as reload_mod
 from worker.breaker import CLOSED, OPEN, PROBING, Breaker, BreakerRules, suspect, verdict

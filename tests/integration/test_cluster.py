@@ -19,7 +19,7 @@ from protocol.cluster import is_cluster, shard_nodes
 from protocol.keys import Keys
 from tests.cluster_support import SHARDS, assert_exactly_once, cluster_env
 from tests.ops_helpers import scrape, start_worker, stop, value, wait_ready
-from training.checkpoint import load_checkpoint
+from training.model.checkpoint import load_checkpoint
 from worker.config import WorkerSettings
 from worker.loop import WorkerLoop
 from worker.predictor import TorchPredictor

@@ -106,7 +106,7 @@ def test_render_md_tables_and_ratio() -> None:
 def test_autocast_wrapper_keeps_float32_probabilities(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     import bench.model as bm
-    from training.checkpoint import load_checkpoint
+    from training.model.checkpoint import load_checkpoint
     from worker.predictor import TorchPredictor
 
     pred = TorchPredictor(load_checkpoint(str(bm.build_checkpoint(tmp_path))))

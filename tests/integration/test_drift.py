@@ -13,8 +13,8 @@ from bench.lifecycle_task import N_FEATURES, WARM, Recorder, serve, train, windo
 from producer.client import Producer
 from protocol.keys import Keys
 from tests.helpers import make_loop
-from training.checkpoint import load_checkpoint
-from training.checkpoint_file import load_served
+from training.model.checkpoint import load_checkpoint
+from training.model.checkpoint_file import load_served
 from worker.drift import PSI_ACT, PSI_WATCH
 from worker.reader import ensure_groups
 from worker.status import render, snapshot

@@ -32,7 +32,7 @@ from protocol import registry
 from protocol.keys import Keys
 from tests.helpers import wait_for
 from tests.zoo import Zoo, zoo_fixture  # noqa: F401  (the session's tiny checkpoints)
-from training.checkpoint import FILENAME, load_checkpoint, set_latest_version, to_bytes
+from training.model.checkpoint import FILENAME, load_checkpoint, set_latest_version, to_bytes
 from training.publish import publish_checkpoint
 from worker.health import live_replicas
 

@@ -19,10 +19,10 @@ from producer.client import Producer
 from producer.results import ResultsReader
 from protocol.keys import Keys
 from tests.zoo import Zoo, zoo_fixture  # noqa: F401  (the session's tiny checkpoints)
-from training.checkpoint import Checkpoint, load_checkpoint
-from training.onnx import onnx_bytes, onnx_session
+from training.model.checkpoint import Checkpoint, load_checkpoint
+from training.model.onnx import onnx_bytes, onnx_session
+from training.model.quantize import QuantizeError, onnx_int8_bytes, quantized_ops
 from training.publish import publish_checkpoint
-from training.quantize import QuantizeError, onnx_int8_bytes, quantized_ops
 from worker import backends, cli
 from worker.backends import make_predictor
 from worker.config import WorkerSettings

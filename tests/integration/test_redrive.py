@@ -20,7 +20,7 @@ from protocol.results import encode_dead
 from protocol.security import acl_rules
 from tests.helpers import make_loop
 from tests.integration.test_breaker import Flaky
-from training.checkpoint import load_checkpoint
+from training.model.checkpoint import load_checkpoint
 from worker import cli
 from worker.predictor import TorchPredictor
 from worker.redrive import RedriveError, Redriver, Selection, Summary, parse_time

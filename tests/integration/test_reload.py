@@ -19,7 +19,7 @@ from protocol.keys import Keys
 from tests.helpers import wait_for
 from tests.zoo import Zoo, zoo_fixture  # noqa: F401  (the session's tiny checkpoints)
 from training import registry_cli
-from training.checkpoint import FILENAME, CheckpointError, set_latest_version
+from training.model.checkpoint import FILENAME, CheckpointError, set_latest_version
 from training.publish import entry_for, publish_checkpoint
 from worker.config import WorkerSettings
 from worker.gate import GateRules, Refused, judge

@@ -28,7 +28,7 @@ from protocol.keys import Keys
 from protocol.security import Role, acl_rules, acl_setuser, settings_error
 from tests.helpers import make_loop
 from tests.tlscerts import make_tls_set
-from training.checkpoint import CheckpointError, load_checkpoint
+from training.model.checkpoint import CheckpointError, load_checkpoint
 from worker.config import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from protocol.keys import Keys
 from protocol.registry import read_pointer
 from tests.chaos_support import Outputs, kill9_holding_batch, live, start_worker, stop, wait_until
 from tests.helpers import make_loop
-from training.checkpoint import FILENAME
+from training.model.checkpoint import FILENAME
 from training.publish import publish_checkpoint
 from worker import cli
 from worker.compare import read_pairs, summarize

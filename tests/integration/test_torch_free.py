@@ -25,7 +25,7 @@ from producer.results import ResultsReader
 from producer.sources import synthetic
 from protocol.keys import Keys
 from protocol.wire import WIRE_VERSION
-from training.checkpoint import (
+from training.model.checkpoint import (
     CheckpointError,
     WireVersionError,
     from_bytes,
@@ -33,7 +33,7 @@ from training.checkpoint import (
     save_checkpoint,
     to_bytes,
 )
-from training.checkpoint_file import load_served, parse
+from training.model.checkpoint_file import load_served, parse
 from worker.gate import Refused
 from worker.gate import parse as gate_parse
 from worker.onnx_backend import onnx_available
@@ -75,7 +75,7 @@ def _event(events: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def test_checkpoint_file_carries_the_exported_graph(checkpoint_root: Path) -> None:
-    from training.onnx import onnx_bytes
+    from training.model.onnx import onnx_bytes
 
     served, full = load_served(checkpoint_root), load_checkpoint(checkpoint_root)
     assert served.graph is not None and served.graph == onnx_bytes(full)
@@ -102,7 +102,7 @@ def test_onnx_replica_serves_without_importing_torch(r: redis.Redis, prefix: str
 RELOAD = """
 import json, sys
 import redis
-from training.checkpoint_file import set_latest_version
+from training.model.checkpoint_file import set_latest_version
 from worker.config import WorkerSettings
 from worker.reload import ReloadingSource, initial_predictor
 url, prefix, root, new = sys.argv[1:5]
@@ -151,7 +151,7 @@ NO_TORCH = """
 import json, sys
 sys.modules["torch"] = None
 import numpy as np
-from training.checkpoint_file import load_served
+from training.model.checkpoint_file import load_served
 from worker.backends import make_predictor
 from worker.onnx_backend import BackendError
 pred = make_predictor(load_served(sys.argv[1]), "cpu", "auto", 1, "auto")

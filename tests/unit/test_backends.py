@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import Checkpoint, load_checkpoint
+from training.model.checkpoint import Checkpoint, load_checkpoint
 from worker import backends
 from worker.backends import make_predictor
 from worker.onnx_backend import BackendError, OnnxPredictor, onnx_available
@@ -87,8 +87,8 @@ def test_auto_falls_back_to_torch_when_export_fails(checkpoint_root: Path, monke
 
 @needs_onnx
 def test_onnx_backend_serves_training_export_and_wraps_its_failures(checkpoint_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import training.onnx
-    from training.onnx import ExportError, onnx_bytes
+    import training.model.onnx
+    from training.model.onnx import ExportError, onnx_bytes
 
     ckpt = load_checkpoint(checkpoint_root)
     assert OnnxPredictor(ckpt).graph == onnx_bytes(ckpt)
@@ -96,7 +96,7 @@ def test_onnx_backend_serves_training_export_and_wraps_its_failures(checkpoint_r
     def broken(c: object) -> bytes:
         raise ExportError("export of checkpoint x failed: boom")
 
-    monkeypatch.setattr(training.onnx, "onnx_bytes", broken)
+    monkeypatch.setattr(training.model.onnx, "onnx_bytes", broken)
     with pytest.raises(BackendError, match="boom") as e:
         OnnxPredictor(ckpt)
     assert isinstance(e.value.__cause__, ExportError)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from producer.sources import from_file, synthetic
-from training.data import DataError
-from training.data import synthetic as training_synthetic
+from training.model.data import DataError
+from training.model.data import synthetic as training_synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.augment import SMOOTH_AUTOCORR, Augmenter, lag1_autocorrelation
-from training.data import Dataset, synthetic
+from training.model.data import Dataset, synthetic
 from training.train import TrainConfig
 
 

@@ -18,7 +18,7 @@ from training.baseline import (
     nearest_neighbours,
     task_data,
 )
-from training.data import Dataset
+from training.model.data import Dataset
 
 
 def _bump(length: int, centre: int, width: int = 3, height: float = 1.0) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import (
+from training.model.checkpoint import (
     FILENAME,
     WIRE_VERSION,
     Checkpoint,
@@ -23,7 +23,7 @@ from training.checkpoint import (
     set_latest_version,
     to_bytes,
 )
-from training.model import ModelConfig, SequenceClassifier
+from training.model.network import ModelConfig, SequenceClassifier
 
 
 def make_ckpt(seed: int = 0, golden: bool = True) -> Checkpoint:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import DataError, align_classes, normalization, stratified_split, synthetic
-from training.formats import load_dataset
+from training.model.data import DataError, align_classes, normalization, stratified_split, synthetic
+from training.model.formats import load_dataset
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -202,5 +202,5 @@ def test_normalization_ignores_missing_and_align_classes(tmp_path: Path) -> None
 
 
 def test_data_modules_do_not_import_torch() -> None:
-    code = "import sys, training.data, training.formats, training.metrics; sys.exit('torch' in sys.modules)"
+    code = "import sys, training.model.data, training.model.formats, training.metrics; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2]).returncode == 0

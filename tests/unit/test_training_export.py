@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from training.checkpoint import Checkpoint, load_checkpoint
-from training.data import pad, synthetic
 from training.export import main as export_main
 from training.export import quantize, quantized_layers, serialized_size
-from training.onnx import ExportError, onnx_bytes, onnx_session, parity
+from training.model.checkpoint import Checkpoint, load_checkpoint
+from training.model.data import pad, synthetic
+from training.model.onnx import ExportError, onnx_bytes, onnx_session, parity
 
 pytest.importorskip("onnxruntime")
 

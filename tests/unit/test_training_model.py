@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.data import stratified_split, synthetic
-from training.model import ModelConfig, SequenceClassifier
+from training.model.data import stratified_split, synthetic
+from training.model.network import ModelConfig, SequenceClassifier
 from training.train import TrainConfig, auto_batch, fit
 
 STEMS = [{"channels": 0, "downsample": 0, "conv_blocks": 0, "window_norm": False},  # the plain recurrent model

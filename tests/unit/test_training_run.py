@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import load_checkpoint
 from training.cli import COMMANDS, main
-from training.data import normalization, stratified_split, synthetic
-from training.formats import load_dataset
+from training.model.checkpoint import load_checkpoint
+from training.model.data import normalization, stratified_split, synthetic
+from training.model.formats import load_dataset
 
 DATA = Path(__file__).parents[1] / "data"
 TINY = ["--hidden", "16", "--layers", "1", "--no-plots"]

@@ -1,6 +1,6 @@
-"""Datasets: the tutorial's synthetic task, splits and normalization (file parsers: :mod:`training.formats`).
+"""Datasets: the tutorial's synthetic task, splits and normalization (file parsers: :mod:`training.model.formats`).
 
-This module (and :mod:`training.formats`) imports only numpy: the producer uses it to read dataset
+This module (and :mod:`training.model.formats`) imports only numpy: the producer uses it to read dataset
 files without pulling in torch.
 """
 

@@ -1,7 +1,7 @@
 """Dataset file parsers: UCR/UEA ``.ts``, UCR 2018 ``.tsv``, ``.npz`` and ``.csv``. numpy only (the producer imports these).
 
-Every parser returns a :class:`training.data.Dataset` whose windows are float32 [T_i, F] with NaN
-for missing values, and raises :class:`training.data.DataError` naming the file, the line and what
+Every parser returns a :class:`training.model.data.Dataset` whose windows are float32 [T_i, F] with NaN
+for missing values, and raises :class:`training.model.data.DataError` naming the file, the line and what
 was expected when the file is malformed.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import DataError, Dataset
+from training.model.data import DataError, Dataset
 
 _MISSING = {"?", "", "nan", "NaN", "NA"}
 

@@ -1,4 +1,4 @@
-"""The sequence classifier module (its config dataclass lives in :mod:`training.model_config`, torch-free).
+"""The sequence classifier module (its config dataclass lives in :mod:`training.model.config`, torch-free).
 
 The network, for windows ``x`` [B, T, F] with per-window lengths::
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from training.model_config import LEGACY, ModelConfig
+from training.model.config import LEGACY, ModelConfig
 
 __all__ = ["LEGACY", "ConvLayer", "MaskedBatchNorm1d", "ModelConfig", "RawInputModel", "SequenceClassifier"]
 
@@ -208,7 +208,7 @@ class RawInputModel(nn.Module):
 
     The classifier is called as ``model(x)`` only (no lengths: its equal-length path), so any module
     whose forward maps [B, T, F] to logits [B, C] can be wrapped; this is what the ONNX graph holds
-    (:func:`training.onnx.onnx_bytes`).
+    (:func:`training.model.onnx.onnx_bytes`).
     """
 
     def __init__(self, model: nn.Module, mean: np.ndarray, std: np.ndarray) -> None:

@@ -1,7 +1,7 @@
 """The model's architecture as data: :class:`ModelConfig`, without torch.
 
 A checkpoint file's metadata holds a config; reading it (the worker's torch-free ONNX path, the
-registry) needs this dataclass but not the module it describes (:mod:`training.model`).
+registry) needs this dataclass but not the module it describes (:mod:`training.model.network`).
 """
 
 from __future__ import annotations

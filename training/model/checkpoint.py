@@ -1,10 +1,10 @@
 """Self-describing checkpoints, torch side: weights as tensors, building the model, writing files.
 
 The file format (layout, metadata, golden batch, the stored ONNX graph, atomic writes) is
-:mod:`training.checkpoint_file`, which reads everything but the weights without torch; its public
+:mod:`training.model.checkpoint_file`, which reads everything but the weights without torch; its public
 names are re-exported here. This module adds :class:`Checkpoint` (the metadata plus a torch
 ``state_dict``), :func:`to_bytes` / :func:`save_checkpoint`, which also store the fp32 ONNX graph of
-:func:`training.onnx.onnx_bytes` (the one exporter) so that a worker can serve the file without
+:func:`training.model.onnx.onnx_bytes` (the one exporter) so that a worker can serve the file without
 torch, and :func:`from_bytes` / :func:`load_checkpoint`, which read the weights as tensors and check
 that they fit the config.
 """
@@ -24,7 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from protocol.wire import WIRE_VERSION
-from training.checkpoint_file import (
+from training.model.checkpoint_file import (
     FILENAME,
     FORMAT,
     GRAPH,
@@ -40,7 +40,7 @@ from training.checkpoint_file import (
     set_latest_version,
     write_version,
 )
-from training.model import SequenceClassifier
+from training.model.network import SequenceClassifier
 
 __all__ = [
     "FILENAME", "FORMAT", "GRAPH", "LATEST", "WIRE_VERSION", "Checkpoint", "CheckpointError", "CheckpointMeta",
@@ -76,7 +76,7 @@ def new_version(state_dict: dict[str, torch.Tensor]) -> str:
 
 def _graph(ckpt: Checkpoint) -> bytes | None:
     """The fp32 ONNX graph to store, or None (with a warning) when the exporter fails."""
-    from training.onnx import ExportError, onnx_bytes
+    from training.model.onnx import ExportError, onnx_bytes
 
     try:
         return onnx_bytes(ckpt)
@@ -89,7 +89,7 @@ def to_bytes(ckpt: Checkpoint, graph: bool = True) -> bytes:
     """Serialize a checkpoint (fills in version and creation time when empty).
 
     With ``graph`` (the default) the file also holds the fp32 ONNX graph exported from these weights
-    (tensor :data:`~training.checkpoint_file.GRAPH`); ``graph=False`` writes a file without one, as
+    (tensor :data:`~training.model.checkpoint_file.GRAPH`); ``graph=False`` writes a file without one, as
     older releases did.
     """
     if not ckpt.version:

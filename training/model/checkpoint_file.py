@@ -9,13 +9,13 @@ Layout under a checkpoint root::
 
 The file is one safetensors file: the weights (``model.*``), an optional golden batch (``golden.*``),
 the fp32 ONNX graph the worker serves (``onnx.fp32``, a uint8 tensor holding the bytes of
-:func:`training.onnx.onnx_bytes`; files written before it existed have none) and, in the header
+:func:`training.model.onnx.onnx_bytes`; files written before it existed have none) and, in the header
 metadata under ``bigru``, a JSON document with the model config, class names, normalization, feature
 count, wire version, metrics, data fingerprint, version and creation time. The graph is part of the
 file's bytes, so the registry's sha256 covers it.
 
 This module reads all of it with numpy (:func:`parse`, :func:`load_served`): that is the ONNX
-replica's whole load path, which never imports torch. :mod:`training.checkpoint` adds the torch side
+replica's whole load path, which never imports torch. :mod:`training.model.checkpoint` adds the torch side
 (weights as tensors, building the module, writing). Loading never unpickles anything; writes are
 atomic (temp file + ``os.replace``).
 """
@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from protocol.wire import WIRE_VERSION
-from training.drift_ref import DriftReference, DriftReferenceError
-from training.model_config import ModelConfig
+from training.model.config import ModelConfig
+from training.model.drift_ref import DriftReference, DriftReferenceError
 
 FILENAME = "checkpoint.safetensors"
 LATEST = "latest"
@@ -110,7 +110,7 @@ class ServedCheckpoint(CheckpointMeta):
     """A checkpoint read without torch: the metadata, the stored fp32 ``graph`` and the file's ``data``.
 
     ``graph`` is None for files written before graphs were stored (the worker then exports one with
-    torch); ``data`` is the whole file, from which :func:`training.checkpoint.as_torch` reads the weights
+    torch); ``data`` is the whole file, from which :func:`training.model.checkpoint.as_torch` reads the weights
     when a replica serves with torch after all.
     """
 

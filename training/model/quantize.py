@@ -2,7 +2,7 @@
 
 :func:`onnx_int8_bytes` is the only source of the reduced-precision graph: the worker's ONNX backend
 (``BIGRU_PRECISION=auto|int8``, :class:`worker.onnx_backend.OnnxPredictor`) and ``python -m bench.model
---precision int8`` both serve its bytes. It takes :func:`training.onnx.onnx_bytes` (same input and
+--precision int8`` both serve its bytes. It takes :func:`training.model.onnx.onnx_bytes` (same input and
 outputs, dynamic batch and time axes) and quantizes it with onnxruntime's ``quantize_static``:
 
 * **Conv only** (``QDQ`` format, per-channel int8 weights, uint8 activations, MinMax ranges): ONNX
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import structlog
 
-from training.checkpoint_file import CheckpointMeta
-from training.onnx import INPUT, Exportable, ExportError, onnx_bytes
+from training.model.checkpoint_file import CheckpointMeta
+from training.model.onnx import INPUT, Exportable, ExportError, onnx_bytes
 
 #: ONNX op types quantized in the served int8 graph.
 INT8_OPS = ("Conv",)
@@ -125,10 +125,10 @@ def _inline_shared_initializers(model: Any) -> None:
 
 
 def onnx_int8_bytes(ckpt: CheckpointMeta, fp32: bytes | None = None) -> bytes:
-    """The served int8 graph of ``ckpt``: :func:`~training.onnx.onnx_bytes` with int8 convolutions.
+    """The served int8 graph of ``ckpt``: :func:`~training.model.onnx.onnx_bytes` with int8 convolutions.
 
     ``fp32`` is that graph when the caller already has it; else it is the graph stored in the file
-    (a :class:`~training.checkpoint_file.ServedCheckpoint`'s ``graph``), else it is exported here
+    (a :class:`~training.model.checkpoint_file.ServedCheckpoint`'s ``graph``), else it is exported here
     (which imports torch and needs a checkpoint with weights). With the fp32 bytes at hand nothing here
     imports torch. Calibration runs the golden batch through the fp32 graph (ORT on CPU) and takes each
     Conv input's min/max; the bytes are deterministic for a checkpoint. The fp32 graph first gets its

@@ -1,11 +1,11 @@
 """The one ONNX exporter: the graph a worker serves, made from a checkpoint.
 
-:func:`onnx_bytes` is the only ONNX export in the project: :func:`training.checkpoint.save_checkpoint`
+:func:`onnx_bytes` is the only ONNX export in the project: :func:`training.model.checkpoint.save_checkpoint`
 stores its bytes in the checkpoint file, ``bigru-train export --onnx`` writes them to ``model.onnx`` and
 checks :func:`parity` on a session built from them, and the worker's ONNX backend
 (:class:`worker.onnx_backend.OnnxPredictor`) serves the stored bytes (exporting them only for files
 written before graphs were stored). Importing this module does not import torch (the exporter and
-:func:`parity` do), so the worker's ONNX path and :mod:`training.quantize` stay torch-free. The graph takes raw
+:func:`parity` do), so the worker's ONNX path and :mod:`training.model.quantize` stay torch-free. The graph takes raw
 windows ``x`` [batch, time, F] (both axes dynamic), applies the checkpoint's normalization and
 returns ``logits`` and ``probs``. Every window of one call must have the same length (ONNX has no
 packed sequences); batch unequal windows by length, or run them one by one.
@@ -22,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     from torch import nn
 
-    from training.model import RawInputModel
+    from training.model.network import RawInputModel
 
 #: ONNX opset of the served graph (the TorchScript exporter maps nn.GRU/nn.LSTM onto ONNX's GRU/LSTM ops).
 OPSET = 17
@@ -38,7 +38,7 @@ class ExportError(RuntimeError):
 @runtime_checkable
 class Exportable(Protocol):
     """What the exporter needs of a checkpoint: its weights as a module and its normalization
-    (:class:`training.checkpoint.Checkpoint` is one)."""
+    (:class:`training.model.checkpoint.Checkpoint` is one)."""
 
     version: str
     mean: np.ndarray
@@ -54,7 +54,7 @@ class Exportable(Protocol):
 
 def raw_input_model(ckpt: Exportable, model: nn.Module | None = None) -> RawInputModel:
     """Normalization + ``ckpt``'s classifier (or ``model``) in one module: raw [B, T, F] -> (logits, probs)."""
-    from training.model import RawInputModel
+    from training.model.network import RawInputModel
 
     return RawInputModel(model if model is not None else ckpt.build_model("cpu"), ckpt.mean, ckpt.std)
 

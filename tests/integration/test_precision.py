@@ -43,7 +43,7 @@ def _without_golden(ckpt: Checkpoint) -> Checkpoint:
     return dataclasses.replace(ckpt, golden_x=None, golden_lengths=None, golden_y=None)
 
 
-def _near_boundary(ckpt: Checkpoint, n: int = 4000) -> Checkpoint:
+def _near_boundary(ckpt: Checkpoint, n: int = 20_000) -> Checkpoint:
     """``ckpt`` with a golden batch of windows near its decision boundary, labelled with its own fp32 predictions.
 
     fp32 scores 1.0 on it by construction; int8's small probability shifts flip some of these labels.

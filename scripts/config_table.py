@@ -27,9 +27,9 @@ from pydantic_settings import BaseSettings
 from producer.cli import build_parser as producer_parser
 from producer.config import ProducerSettings
 from protocol.redisconn import RedisConnSettings
-from training.cli import TrainSettings
 from training.registry_cli import RegistrySettings
 from training.registry_cli import build_parser as registry_parser
+from training.settings import TrainSettings
 from worker.cli import build_parser as worker_parser
 from worker.config import WorkerSettings
 
@@ -174,13 +174,17 @@ def render_table(group: Group, members: list[Row], envs: dict[str, str]) -> str:
 
 
 def render_training(settings: type[BaseSettings] = TrainSettings) -> str:
-    """The training settings as a list of variables: ``TrainSettings`` fields carry no descriptions, and
-    its model and optimiser fields default to None, falling back to ``training.model.network.ModelConfig`` /
-    ``training.train.TrainConfig`` (docs/training.md describes those defaults)."""
-    names = ", ".join(f"`{env_name(settings, n)}`" for n in settings.model_fields)
+    """The training settings as a table: each field's variable, flag and description (every field defaults to
+    None, which keeps the default of the dataclass its group configures; docs/training.md describes those)."""
     prefix = settings.model_config.get("env_prefix", "")
-    return (f"**Training** (`bigru-train`, prefix `{prefix}`, one variable per setting; their flags are in "
-            f"`bigru-train --help`, the model and optimiser defaults in [docs/training.md](docs/training.md)): {names}")
+    lines = [f"**Training** (`bigru-train`, prefix `{prefix}`; unset: the default of `RunOptions`, `ModelConfig` or "
+             "`TrainConfig`, see [docs/training.md](docs/training.md))", "",
+             "| variable | flag | group | meaning |", "|---|---|---|---|"]
+    for name, field in settings.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        lines.append(f"| `{env_name(settings, name)}` | `--{name.replace('_', '-')}` | {extra.get('group', '')} | "
+                     f"{field.description or ''} |")
+    return "\n".join(lines)
 
 
 def render(roles: Sequence[Role] = ROLES) -> str:

@@ -16,8 +16,8 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from producer.config import ProducerSettings
-from training.cli import TrainSettings
 from training.registry_cli import RegistrySettings
+from training.settings import TrainSettings
 from worker.config import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]

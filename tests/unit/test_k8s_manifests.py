@@ -20,9 +20,9 @@ import yaml
 from protocol.keys import Keys
 from scripts.k8s_secrets import secrets_docs
 from tests.k8s_support import DEPLOY, ROOT, Doc, pod_specs, render, validate
-from training.cli import TrainSettings
 from training.cli import build_parser as train_parser
 from training.registry_cli import RegistrySettings
+from training.settings import TrainSettings
 from worker.cli import build_parser as worker_parser
 from worker.config import WorkerSettings
 

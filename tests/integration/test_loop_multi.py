@@ -13,6 +13,7 @@ from protocol.entries import encode_windows_entry
 from protocol.keys import Keys
 from protocol.results import decode_multi_result
 from tests.helpers import make_loop, stream_entries
+from worker.loop import WorkerLoop
 from worker.types import PredictorDefaults
 
 
@@ -96,16 +97,22 @@ def test_an_expired_multi_entry_gets_an_expired_result(
     assert stats.expired == 3 and stats.windows == 0
 
 
+def _loop_counting_passes(redis_url: str, prefix: str, checkpoint_root: Path) -> tuple[WorkerLoop, list[int]]:
+    """A max_batch=64 loop whose model records the windows of each forward pass."""
+    loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64)
+    passes: list[int] = []
+    inner = loop.models.current
+    loop.models.current = FailsOn(inner, 1e9)
+    loop.models.current.predict = lambda xs: (passes.append(len(xs)), inner.predict(xs))[1]  # type: ignore[method-assign, func-returns-value]
+    return loop, passes
+
+
 def test_max_batch_bounds_windows_not_entries(
     r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path
 ) -> None:
     """64 entries of 16 windows: the collector counts windows from the entries' headers, so every
     batch (and forward pass) holds 64 windows, the first one included (issue 19: it held 1024)."""
-    loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64)
-    sizes: list[int] = []
-    inner = loop.models.current
-    loop.models.current = FailsOn(inner, 1e9)
-    loop.models.current.predict = lambda xs: (sizes.append(len(xs)), inner.predict(xs))[1]  # type: ignore[method-assign, func-returns-value]
+    loop, sizes = _loop_counting_passes(redis_url, prefix, checkpoint_root)
     keys = Keys(prefix, prefix)
     Producer(r, keys).publish_many(list(_windows(2048)), per_entry=16)
     stats = loop.run()
@@ -118,11 +125,7 @@ def test_max_batch_holds_for_a_mix_of_1_7_and_64_window_entries(
 ) -> None:
     """Entries of 64, 7 and 1 windows (and one of 100) published before the worker starts: no forward
     pass and no reported ``batch`` exceeds ``max_batch``; the 100-window entry is served alone."""
-    loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64)
-    passes: list[int] = []
-    inner = loop.models.current
-    loop.models.current = FailsOn(inner, 1e9)
-    loop.models.current.predict = lambda xs: (passes.append(len(xs)), inner.predict(xs))[1]  # type: ignore[method-assign, func-returns-value]
+    loop, passes = _loop_counting_passes(redis_url, prefix, checkpoint_root)
     keys = Keys(prefix, prefix)
     prod = Producer(r, keys)
     xs = _windows(64, seed=1)

@@ -12,12 +12,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
 from bench import harness
 from protocol.keys import Keys
+
+_H = TypeVar("_H")
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "results" / "chaos"
@@ -138,23 +140,28 @@ def pending_of(r: redis.Redis, keys: Keys, consumer: str) -> list[str]:
     return [row["message_id"].decode() for row in rows]
 
 
-def kill9_holding_batch(proc: subprocess.Popen[bytes], r: redis.Redis, keys: Keys, consumer: str) -> list[str]:
-    """SIGKILL ``proc`` at a moment its consumer holds entries; returns the ids it held.
+def kill9_when(proc: subprocess.Popen[bytes], held: Callable[[], _H], what: str, tries: int = 200) -> _H:
+    """SIGKILL ``proc`` at a moment ``held()`` is truthy (its consumer holds entries); returns that value.
 
     The process is frozen (SIGSTOP) first so that what it holds cannot change between checking
     and killing; if it holds nothing at that instant it is resumed and tried again.
     """
-    for _ in range(200):
+    for _ in range(tries):
         os.kill(proc.pid, signal.SIGSTOP)
         time.sleep(0.02)  # a publish script already sent completes server-side
-        held = pending_of(r, keys, consumer)
-        if held:
+        got = held()
+        if got:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-            return held
+            return got
         os.kill(proc.pid, signal.SIGCONT)
         time.sleep(0.005)
-    raise AssertionError(f"{consumer} never held a batch")
+    raise AssertionError(f"{what} never held a batch")
+
+
+def kill9_holding_batch(proc: subprocess.Popen[bytes], r: redis.Redis, keys: Keys, consumer: str) -> list[str]:
+    """SIGKILL ``proc`` at a moment its consumer holds entries on shard 0; returns the ids it held."""
+    return kill9_when(proc, lambda: pending_of(r, keys, consumer), consumer)
 
 
 def rss_kb(pid: int) -> dict[str, int]:

@@ -33,7 +33,7 @@ import yaml
 
 from producer.client import Producer
 from protocol.keys import Keys
-from tests.chaos_support import live, start_worker, stop, wait_until
+from tests.chaos_support import kill9_when, live, start_worker, stop, wait_until
 from tests.k8s_support import DEPLOY
 
 pytestmark = pytest.mark.chaos
@@ -159,18 +159,8 @@ def consumers(r: redis.Redis, keys: Keys) -> set[str]:
 
 
 def kill9_holding(proc: subprocess.Popen[bytes], r: redis.Redis, keys: Keys, consumer: str) -> int:
-    """SIGKILL ``proc`` at an instant it holds entries (frozen first, so what it holds cannot change)."""
-    for _ in range(300):
-        os.kill(proc.pid, signal.SIGSTOP)
-        time.sleep(0.02)
-        n = held_by(r, keys, consumer)
-        if n:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return n
-        os.kill(proc.pid, signal.SIGCONT)
-        time.sleep(0.005)
-    raise AssertionError(f"{consumer} never held a batch")
+    """SIGKILL ``proc`` at an instant it holds entries on any shard; how many it held."""
+    return kill9_when(proc, lambda: held_by(r, keys, consumer), consumer, tries=300)
 
 
 def _control_without_the_guarantee(r: redis.Redis, prefix: str) -> dict[str, Any]:

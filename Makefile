@@ -78,7 +78,7 @@ failover: venv redis
 
 # Training experiments (CPU-heavy; results/ holds the committed outputs).
 accuracy: venv
-	$(VENV)/bin/bigru-train accuracy --results results --readme README.md
+	$(VENV)/bin/bigru-train accuracy --jobs 2 --threads 1 --results results --readme README.md
 
 compare: venv
 	$(VENV)/bin/bigru-train compare --results results

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from training.datasets import dataset_split_files, discover_datasets
-from training.model.data import DataError, Dataset, align_classes, synthetic
+from training.model.data import DataError, Dataset, align_classes, fill_missing, synthetic
 from training.model.formats import load_dataset
 
 PAIR_MODE_CELLS = 4096  # DP cells per pair above which per-pair early abandoning beats the matrix
@@ -55,29 +55,6 @@ def _dtaidistance() -> tuple[Any, Any]:
         raise BaselineError("dtaidistance is installed without its C library; reinstall it from a wheel "
                             "or with a C compiler (or use --no-baseline)")
     return dtw, dtw_ndim
-
-
-def fill_missing(x: np.ndarray) -> np.ndarray:
-    """A [T, F] window as C-contiguous float64 with NaN filled per channel (linear in time, carried at the ends).
-
-    An entirely missing channel becomes 0; an empty window becomes one timestep of zeros.
-    """
-    a = np.array(x, dtype=np.float64, order="C", copy=True)
-    if a.ndim == 1:
-        a = a[:, None]
-    if a.shape[0] == 0:
-        return np.zeros((1, a.shape[1]), dtype=np.float64)
-    t = np.arange(a.shape[0])
-    for f in range(a.shape[1]):
-        col = a[:, f]
-        bad = np.isnan(col)
-        if not bad.any():
-            continue
-        if bad.all():
-            col[:] = 0.0
-        else:
-            col[bad] = np.interp(t[bad], t[~bad], col[~bad])
-    return a
 
 
 def _prepare(windows: list[np.ndarray]) -> list[np.ndarray]:

@@ -117,6 +117,32 @@ def evaluate_checkpoint(ckpt: Checkpoint, ds: Dataset, device: str = "cpu") -> d
     return report(y.numpy(), pred, list(ckpt.classes))
 
 
+def part_accuracies(ckpt: Checkpoint, ds: Dataset, device: str = "cpu") -> dict[str, float] | None:
+    """Accuracy of each half of a model with the random-convolution branch on ``ds``: the network alone
+    (its members' mean probabilities) and the branch alone; None without the branch."""
+    import torch
+
+    model = ckpt.build_model(device)
+    if model.rocket is None:
+        return None
+    x, lengths, y = to_tensors(ds, ckpt.mean, ckpt.std)
+    net, branch = [], []
+    with torch.inference_mode():
+        for i in range(0, len(x), 256):
+            xb, lb = x[i : i + 256].to(device), lengths[i : i + 256]
+            net.append(torch.stack([torch.softmax(z, -1) for z in model.member_logits(xb, lb)]).mean(0).argmax(-1).cpu())
+            branch.append(model.rocket(xb, lb).argmax(-1).cpu())
+    return {"network": float((torch.cat(net) == y).float().mean()), "rocket": float((torch.cat(branch) == y).float().mean())}
+
+
+#: Features of the random-convolution branch (MiniRocket's default; 0 = no branch). Its dilations
+#: span the longest training window.
+ROCKET_FEATURES = 10_000
+#: The branch averages long windows down to at most this many steps (its cost grows with the length).
+ROCKET_STEPS = 512
+#: The branch's share of the class probabilities.
+ROCKET_WEIGHT = 0.7
+
 #: The stem shortens the longest training window to at most this many steps for the recurrent layer.
 RNN_STEPS = 64
 
@@ -138,6 +164,11 @@ def default_model_config(input_dim: int, num_classes: int, max_length: int, over
         o["downsample"] = 0 if o.get("channels") == 0 else auto_downsample(max_length, rnn_steps)
     if o.get("channels") == 0:
         o.setdefault("conv_blocks", 0)
+    o.setdefault("rocket", ROCKET_FEATURES)
+    if o["rocket"]:
+        o.setdefault("rocket_length", max_length)
+        o.setdefault("rocket_stride", max(1, math.ceil(max_length / ROCKET_STEPS)))
+        o.setdefault("rocket_weight", ROCKET_WEIGHT)
     return ModelConfig(input_dim=input_dim, num_classes=num_classes, **o)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from training.datasets import dataset_split_files, default_datasets
-from training.run import RunOptions, evaluate_checkpoint, load_run_data, model_config, train_model
+from training.run import RunOptions, evaluate_checkpoint, load_run_data, model_config, part_accuracies, train_model
 from training.train import TrainConfig
 
 __all__ = ["Task", "default_datasets", "measure"]
@@ -55,5 +55,7 @@ def measure(task: Task, datasets: Path, model: dict[str, Any], tcfg: TrainConfig
         "epochs": len(res.history),
         "best_epoch": res.best_epoch,
         "confusion": test["confusion"],
+        "parts": part_accuracies(ckpt, data.test, tcfg.device),
+        "seconds_per_step": res.checkpoint.metrics.get("seconds_per_step"),
         "config": mcfg.to_dict(),
     }

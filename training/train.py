@@ -19,7 +19,7 @@ from torch import nn
 
 from training.augment import AUGMENT_MODES, SMOOTH_AUTOCORR, Augmenter, lag1_autocorrelation
 from training.model.checkpoint import Checkpoint
-from training.model.data import Dataset, fingerprint, normalization, pad
+from training.model.data import Dataset, fill_missing, fingerprint, normalization, pad
 from training.model.drift_ref import build_reference
 from training.model.network import ModelConfig, SequenceClassifier
 
@@ -30,8 +30,11 @@ SCHEDULES = ("onecycle", "cosine", "plateau")
 class TrainConfig:
     """Optimisation settings. ``batch_size=0`` picks one from the training set size (see :func:`auto_batch`)."""
 
-    epochs: int = 500  # upper bound; the step budget usually ends training first
-    steps: int = 500  # train for about this many optimizer steps (0 = exactly `epochs` epochs)
+    epochs: int = 1500  # passes over the training windows, at most (the published networks' budget)
+    steps: int = 0  # train for about this many optimizer steps instead of `epochs` epochs (0 = epochs)
+    # Wall seconds of optimizer steps at most: the epochs are cut to what fits, measured on this machine
+    # from the first steps (0 = no limit).
+    time_budget: float = 45.0
     batch_size: int = 0
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -60,7 +63,7 @@ class TrainConfig:
             raise ValueError(f"crop must be in [0, 1), got {self.crop}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
-        if self.epochs < 1 or self.batch_size < 0 or self.lr <= 0 or self.patience < -1:
+        if self.epochs < 1 or self.batch_size < 0 or self.lr <= 0 or self.patience < -1 or self.time_budget < 0:
             raise ValueError(f"invalid optimisation settings in {self}")
 
 
@@ -74,8 +77,8 @@ class TrainResult:
     best_epoch: int = 0
 
 
-#: Batch size under ``batch_size=0``.
-AUTO_BATCH = 32
+#: Batch size under ``batch_size=0``: a tenth of the training windows, within these bounds.
+AUTO_BATCH = (16, 64)
 
 #: Early stopping under ``patience=-1``: this patience, with at least this many validation windows.
 AUTO_PATIENCE, AUTO_PATIENCE_MIN_VAL = 10, 200
@@ -89,13 +92,14 @@ def auto_patience(patience: int, val_windows: int) -> int:
 
 
 def auto_batch(n: int) -> int:
-    """:data:`AUTO_BATCH` windows a step (all of them when the set is smaller).
+    """A tenth of ``n`` windows a step, within :data:`AUTO_BATCH` (all of them when the set is smaller).
 
-    On a CPU a step's time is mostly the recurrent layer's sequential steps, not the batch, so a
-    fixed, small batch with a fixed step budget keeps the training time nearly independent of the
-    set's size; the step budget then means more epochs for smaller sets.
+    The published networks' ``n / 10`` (InceptionTime, ResNet), kept at 16 or more for BatchNorm's
+    statistics and at 64 or less: on a CPU a step's time is mostly the recurrent layer's sequential
+    steps, so larger sets get more windows a step rather than many more steps.
     """
-    return int(min(n, AUTO_BATCH))
+    lo, hi = AUTO_BATCH
+    return int(min(n, max(lo, min(hi, n // 10))))
 
 
 def budget_epochs(tcfg: TrainConfig, n: int) -> int:
@@ -112,8 +116,8 @@ def set_determinism(seed: int) -> None:
 
 
 def to_tensors(ds: Dataset, mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalize (missing values become the training mean, i.e. 0) and pad ``ds`` into tensors."""
-    x, lengths = pad([np.nan_to_num((w - mean) / std) for w in ds.X])
+    """Fill missing values (linear in time, carried at the ends), normalize and pad ``ds`` into tensors."""
+    x, lengths = pad([((fill_missing(w) - mean) / std).astype(np.float32) for w in ds.X])
     return torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(np.asarray(ds.y, dtype=np.int64))
 
 
@@ -134,20 +138,26 @@ def evaluate(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, y: torch.
     return loss, float((p == y.numpy()).mean()), p
 
 
+class _Shape:
+    """The one-cycle / cosine learning-rate shape over ``total`` steps; ``total`` may shrink once the
+    time budget is known (the schedule then anneals to zero by the new end)."""
+
+    def __init__(self, tcfg: TrainConfig, total: int) -> None:
+        # one-cycle: the warmup rises from lr / 25 (cosine: from 0), then both anneal to 0 along a cosine.
+        self.warmup, self.start = tcfg.warmup, (1 / 25 if tcfg.schedule == "onecycle" else 0.0)
+        self.total = total
+
+    def __call__(self, step: int) -> float:
+        warm = max(1, int(self.warmup * self.total))
+        if step < warm:
+            return self.start + (1 - self.start) * (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, self.total - warm))))
+
+
 def _scheduler(opt: torch.optim.Optimizer, tcfg: TrainConfig, steps_per_epoch: int) -> Any:
     if tcfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, abs(tcfg.patience) // 4))
-    total = tcfg.epochs * steps_per_epoch
-    warm = max(1, int(tcfg.warmup * total))
-    # one-cycle: the warmup rises from lr / 25 (cosine: from 0), then both anneal to 0 along a cosine.
-    start = 1 / 25 if tcfg.schedule == "onecycle" else 0.0
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return start + (1 - start) * (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return torch.optim.lr_scheduler.LambdaLR(opt, _Shape(tcfg, tcfg.epochs * steps_per_epoch))
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
@@ -166,6 +176,45 @@ class _Tensors:
 
     def __len__(self) -> int:
         return len(self.x)
+
+
+#: The time budget's probe: seconds per step are measured over PROBE_STEPS steps after the first PROBE_FROM.
+PROBE_FROM, PROBE_STEPS = 3, 10
+#: A run past this multiple of its time budget stops at the end of the epoch (the machine slowed down).
+OVERRUN = 1.5
+
+
+@dataclass
+class _Clock:
+    """Counts optimizer steps and cuts the run's epochs to the time budget once it has measured a step."""
+
+    budget: float
+    steps: int = 0
+    started: float = 0.0
+    probe: float = 0.0
+    seconds_per_step: float | None = None
+
+    def tick(self, run: _Run) -> None:
+        """After each optimizer step: measure, then shorten ``run.epochs`` (and its schedule) to fit."""
+        self.steps += 1
+        if not self.budget:
+            return
+        now = time.perf_counter()
+        if self.steps == 1:
+            self.started = now
+        elif self.steps == PROBE_FROM:
+            self.probe = now
+        elif self.steps == PROBE_FROM + PROBE_STEPS:
+            self.seconds_per_step = (now - self.probe) / PROBE_STEPS
+            per_epoch = math.ceil(len(run.train) / run.batch_size)
+            allowed = self.steps + int((self.budget - (now - self.started)) / self.seconds_per_step)
+            if allowed < run.epochs * per_epoch:
+                run.epochs = max(1, allowed // per_epoch)
+                shape = getattr(run.sched, "lr_lambdas", [None])[0]
+                if isinstance(shape, _Shape):
+                    shape.total = run.epochs * per_epoch
+        elif now - self.started > OVERRUN * self.budget:
+            run.epochs = 0  # the current epoch is the last
 
 
 @dataclass
@@ -188,6 +237,9 @@ class _Run:
     opt: torch.optim.Optimizer
     sched: Any
     averaged: torch.optim.swa_utils.AveragedModel | None
+    clock: _Clock
+    rocket: dict[str, float] | None
+    offset: torch.Tensor | None  # with rocket_sum: the branch's leave-one-out logits of each training window
 
 
 def _setup(train: Dataset, val: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, fixed_epochs: int | None) -> _Run:
@@ -213,8 +265,27 @@ def _setup(train: Dataset, val: Dataset, mcfg: ModelConfig, tcfg: TrainConfig, f
     if tcfg.ema:
         averaged = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tcfg.ema), use_buffers=True)
+    rocket, offset = fit_rocket(model, xt, tcfg.seed) if model.rocket is not None else (None, None)
     return _Run(tcfg, rng, mean, std, xt, xv, dev, smoothness, augment, model, bs,
-                auto_patience(tcfg.patience, len(val)), epochs, opt, sched, averaged)
+                auto_patience(tcfg.patience, len(val)), epochs, opt, sched, averaged, _Clock(tcfg.time_budget), rocket,
+                offset.to(dev) if offset is not None and mcfg.rocket_sum else None)
+
+
+@torch.no_grad()
+def fit_rocket(model: SequenceClassifier, data: _Tensors, seed: int, chunk: int = 64) -> tuple[dict[str, float], torch.Tensor]:
+    """Fit the random-convolution branch's biases and its ridge read-out on the (unaugmented) training
+    windows; returns the read-out's penalty, temperature and leave-one-out accuracy, and the training
+    windows' leave-one-out logits."""
+    from training.ridge import fit_ridge
+
+    assert model.rocket is not None
+    model.rocket.features.fit(data.x, data.lengths, seed)
+    feats = torch.cat([model.rocket.features(data.x[i : i + chunk], data.lengths[i : i + chunk])
+                       for i in range(0, len(data), chunk)]).numpy()
+    r = fit_ridge(feats, data.y.numpy(), model.cfg.num_classes, seed)
+    model.rocket.coef.copy_(torch.from_numpy(r.coef))
+    model.rocket.intercept.copy_(torch.from_numpy(r.intercept))
+    return {"alpha": r.alpha, "temperature": r.temperature, "loo_accuracy": r.loo_accuracy}, torch.from_numpy(r.loo_logits)
 
 
 def _step(run: _Run, idx: torch.Tensor) -> tuple[float, int]:
@@ -223,6 +294,8 @@ def _step(run: _Run, idx: torch.Tensor) -> tuple[float, int]:
     xb, yb = data.x[idx].to(run.dev), data.y[idx].to(run.dev)
     xb = run.augment(xb, data.lengths[idx])
     members = run.model.member_logits(xb, data.lengths[idx])
+    if run.offset is not None:
+        members = [z + run.offset[idx] for z in members]
     loss = torch.stack([nn.functional.cross_entropy(z, yb, label_smoothing=tcfg.label_smoothing) for z in members]).mean()
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -248,6 +321,7 @@ def _epoch(run: _Run, epoch: int, validate: bool = True) -> dict[str, float]:
     for i in range(0, n, run.batch_size):
         idx = perm[i : i + run.batch_size]
         loss, right = _step(run, idx)
+        run.clock.tick(run)
         total += loss * len(idx)
         correct += right
     row = {"epoch": epoch, "train_loss": total / n, "train_accuracy": correct / n, "lr": run.opt.param_groups[0]["lr"]}
@@ -309,10 +383,14 @@ def _epochs(run: _Run, keep_last: bool, on_epoch: Callable[[dict[str, float]], N
     """
     best: _Kept | None = None
     history: list[dict[str, float]] = []
-    # Keeping the last weights, the validation set only draws the history: score it VALIDATIONS times.
-    every = max(1, run.epochs // VALIDATIONS) if keep_last and run.tcfg.schedule != "plateau" else 1
-    for epoch in range(1, run.epochs + 1):
-        row = _epoch(run, epoch, validate=epoch % every == 0 or epoch == run.epochs)
+    epoch = 0
+    while epoch < run.epochs:  # the time budget may shorten run.epochs during the first epochs
+        epoch += 1
+        # Keeping the last weights, the validation set only draws the history: score it VALIDATIONS times.
+        every = max(1, run.epochs // VALIDATIONS) if keep_last and run.tcfg.schedule != "plateau" else 1
+        row = _epoch(run, epoch, validate=epoch % every == 0 or epoch >= run.epochs)
+        if bar.total != max(run.epochs, epoch):
+            bar.total = max(run.epochs, epoch)
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -328,6 +406,9 @@ def _epochs(run: _Run, keep_last: bool, on_epoch: Callable[[dict[str, float]], N
         elif epoch - best[1] >= run.patience:
             break
     if best is None:  # keep_last: the final weights
+        if "val_loss" not in history[-1]:  # the time budget ended the run inside an epoch meant to be the last but one
+            vloss, vacc, _ = evaluate(_served(run), run.val.x, run.val.lengths, run.val.y)
+            history[-1].update(val_loss=vloss, val_accuracy=vacc)
         best = (history[-1]["val_loss"], len(history), _weights(_served(run)))
     return history, best
 
@@ -338,11 +419,12 @@ def _checkpoint(run: _Run, train: Dataset, val: Dataset, mcfg: ModelConfig, best
     golden batch of up to ``golden_size`` validation windows."""
     vloss, vacc, _ = evaluate(run.model, run.val.x, run.val.lengths, run.val.y)
     gidx = run.rng.permutation(len(val))[: run.tcfg.golden_size]
-    gx, gl = pad([np.where(np.isnan(val.X[i]), run.mean, val.X[i]) for i in gidx])  # raw units, missing = mean
+    gx, gl = pad([fill_missing(val.X[i]).astype(np.float32) for i in gidx])  # raw units, missing values filled
     params = sum(p.numel() for p in run.model.parameters())
     metrics: dict[str, Any] = {"val_accuracy": vacc, "val_loss": vloss, "epochs": epochs, "best_epoch": best[1],
                                "seconds_per_epoch": seconds_per_epoch, "params": params, "batch_size": run.batch_size,
-                               "patience": run.patience, "smoothness": run.smoothness, "augment": run.augment.describe()}
+                               "patience": run.patience, "smoothness": run.smoothness, "augment": run.augment.describe(),
+                               "seconds_per_step": run.clock.seconds_per_step, "rocket": run.rocket}
     val_probs = torch.softmax(predict(run.model, run.val.x, run.val.lengths), dim=-1).numpy()
     return Checkpoint(config=mcfg, classes=list(train.classes), mean=run.mean, std=run.std, state_dict=best[2],
                       metrics=metrics, data_fingerprint=fingerprint(train), golden_x=gx, golden_lengths=gl,

@@ -30,7 +30,7 @@ def _data(lo: int, hi: int, channels: int = 1) -> dict[str, Any]:
 
 def _args(tmp_path: Path, **kw: Any) -> argparse.Namespace:
     base = {"results": tmp_path, "seeds": 3, "n": 6000, "test_n": 20000, "merge": False, "no_baseline": False,
-            "dtw_max_test": 5000, "threads": 1}
+            "dtw_max_test": 5000, "threads": 1, "jobs": 1}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -57,14 +57,15 @@ def test_report_table_mean_std_dtw_and_met(tmp_path: Path) -> None:
     rows = _rows(md)
     assert rows["GunPoint"][5] == "99.00 ± 0.82"
     assert rows["GunPoint"][6] == "90.67"
-    assert rows["GunPoint"][10] == "yes"
-    assert rows["ACSF1"][1] == "1460" and rows["ACSF1"][10] == "no"  # above the target, below DTW
+    assert rows["GunPoint"][9] == "100.0 / 100.0"  # InceptionTime / HIVE-COTE 2 on the archive's split
+    assert rows["GunPoint"][11] == "no"  # 99.00 under the target of 100 (InceptionTime's figure on this split)
+    assert rows["ACSF1"][1] == "1460" and rows["ACSF1"][11] == "no"  # below DTW
     assert rows["PickupGestureWiimoteZ"][1] == "29–361"
-    assert "DTW + 5" in rows["PickupGestureWiimoteZ"][9] and "75.0" in rows["PickupGestureWiimoteZ"][9]
-    assert rows["PickupGestureWiimoteZ"][10] == "yes"
+    assert "DTW + 5" in rows["PickupGestureWiimoteZ"][10] and "75.0" in rows["PickupGestureWiimoteZ"][10]
+    assert rows["PickupGestureWiimoteZ"][11] == "yes" and rows["PickupGestureWiimoteZ"][9] == "-"
     assert "50 of 100 test windows" in rows["synthetic"][6]
-    assert rows["synthetic"][10] == "yes"
-    assert rows["GunPoint"][11] == "10" and rows["GunPoint"][12] == "41"
+    assert rows["synthetic"][11] == "yes"
+    assert rows["GunPoint"][12] == "10" and rows["GunPoint"][13] == "41"
     assert "1-NN DTW (%)" in md and "--seeds 3" in md and "nothing is tuned" in md
     assert (tmp_path / "accuracy.png").stat().st_size > 0
     data = json.loads(js_path.read_text())
@@ -72,12 +73,12 @@ def test_report_table_mean_std_dtw_and_met(tmp_path: Path) -> None:
 
 
 def test_report_without_baseline(tmp_path: Path) -> None:
-    runs = [_run("GunPoint", 0, 0.995), _run("GunPoint", 1, 0.985), _run("PickupGestureWiimoteZ", 0, 0.8)]
+    runs = [_run("GunPoint", 0, 1.0), _run("GunPoint", 1, 1.0), _run("PickupGestureWiimoteZ", 0, 0.8)]
     md_path, _ = write_report(runs, {}, _args(tmp_path, no_baseline=True, seeds=2), 60.0)
     md = md_path.read_text()
     rows = _rows(md)
-    assert rows["GunPoint"][6] == "not run" and rows["GunPoint"][10] == "yes"
-    assert rows["PickupGestureWiimoteZ"][10] == "n/a"
+    assert rows["GunPoint"][6] == "not run" and rows["GunPoint"][11] == "yes"
+    assert rows["PickupGestureWiimoteZ"][11] == "n/a"
     assert "only the fixed targets were checked" in md
 
 

@@ -87,7 +87,7 @@ def test_plateau_schedule_and_early_stopping() -> None:
 
 
 def test_auto_batch() -> None:
-    assert auto_batch(40) == 32 and auto_batch(1600) == 32 and auto_batch(100_000) == 32
+    assert auto_batch(40) == 16 and auto_batch(390) == 39 and auto_batch(1600) == 64 and auto_batch(100_000) == 64
     assert auto_batch(10) == 10
 
 

@@ -11,7 +11,12 @@ from typing import Any
 
 #: Values of the fields that did not exist before the convolutional stem, for older checkpoints.
 LEGACY: dict[str, Any] = {"window_norm": False, "downsample": 0, "channels": 0, "conv_blocks": 0, "kernel": 5,
-                          "dilate": False, "members": 1, "patch": False}
+                          "dilate": False, "members": 1, "patch": False, "rocket": 0, "rocket_length": 0,
+                          "rocket_weight": 0.5, "rocket_sum": False, "rocket_stride": 1, "stats": False}
+
+
+#: Recurrent cells; ``none`` is the ablation without one (pooling of the convolutional trunk).
+CELLS = ("gru", "lstm", "none")
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,15 @@ class ModelConfig:
     ``s = downsample / 4`` over patches of ``2s + 1`` steps and keeps two stride-2 layers (instead of
     log2(downsample) stride-2 layers at full resolution: far cheaper on long series). ``dilate`` gives the branch's ``conv_blocks`` dilations 2, 4, 8, ... (a wider view at the same
     cost). ``members`` > 1 makes the model an ensemble of that many independently initialised
-    networks whose class probabilities are averaged (one module, one ONNX graph).
+    networks whose class probabilities are averaged (one module, one ONNX graph). ``cell="none"``
+    replaces the recurrent layer by pooling of the convolutional trunk alone (the ablation).
+    ``rocket`` > 0 adds a fixed random-convolution branch of about that many features over windows of
+    ``rocket_length`` steps (:mod:`training.model.rocket`) with a ridge read-out; the model's
+    probabilities are ``rocket_weight`` of the branch's plus the rest of the network's, or with
+    ``rocket_sum`` the network's logits are added to the branch's (the network is trained as a
+    correction of the branch's leave-one-out logits). ``rocket_stride`` > 1: the branch reads the
+    window averaged over that many steps (long windows).
+    ``stats`` passes each window's raw level and scale (per-feature mean and log std) to the head.
     """
 
     input_dim: int = 1
@@ -46,10 +59,21 @@ class ModelConfig:
     dilate: bool = True
     members: int = 1
     patch: bool = True
+    rocket: int = 0
+    rocket_length: int = 0
+    rocket_weight: float = 0.5
+    rocket_sum: bool = False
+    rocket_stride: int = 1
+    stats: bool = False
 
     def __post_init__(self) -> None:
-        if self.cell not in ("gru", "lstm"):
-            raise ValueError(f"cell must be 'gru' or 'lstm', got {self.cell!r}")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {self.cell!r}")
+        if self.cell == "none" and not self.channels:
+            raise ValueError("cell 'none' (no recurrent layer) needs the convolutional trunk (channels > 0)")
+        if (self.rocket < 0 or (self.rocket and self.rocket_length < 1) or not 0.0 <= self.rocket_weight <= 1.0
+                or self.rocket_stride < 1):
+            raise ValueError(f"rocket needs rocket_length >= 1 and rocket_weight in [0, 1], got {self}")
         bad = set(self.pooling) - {"last", "mean", "max"}
         if bad or not self.pooling:
             raise ValueError(f"pooling must be a non-empty subset of last/mean/max, got {self.pooling}")

@@ -84,6 +84,29 @@ def synthetic(n: int = 2000, length: int = 20, seed: int = 0) -> Dataset:
                    meta={"seed": str(seed)})
 
 
+def fill_missing(x: np.ndarray) -> np.ndarray:
+    """A [T, F] window as C-contiguous float64 with NaN filled per channel (linear in time, carried at the ends).
+
+    An entirely missing channel becomes 0; an empty window becomes one timestep of zeros.
+    """
+    a = np.array(x, dtype=np.float64, order="C", copy=True)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.shape[0] == 0:
+        return np.zeros((1, a.shape[1]), dtype=np.float64)
+    t = np.arange(a.shape[0])
+    for f in range(a.shape[1]):
+        col = a[:, f]
+        bad = np.isnan(col)
+        if not bad.any():
+            continue
+        if bad.all():
+            col[:] = 0.0
+        else:
+            col[bad] = np.interp(t[bad], t[~bad], col[~bad])
+    return a
+
+
 def normalization(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std over every real timestep of ``ds`` (NaN ignored)."""
     allx = np.concatenate(ds.X, axis=0)

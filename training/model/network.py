@@ -7,10 +7,14 @@ The network, for windows ``x`` [B, T, F] with per-window lengths::
               with ``patch`` and downsample > 4, the first of them is one Conv1d of stride s = downsample / 4
               over patches of 2s + 1 steps, then two stride-2 layers (cheap on long series)
     trunk   = conv_blocks x (Conv1d k, BN, ReLU)       (the convolutional branch; dilations 2, 4, ... with ``dilate``)
-    rnn     = (Bi)GRU/LSTM over the trunk's features
+    rnn     = (Bi)GRU/LSTM over the trunk's features (``cell="none"``: the trunk's own pooling, the ablation)
     readout = [masked mean of the trunk] + rnn pooling (last states of each direction, mean, max)
+              [+ each window's level and log scale per feature, with ``stats``]
     head    = Dropout, Linear -> logits
     members = ``members`` such networks; the logits are the log of their mean class probabilities
+    rocket  = with ``rocket`` > 0, a fixed random-convolution branch with a ridge read-out
+              (:mod:`training.model.rocket`); the logits are the log of
+              ``rocket_weight * p_rocket + (1 - rocket_weight) * p_network``
 
 Every layer masks the padding of shorter windows, so a window's logits are the same alone and
 inside a padded batch; the equal-length path (no ``lengths``) is what the ONNX graph serves.
@@ -24,6 +28,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from training.model.config import LEGACY, ModelConfig
+from training.model.rocket import RocketHead
 
 __all__ = ["LEGACY", "ConvLayer", "MaskedBatchNorm1d", "ModelConfig", "RawInputModel", "SequenceClassifier"]
 
@@ -109,18 +114,24 @@ class SequenceClassifier(nn.Module):
             for i in range(cfg.conv_blocks):
                 convs.append(ConvLayer(cin, cfg.channels, cfg.kernel, 1, 2 ** (i + 1) if cfg.dilate else 1))
         self.convs = nn.ModuleList(convs)
-        rnn_cls = nn.GRU if cfg.cell == "gru" else nn.LSTM
-        self.rnn = rnn_cls(
-            cin,
-            cfg.hidden,
-            num_layers=cfg.layers,
-            batch_first=True,
-            bidirectional=cfg.bidirectional,
-            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
-        )
-        dirs = 2 if cfg.bidirectional else 1
-        feat = cfg.hidden * dirs * len(cfg.pooling) + cfg.channels
+        self.rnn: nn.Module | None = None
+        if cfg.cell == "none":
+            feat = cin * len(cfg.pooling) + cfg.channels
+        else:
+            rnn_cls = nn.GRU if cfg.cell == "gru" else nn.LSTM
+            self.rnn = rnn_cls(
+                cin,
+                cfg.hidden,
+                num_layers=cfg.layers,
+                batch_first=True,
+                bidirectional=cfg.bidirectional,
+                dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+            )
+            feat = cfg.hidden * (2 if cfg.bidirectional else 1) * len(cfg.pooling) + cfg.channels
+        feat += 2 * cfg.input_dim if cfg.stats else 0
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(feat, cfg.num_classes))
+        self.rocket = None if member or not cfg.rocket else RocketHead(
+            cfg.rocket, cfg.rocket_length, cfg.input_dim, cfg.num_classes, cfg.rocket_stride)
 
     def _inputs(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         """``x`` with its per-window z-normalised copy as extra channels (padding stays zero)."""
@@ -142,9 +153,16 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for ``x`` [B, T, F]; ``lengths`` [B] (CPU int64) marks real steps, the rest is padding."""
-        if not len(self.others):
+        if not len(self.others) and self.rocket is None:
             return self._single(x, lengths)
-        probs = torch.stack([torch.softmax(z, dim=-1) for z in self.member_logits(x, lengths)]).mean(dim=0)
+        members = self.member_logits(x, lengths)
+        if self.rocket is not None and self.cfg.rocket_sum:
+            r = self.rocket(x, lengths)
+            members = [z + r for z in members]
+        probs = torch.stack([torch.softmax(z, dim=-1) for z in members]).mean(dim=0)
+        if self.rocket is not None and not self.cfg.rocket_sum:
+            w = self.cfg.rocket_weight
+            probs = w * torch.softmax(self.rocket(x, lengths), dim=-1) + (1 - w) * probs
         return torch.log(probs.clamp_min(1e-12))
 
     def member_logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -156,6 +174,7 @@ class SequenceClassifier(nn.Module):
         """This network's own logits (without the other members)."""
         if lengths is not None and bool((lengths == x.shape[1]).all()):
             lengths = None
+        level = self._level(x, lengths) if self.cfg.stats else None
         x = self._inputs(x, lengths)
         feats: list[torch.Tensor] = []
         if len(self.convs):
@@ -170,25 +189,44 @@ class SequenceClassifier(nn.Module):
                 feats.append(h.sum(dim=-1) / lengths.to(h.device)[:, None].to(h.dtype))
             x = h.transpose(1, 2)
         feats[:0] = self._recurrent(x, lengths)
+        if level is not None:
+            feats.append(level)
         logits: torch.Tensor = self.head(torch.cat(feats, dim=-1))
         return logits
+
+    @staticmethod
+    def _level(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """[B, 2F]: each window's mean and log std per feature over its real steps (normalized units)."""
+        if lengths is None:
+            mean = x.mean(dim=1)
+            var = ((x - mean[:, None]) ** 2).mean(dim=1)
+        else:
+            m = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(x.dtype)[..., None]
+            n = m.sum(dim=1)
+            mean = (x * m).sum(dim=1) / n
+            var = (((x - mean[:, None]) * m) ** 2).sum(dim=1) / n
+        return torch.cat([mean, 0.5 * torch.log(var + 1e-4)], dim=-1)
 
     def _recurrent(self, x: torch.Tensor, lengths: torch.Tensor | None) -> list[torch.Tensor]:
         """The rnn's pooled readouts over ``x`` [B, T, C]."""
         b, t, _ = x.shape
         dirs = 2 if self.cfg.bidirectional else 1
-        if lengths is None or bool((lengths == t).all()):
-            out, h = self.rnn(x)
-            mask = None
+        whole = lengths is None or bool((lengths == t).all())
+        mask = None if whole else _mask(lengths, t, x.device).transpose(1, 2)  # type: ignore[union-attr]
+        if self.rnn is None:  # the ablation: the trunk's features pooled as they are
+            out = x
+            last = x[:, -1] if lengths is None or whole else x[torch.arange(b), lengths.to(x.device) - 1]
         else:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            out_p, h = self.rnn(packed)
-            out, _ = pad_packed_sequence(out_p, batch_first=True, total_length=t)
-            mask = _mask(lengths, t, x.device).transpose(1, 2)  # type: ignore[union-attr]
-        if isinstance(h, tuple):  # LSTM: (h_n, c_n)
-            h = h[0]
-        # h: [layers * dirs, B, H]; the last layer's directions are the final dirs rows.
-        last = h[-dirs:].transpose(0, 1).reshape(b, -1)
+            if whole:
+                out, h = self.rnn(x)
+            else:
+                packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)  # type: ignore[union-attr]
+                out_p, h = self.rnn(packed)
+                out, _ = pad_packed_sequence(out_p, batch_first=True, total_length=t)
+            if isinstance(h, tuple):  # LSTM: (h_n, c_n)
+                h = h[0]
+            # h: [layers * dirs, B, H]; the last layer's directions are the final dirs rows.
+            last = h[-dirs:].transpose(0, 1).reshape(b, -1)
         feats = []
         for p in self.cfg.pooling:
             if p == "last":

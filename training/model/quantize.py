@@ -36,6 +36,9 @@ from training.model.onnx import INPUT, Exportable, ExportError, onnx_bytes
 
 #: ONNX op types quantized in the served int8 graph.
 INT8_OPS = ("Conv",)
+#: Name scopes of the fp32 graph left in fp32: the random-convolution branch compares each output with
+#: fitted biases, and an int8 rounding of either flips those comparisons (:mod:`training.model.rocket`).
+FP32_SCOPES = ("/rocket/",)
 #: Node types that mark a graph as quantized (what ORT serves as int8 after fusing QDQ pairs).
 QUANT_NODES = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger", "QGemm")
 
@@ -164,8 +167,9 @@ def onnx_int8_bytes(ckpt: CheckpointMeta, fp32: bytes | None = None) -> bytes:
             model = onnx.load_from_string(graph)
             _inline_shared_initializers(model)
             quant_pre_process(model, pre, skip_optimization=True)
+            excluded = [n.name for n in model.graph.node if any(scope in n.name for scope in FP32_SCOPES)]
             quantize_static(str(pre), str(out), Golden(), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(INT8_OPS), per_channel=True,
+                            op_types_to_quantize=list(INT8_OPS), per_channel=True, nodes_to_exclude=excluded,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
             return out.read_bytes()
     except Exception as e:  # onnx/onnxruntime raise many types

@@ -51,7 +51,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ties = sum(abs(acc[t] - d) <= _TIE for t, d in dtw.items())
     published = [t for t in acc if INCEPTION_TIME.get(t) is not None]
     secs = [r["seconds"] for r in rows]
-    return {"tasks": len(acc), "mean": float(np.mean(list(acc.values()))),
+    parts: dict[str, float] = {}
+    if published and all(r.get("parts") for r in rows):  # each half of a model with the random-convolution branch
+        for half in ("network", "rocket"):
+            parts[f"{half}_mean_published"] = float(np.mean(
+                [np.mean([r["parts"][half] for r in by_task[t]]) for t in published]))
+    return {**parts, "tasks": len(acc), "mean": float(np.mean(list(acc.values()))),
             "mean_published": float(np.mean([acc[t] for t in published])) if published else None,
             "published_sets": len(published), "wins": wins, "ties": ties, "losses": len(dtw) - wins - ties,
             "median_s": float(np.median(secs)), "max_s": float(np.max(secs)), "total_s": float(np.sum(secs))}
@@ -70,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-n", type=int, default=20000, help="synthetic test windows")
     p.add_argument("--datasets", type=Path, default=None)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=Path("results/ablation-21/runs.jsonl"))
-    p.add_argument("--dtw-cache", type=Path, default=Path("results/ablation-21/dtw.json"))
+    p.add_argument("--out", type=Path, default=Path("results/ablation-26/runs.jsonl"))
+    p.add_argument("--dtw-cache", type=Path, default=Path("results/ablation-26/dtw.json"))
     p.add_argument("--summarize", action="store_true", help="print the summary of every recipe in --out and exit")
     args = p.parse_args(argv)
     if args.summarize:
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             r = measure(task, datasets, model, TrainConfig(**{**train, "seed": seed}), refit=True)
             row = {"recipe": args.name, "task": name, "seed": seed, "test_accuracy": r["test_accuracy"], "dtw": dtw,
                    "seconds": time.perf_counter() - t0, "epochs": r["epochs"], "params": r["params"],
-                   "model": model, "train": train}
+                   "model": model, "train": train, "parts": r.get("parts")}
             rows.append(row)
             with args.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -56,7 +56,8 @@ def describe_model() -> str:
     c = default_model_config(F, 2, T)
     stem = f"stem stride {c.downsample}, {c.conv_blocks} conv blocks x {c.channels} ch, " if c.channels else ""
     return (f"the default model: {stem}{'Bi' if c.bidirectional else ''}{c.cell.upper()} {c.layers} layer(s) x "
-            f"{c.hidden} hidden, window_norm={c.window_norm}, pooling {'+'.join(c.pooling)}, T={T}, F={F}, "
+            f"{c.hidden} hidden, window_norm={c.window_norm}, pooling {'+'.join(c.pooling)}"
+            f"{f', random-convolution branch ({c.rocket} features)' if c.rocket else ''}, T={T}, F={F}, "
             "2 classes, random weights")
 
 

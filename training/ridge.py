@@ -18,7 +18,7 @@ import numpy as np
 #: Ridge penalties tried (MiniRocket's grid).
 ALPHAS = np.logspace(-3, 3, 10)
 #: Above this many windows the ridge is fitted on a seeded subsample (the Gram matrix is n x n).
-MAX_WINDOWS = 4096
+MAX_WINDOWS = 1500
 _TEMPERATURES = np.logspace(-2, 2.5, 91)
 
 

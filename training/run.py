@@ -18,6 +18,7 @@ from training.model.checkpoint import Checkpoint, save_checkpoint, set_latest_ve
 from training.model.data import Dataset, align_classes, stratified_split, synthetic
 from training.model.formats import load_dataset
 from training.model.network import ModelConfig
+from training.ridge import MAX_WINDOWS
 from training.train import TrainConfig, TrainResult, budget_epochs, fit, predict, to_tensors
 
 log = structlog.get_logger("training")
@@ -140,7 +141,9 @@ def part_accuracies(ckpt: Checkpoint, ds: Dataset, device: str = "cpu") -> dict[
 ROCKET_FEATURES = 10_000
 #: The branch averages long windows down to at most this many steps (its cost grows with the length).
 ROCKET_STEPS = 512
-#: The branch's share of the class probabilities.
+#: The branch's share of the class probabilities, for sets whose windows its read-out is fitted on whole
+#: (at most :data:`training.ridge.MAX_WINDOWS`); beyond that the share falls in proportion, since the
+#: network has learnt from every window and the read-out from a sample of them.
 ROCKET_WEIGHT = 0.7
 
 #: The stem shortens the longest training window to at most this many steps for the recurrent layer.
@@ -152,11 +155,13 @@ def auto_downsample(max_length: int, rnn_steps: int = RNN_STEPS) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1.0, max_length / rnn_steps))))
 
 
-def default_model_config(input_dim: int, num_classes: int, max_length: int, overrides: dict[str, Any] | None = None) -> ModelConfig:
-    """The default architecture for windows of ``input_dim`` features and up to ``max_length`` steps.
+def default_model_config(input_dim: int, num_classes: int, max_length: int, overrides: dict[str, Any] | None = None,
+                         windows: int = 0) -> ModelConfig:
+    """The default architecture for ``windows`` training windows of ``input_dim`` features and up to ``max_length`` steps.
 
-    Only the stem's stride depends on the data (its longest training window); ``overrides`` win,
-    and ``channels=0`` gives the plain recurrent model without convolutions.
+    Only the stem's stride and the branch's dilations, stride and share depend on the data (its longest
+    training window, its number of windows); ``overrides`` win, and ``channels=0`` gives the plain
+    recurrent model without convolutions.
     """
     o = dict(overrides or {})
     rnn_steps = int(o.pop("rnn_steps", RNN_STEPS))
@@ -168,13 +173,13 @@ def default_model_config(input_dim: int, num_classes: int, max_length: int, over
     if o["rocket"]:
         o.setdefault("rocket_length", max_length)
         o.setdefault("rocket_stride", max(1, math.ceil(max_length / ROCKET_STEPS)))
-        o.setdefault("rocket_weight", ROCKET_WEIGHT)
+        o.setdefault("rocket_weight", round(ROCKET_WEIGHT * min(1.0, MAX_WINDOWS / windows) if windows else ROCKET_WEIGHT, 4))
     return ModelConfig(input_dim=input_dim, num_classes=num_classes, **o)
 
 
 def model_config(ds: Dataset, overrides: dict[str, Any]) -> ModelConfig:
     """The default architecture sized for ``ds`` (its training windows only), with ``overrides`` applied."""
-    return default_model_config(ds.n_features, len(ds.classes), int(ds.lengths.max()), overrides)
+    return default_model_config(ds.n_features, len(ds.classes), int(ds.lengths.max()), overrides, len(ds))
 
 
 def run(opts: RunOptions, tcfg: TrainConfig, progress: bool = False) -> dict[str, Any]:

@@ -112,6 +112,10 @@ class ModelGuard:
         if version != self._version:
             self._version, self.since_swap = version, 0
 
+    def on_published(self, batch: Batch) -> None:
+        """A batch was published (a listener of ``worker.events.Listeners``): see :meth:`served`."""
+        self.served()
+
     def served(self) -> None:
         """A batch was published without a broken verdict (closes a half-open breaker)."""
         self.since_swap += 1

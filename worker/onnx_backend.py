@@ -30,6 +30,7 @@ import numpy as np
 import structlog
 
 from training.model.checkpoint_file import CheckpointMeta, ServedCheckpoint
+from training.model.drift_ref import DriftReference
 
 #: Requested serving precision (the ``precision`` worker setting).
 Precision = Literal["fp32", "int8", "auto"]
@@ -171,6 +172,11 @@ class OnnxPredictor:
     def golden_windows(self) -> list[np.ndarray]:
         """The checkpoint's golden batch as raw windows (the breaker probes with it; empty when none)."""
         return self.checkpoint.golden_windows()
+
+    @property
+    def drift_reference(self) -> DriftReference | None:
+        """The checkpoint's training statistics (drift is measured against them); None when it has none."""
+        return self.checkpoint.drift
 
     def warmup(self) -> None:
         """One run so the first real batch does not pay for lazy initialisation."""

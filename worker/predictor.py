@@ -12,6 +12,7 @@ import torch
 from training.model.checkpoint import as_torch
 from training.model.checkpoint_file import CheckpointMeta
 from training.model.device import DeviceError, resolve_device
+from training.model.drift_ref import DriftReference
 
 __all__ = ["DeviceError", "TorchPredictor"]
 
@@ -90,6 +91,11 @@ class TorchPredictor:
     def golden_windows(self) -> list[np.ndarray]:
         """The checkpoint's golden batch as raw windows (the breaker probes with it; empty when none)."""
         return self.checkpoint.golden_windows()
+
+    @property
+    def drift_reference(self) -> DriftReference | None:
+        """The checkpoint's training statistics (drift is measured against them); None when it has none."""
+        return self.checkpoint.drift
 
     def warmup(self) -> None:
         """One forward pass so the first real batch does not pay for lazy initialisation."""

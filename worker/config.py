@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from protocol.cluster import parse_shards
 from protocol.keys import Keys
+from protocol.limits import Limits  # numpy-free: `bigru-worker --check` (a probe) must start fast
 from protocol.settings import StreamSettings
-
-if TYPE_CHECKING:  # protocol.wire imports numpy; `bigru-worker --check` (a probe) must start fast
-    from protocol.wire import Limits
 
 
 class WorkerSettings(StreamSettings):
@@ -95,13 +93,13 @@ class WorkerSettings(StreamSettings):
         True, description="also write the outputs of entries that name a reply stream to the shared results and "
         "dead-letter streams (false: only to the reply stream)"
     )
-    max_window_bytes: int = Field(4 * 1024 * 1024, ge=64, description="largest accepted `x` field, in bytes")
+    max_window_bytes: int = Field(Limits.max_window_bytes, ge=64, description="largest accepted `x` field, in bytes")
     max_batch_bytes: int = Field(
         256 * 1024 * 1024, ge=64, description="byte budget of one batch's entries: a read asks for at most the "
         "bytes left divided by `max_window_bytes`, so a flood of large entries cannot multiply a replica's memory"
     )
-    max_length: int = Field(10_000, ge=1, description="largest accepted T (timesteps per window)")
-    allow_nonfinite: bool = Field(False, description="accept NaN/inf values")
+    max_length: int = Field(Limits.max_length, ge=1, description="largest accepted T (timesteps per window)")
+    allow_nonfinite: bool = Field(Limits.allow_nonfinite, description="accept NaN/inf values")
     reload: bool = Field(
         True, description="hot-reload new model versions announced in the registry or the checkpoint root (see "
         "[Hot reload](#hot-reload))"
@@ -185,8 +183,6 @@ class WorkerSettings(StreamSettings):
     @property
     def limits(self) -> Limits:
         """Decoding limits."""
-        from protocol.wire import Limits
-
         return Limits(
             max_window_bytes=self.max_window_bytes, max_length=self.max_length, allow_nonfinite=self.allow_nonfinite
         )
@@ -200,3 +196,9 @@ class WorkerSettings(StreamSettings):
         """Stable consumer name: host (or ``worker_name``) plus replica index."""
         role = "-shadow" if self.shadow_version else ""
         return f"{self.worker_name or socket.gethostname()}{role}-{replica}"
+
+
+def default(name: str) -> Any:
+    """The default of the worker setting ``name``: the parts' own defaults (``worker.publisher``,
+    ``worker.gate``, ``worker.breaker``) are these, so each is written once, here."""
+    return WorkerSettings.model_fields[name].default

@@ -31,6 +31,8 @@ import structlog
 
 from training.model.checkpoint_file import CheckpointMeta, ServedCheckpoint
 from training.model.drift_ref import DriftReference
+from worker.config import default
+from worker.golden import golden_accuracy
 
 #: Requested serving precision (the ``precision`` worker setting).
 Precision = Literal["fp32", "int8", "auto"]
@@ -62,7 +64,7 @@ class OnnxPredictor:
     device = "cpu"
 
     def __init__(self, ckpt: CheckpointMeta, threads: int = 1, precision: Precision = "fp32",
-                 max_drop: float = 0.02) -> None:
+                 max_drop: float = default("reload_max_drop")) -> None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError as e:
@@ -130,8 +132,8 @@ class OnnxPredictor:
             log.warning("int8_unavailable_serving_fp32", error=str(e))
             return
         xs, names = golden
-        fp32 = self._accuracy(self.session, xs, names)
-        int8 = self._accuracy(session, xs, names)
+        fp32 = golden_accuracy(lambda b: self._predict(self.session, b), self.classes, xs, names)
+        int8 = golden_accuracy(lambda b: self._predict(session, b), self.classes, xs, names)
         self.golden_accuracy = {"fp32": fp32, "int8": int8}
         within = int8 >= fp32 - max_drop
         if not within and not force:
@@ -143,14 +145,6 @@ class OnnxPredictor:
                         golden=len(xs))
         self.graph, self.session, self.precision = graph, session, "int8"
         log.info("int8_serving", fp32_accuracy=fp32, int8_accuracy=int8, max_drop=max_drop, golden=len(xs))
-
-    def _accuracy(self, session: Any, xs: list[np.ndarray], names: list[str], batch: int = 64) -> float:
-        # 64, not the whole golden batch: see worker.gate.GOLDEN_CHUNK (per-thread work buffers).
-        hits = 0
-        for i in range(0, len(xs), batch):
-            labels = self._predict(session, xs[i : i + batch]).argmax(axis=1)
-            hits += sum(self.classes[int(k)] == n for k, n in zip(labels, names[i : i + batch]))
-        return hits / len(xs)
 
     def _predict(self, session: Any, xs: list[np.ndarray]) -> np.ndarray:
         t0 = xs[0].shape[0]

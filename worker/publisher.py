@@ -17,6 +17,7 @@ from redis.exceptions import NoScriptError
 from protocol.cluster import is_cluster
 from protocol.durability import Durability, ReplicaAckShort, execute, execute_on_nodes, wait_reply
 from protocol.keys import Keys
+from worker.config import default
 from worker.types import Output
 
 # Each input's XACK return value gates its output XADDs: an entry that another consumer already
@@ -72,7 +73,8 @@ class Publisher:
     """
 
     def __init__(self, r: redis.Redis, keys: Keys, results_maxlen: int, dead_maxlen: int, *,
-                 reply_maxlen: int = 10_000, reply_ttl_s: int = 300, results_shared: bool = True,
+                 reply_maxlen: int = default("reply_maxlen"), reply_ttl_s: int = default("reply_ttl_s"),
+                 results_shared: bool = default("results_shared"),
                  durability: Durability | None = None,
                  on_short: Callable[[ReplicaAckShort], None] | None = None) -> None:
         self.r = r

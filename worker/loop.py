@@ -291,14 +291,15 @@ class WorkerLoop:
             try:
                 if not self.step():
                     break
-                if outage_since is not None:
-                    self.log.info("redis_recovered", outage_s=round(time.monotonic() - outage_since, 2))
+                if outage_since is not None:  # the one outage vocabulary of every role (docs/operations.md)
+                    self.log.info("redis_outage_ended", operation="serve",
+                                  outage_s=round(time.monotonic() - outage_since, 3))
                     outage_since, delay = None, 0.05
             except TRANSIENT as err:
                 self._abandon()
                 if outage_since is None:
                     outage_since = time.monotonic()
-                    self.log.error("redis_unavailable", error=str(err))
+                    self.log.warning("redis_outage_started", operation="serve", error=f"{type(err).__name__}: {err}")
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
             except redis.ResponseError as err:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from worker.config import WorkerSettings
+from worker.config import Batching
 from worker.types import Batch
 
 
@@ -118,7 +118,7 @@ class SloWait:
             self.cost.add(n, service_s)
 
 
-def make_batch_wait(settings: WorkerSettings) -> BatchWait:
+def make_batch_wait(settings: Batching) -> BatchWait:
     """The policy named by ``settings.batch_wait``."""
     if settings.batch_wait == "slo":
         return SloWait(settings.slo_p99_ms / 1000)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.model.drift_ref import BINS, EPS, DriftReference
+from worker.config import Lifecycle
 from worker.drift_report import PSI_ACT, PSI_WATCH, DriftReport, DriftSummary
 from worker.types import Batch, Predictor
 
@@ -76,6 +77,11 @@ class DriftMonitor:
         self._version: str | None = None
         self._sample: _Sample | None = None
         self._since_report = 0
+
+    @classmethod
+    def from_settings(cls, settings: Lifecycle, on_report: Callable[[DriftReport], None]) -> DriftMonitor:
+        """The monitor the :class:`~worker.config.Lifecycle` settings ask for (``drift_sample_every`` 0: off)."""
+        return cls(settings.drift_sample_every, settings.drift_window, on_report)
 
     @property
     def enabled(self) -> bool:

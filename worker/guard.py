@@ -30,7 +30,7 @@ import structlog
 
 from protocol.keys import Keys
 from worker.breaker import Breaker, BreakerRules, suspect, verdict
-from worker.config import WorkerSettings
+from worker.config import Breaking
 from worker.types import Batch, Entry, ModelSource, Predictor
 
 #: Longest single wait while open, so heartbeats and a stop request are not delayed.
@@ -161,7 +161,7 @@ class ModelGuard:
         self.on_state(self.breaker.state, self.breaker.trips)
 
 
-def breaker_rules(settings: WorkerSettings) -> BreakerRules:
+def breaker_rules(settings: Breaking) -> BreakerRules:
     """The breaker thresholds configured in ``settings``."""
     return BreakerRules(
         enabled=settings.breaker, failure_ratio=settings.breaker_failure_ratio,

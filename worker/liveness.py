@@ -19,6 +19,7 @@ import redis
 import structlog
 
 from protocol.keys import Keys
+from worker.config import Liveness
 from worker.counters import LoopStats
 from worker.drift_report import DriftSummary
 from worker.heartbeat_record import HeartbeatRecord
@@ -35,6 +36,12 @@ class Heartbeat:
         self.ttl_s, self.interval_s, self.monotonic = ttl_s, interval_s, monotonic
         self.started = time.time()
         self._next = 0.0
+
+    @classmethod
+    def from_settings(cls, r: redis.Redis, keys: Keys, consumer: str, settings: Liveness,
+                      monotonic: Callable[[], float] = time.monotonic) -> Heartbeat:
+        """``consumer``'s heartbeat as its :class:`~worker.config.Liveness` settings configure it."""
+        return cls(r, keys, consumer, settings.heartbeat_ttl_s, settings.heartbeat_interval_s, monotonic)
 
     def beat(self, model: str, results: int, dead: int, force: bool = False, precision: str = "fp32",
              breaker: Callable[[], tuple[str, int, str]] | None = None,
@@ -73,6 +80,11 @@ class Progress:
         self.ttl_s, self.stall_s, self.monotonic = ttl_s, stall_s, monotonic
         self.stepped = monotonic()  # the loop thread last began a step
         self.computing_since: float | None = None  # the batch on the compute thread began
+
+    @classmethod
+    def from_settings(cls, settings: Liveness, monotonic: Callable[[], float] = time.monotonic) -> Progress:
+        """Progress judged by the :class:`~worker.config.Liveness` settings (heartbeat TTL, ``stall_s``)."""
+        return cls(settings.heartbeat_ttl_s, settings.stall_s, monotonic)
 
     def step(self) -> None:
         """The loop thread begins a step."""

@@ -107,10 +107,10 @@ class LoopParts:
                         max_batch_bytes=s.max_batch_bytes, entry_bytes=s.max_window_bytes)
         stages = make_stages(s, consumer, counters.dead, clock.now_us)
         guard = ModelGuard(r, keys, consumer, breaker_rules(s), models, counters.breaker, clock.monotonic)
-        drift = DriftMonitor(s.drift_sample_every, s.drift_window, counters.drift)
-        progress = Progress(s.heartbeat_ttl_s, s.stall_s, clock.monotonic)
-        vitals = Vitals(Heartbeat(r, keys, consumer, s.heartbeat_ttl_s, s.heartbeat_interval_s, clock.monotonic),
-                        models, counters.stats, guard.breaker_view, drift.summary)
+        drift = DriftMonitor.from_settings(s, counters.drift)
+        progress = Progress.from_settings(s, clock.monotonic)
+        vitals = Vitals(Heartbeat.from_settings(r, keys, consumer, s, clock.monotonic), models, counters.stats,
+                        guard.breaker_view, drift.summary)
         held = HeldBatches()  # batches read and not yet published
 
         def predict(batch: Batch) -> Batch:
@@ -133,13 +133,10 @@ class LoopParts:
             collector=Collector(r, keys, consumer, plan, policy, clock.monotonic, clock.now_us, stop,
                                 on_reclaimed=counters.reclaimed),
             stages=stages,
-            publisher=publisher_class(s)(r, keys, s.results_maxlen, s.dead_maxlen, reply_maxlen=s.reply_maxlen,
-                                         reply_ttl_s=s.reply_ttl_s, results_shared=s.results_shared,
-                                         durability=Durability(s.wait_replicas, s.wait_timeout_ms),
-                                         on_short=counters.replica_ack_short),
+            publisher=publisher_class(s).from_settings(r, keys, s, durability=Durability(s.wait_replicas, s.wait_timeout_ms),
+                                                       on_short=counters.replica_ack_short),
             policy=policy,
-            maintenance=Maintenance(r, keys, consumer, interval_s=s.maintenance_interval_ms / 1000, trim=s.trim_input,
-                                    reap_idle_ms=s.reap_idle_ms, monotonic=clock.monotonic),
+            maintenance=Maintenance.from_settings(r, keys, consumer, s, clock.monotonic),
             guard=guard, drift=drift, progress=progress,
             compute=Compute(predict, overlap=s.overlap),
             vitals=vitals,

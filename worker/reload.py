@@ -30,7 +30,7 @@ from training.model.checkpoint_file import CheckpointError, is_root, load_served
 from training.model.checkpoint_file import parse as parse_file
 from worker import memory
 from worker.backends import ServingPredictor, make_predictor
-from worker.config import WorkerSettings
+from worker.config import Reloading, WorkerSettings
 from worker.counters import Counters
 from worker.gate import GateRules, Refused, check_schema, evaluate, parse
 from worker.types import ModelSource, Predictor, StaticModel
@@ -50,7 +50,7 @@ class Candidate:
     load: Callable[[], bytes]
 
 
-def rules_from(settings: WorkerSettings) -> GateRules:
+def rules_from(settings: Reloading) -> GateRules:
     """The gate thresholds configured in ``settings``."""
     return GateRules(
         min_accuracy=settings.reload_min_accuracy, max_drop=settings.reload_max_drop,

@@ -106,3 +106,24 @@ def test_the_check_finds_a_default_written_twice(tmp_path: Path) -> None:
         "x.py: max_drop = 0.02 (setting reload_max_drop)", "x.py: reply_maxlen = 10000 (setting reply_maxlen)",
         "x.py: reply_ttl_s = 300 (setting reply_ttl_s)"]
     assert ("cap", 65536) in literal_defaults(f)
+
+
+def test_worker_settings_come_in_groups_each_part_takes_whole() -> None:
+    """Every worker setting is declared in exactly one group (in the order the tables list them), and the parts
+    take their group, typed as the group."""
+    import typing
+
+    from protocol.settings import StreamSettings
+    from worker import batching, config, drift, guard, liveness, maintenance, publisher, reload
+
+    own = [n for n in WorkerSettings.model_fields if n not in StreamSettings.model_fields]
+    assert [n for g in config.GROUPS for n in g.model_fields] == own
+    takes = {
+        batching.make_batch_wait: config.Batching, guard.breaker_rules: config.Breaking,
+        reload.rules_from: config.Reloading, publisher.Publisher.from_settings: config.Publishing,
+        maintenance.Maintenance.from_settings: config.Claiming, liveness.Heartbeat.from_settings: config.Liveness,
+        liveness.Progress.from_settings: config.Liveness, drift.DriftMonitor.from_settings: config.Lifecycle,
+    }
+    for fn, group in takes.items():
+        assert typing.get_type_hints(fn)["settings"] is group, fn
+    assert WorkerSettings(max_length=7).limits == config.InputLimits(max_length=7).limits

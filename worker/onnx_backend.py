@@ -30,9 +30,8 @@ import numpy as np
 import structlog
 
 from training.model.checkpoint_file import CheckpointMeta, ServedCheckpoint
-from training.model.drift_ref import DriftReference
 from worker.config import default
-from worker.golden import golden_accuracy
+from worker.golden import ServesCheckpoint, golden_accuracy
 
 #: Requested serving precision (the ``precision`` worker setting).
 Precision = Literal["fp32", "int8", "auto"]
@@ -51,7 +50,7 @@ def onnx_available() -> bool:
     return True
 
 
-class OnnxPredictor:
+class OnnxPredictor(ServesCheckpoint):
     """Runs a checkpoint through ONNX Runtime on CPU for lists of [T_i, F] windows.
 
     ``graph`` holds the served ONNX bytes: with ``precision`` ``fp32`` (what it serves, ``fp32`` or
@@ -162,16 +161,3 @@ class OnnxPredictor:
     def predict(self, xs: list[np.ndarray]) -> np.ndarray:
         """Class probabilities [B, C] for the windows ``xs`` (one run per distinct length)."""
         return self._predict(self.session, xs)
-
-    def golden_windows(self) -> list[np.ndarray]:
-        """The checkpoint's golden batch as raw windows (the breaker probes with it; empty when none)."""
-        return self.checkpoint.golden_windows()
-
-    @property
-    def drift_reference(self) -> DriftReference | None:
-        """The checkpoint's training statistics (drift is measured against them); None when it has none."""
-        return self.checkpoint.drift
-
-    def warmup(self) -> None:
-        """One run so the first real batch does not pay for lazy initialisation."""
-        self.predict([np.zeros((8, self.n_features), dtype=np.float32)])

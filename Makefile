@@ -54,7 +54,7 @@ k8s-check: venv
 
 # `bigru-worker --check` p50/p99 over 100 fresh processes (the exec probes' cost) -> results/check_latency.{json,md}
 check-latency: venv redis
-	$(PY) -m scripts.check_latency
+	$(PY) -m bench.check_latency
 
 lint: venv
 	$(VENV)/bin/ruff check protocol worker producer training tests scripts bench

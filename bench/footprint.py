@@ -36,7 +36,7 @@ from producer.client import Producer
 from producer.results import ResultsReader
 from protocol.keys import Keys
 from worker.health import live_replicas
-from worker.types import HeartbeatRecord
+from worker.heartbeat_record import HeartbeatRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,11 @@ from training.model.data import Dataset, stratified_split
 from training.model.network import ModelConfig
 from training.train import TrainConfig, fit
 from worker.config import WorkerSettings
+from worker.drift_report import DriftReport
 from worker.loop import WorkerLoop
 from worker.metrics import WorkerMetrics
 from worker.predictor import TorchPredictor
-from worker.types import Batch, DriftReport, StaticModel
+from worker.types import Batch, StaticModel
 
 #: Windows of the training distribution served before a shift (fills the default rolling sample: 512 x 8).
 WARM = 4096

@@ -14,11 +14,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from multiprocessing.sharedctypes import Synchronized
-from pathlib import Path
 
 import numpy as np
 import redis
 
+from bench.harness import memory_kib
 from bench.model import windows
 from producer.client import Producer
 from protocol.keys import Keys
@@ -122,10 +122,4 @@ class Oracle:
 
 def rss_kb(pid: int) -> int | None:
     """Resident memory (VmRSS) of ``pid`` in KiB; None when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
+    return memory_kib(pid).get("VmRSS")

@@ -8,21 +8,20 @@ import json
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
-
-from pydantic import ValidationError
 
 from producer.backpressure import BackpressureError
 from producer.client import ClassifyError, Entry, Producer
 from producer.config import ProducerSettings
+from producer.entries import shape_runs
 from producer.group_reader import GroupResultsReader
 from producer.results import ResultsReader
 from producer.sources import LabeledWindow, from_file, synthetic
 from protocol import logs
 from protocol.outage import RedisOutageError
 from protocol.results import Result
-from protocol.security import settings_error
+from protocol.settings import cli_settings, settings_from_flags
 from training.model.data import DataError
 
 #: Flags that steer a command rather than set a :class:`ProducerSettings` field.
@@ -119,18 +118,6 @@ def cmd_classify(args: argparse.Namespace, s: ProducerSettings) -> int:
     return 0
 
 
-def _entries(windows: Iterable[LabeledWindow], per_entry: int) -> Iterator[list[LabeledWindow]]:
-    """The windows of each entry: consecutive equal-shape windows, up to ``per_entry`` at a time."""
-    group: list[LabeledWindow] = []
-    for w in windows:
-        if group and (w.x.shape != group[0].x.shape or len(group) >= per_entry):
-            yield group
-            group = []
-        group.append(w)
-    if group:
-        yield group
-
-
 #: Shortest pause of a paced publisher: what falls due meanwhile goes out in one pipelined round trip
 #: (sleeping until each window's own due time costs a system call and a round trip per window).
 MIN_SLEEP_S = 0.001
@@ -181,7 +168,7 @@ def cmd_publish(args: argparse.Namespace, s: ProducerSettings) -> int:
         windows = from_file(args.source, args.count)
     t0 = time.perf_counter()
     n = entries = 0
-    for chunk in _paced(_entries(windows, args.per_entry), args.rate, producer.pipeline_size):
+    for chunk in _paced(shape_runs(windows, args.per_entry, lambda w: w.x.shape), args.rate, producer.pipeline_size):
         batch: list[Entry] = []
         first = n
         for group in chunk:
@@ -276,17 +263,14 @@ EXIT_OUTAGE = 4
 
 def settings_from_args(args: argparse.Namespace) -> ProducerSettings:
     """Settings from the environment/.env, overridden by the flags that were given."""
-    flags = {k: v for k, v in vars(args).items() if v is not None and k not in COMMAND_OPTIONS}
-    return ProducerSettings(**flags)
+    return settings_from_flags(ProducerSettings, args, COMMAND_OPTIONS)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
-    try:
-        s = settings_from_args(args)
-    except ValidationError as e:
-        print(f"bigru-producer: {settings_error(e)}", file=sys.stderr)
+    s = cli_settings("bigru-producer", ProducerSettings, args, COMMAND_OPTIONS)
+    if s is None:
         return 2
     logs.configure()  # log events (an outage's start and end among them) go to stderr, never into the output
     try:

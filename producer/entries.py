@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from producer.tracing import current_traceparent
 from protocol.entries import encode_window, encode_windows_entry
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,21 +79,26 @@ def _first_id(ids: Sequence[str | None] | None) -> str | None:
     return next((c for c in ids if c), None) if ids is not None else None
 
 
-def group_windows(windows: Iterable[np.ndarray], per_entry: int) -> Iterator[list[np.ndarray]]:
-    """Consecutive windows of equal shape in groups of up to ``per_entry`` ([T] becomes [T, 1])."""
-    group: list[np.ndarray] = []
-    shape: tuple[int, ...] | None = None
-    for w in windows:
-        arr = np.asarray(w)
-        if arr.ndim == 1:
-            arr = arr[:, None]
-        if group and (arr.shape != shape or len(group) >= per_entry):
+def shape_runs(items: Iterable[T], per_entry: int, shape: Callable[[T], tuple[int, ...]]) -> Iterator[list[T]]:
+    """Consecutive items of equal ``shape`` in groups of up to ``per_entry`` (the windows of one entry each)."""
+    group: list[T] = []
+    first: tuple[int, ...] | None = None
+    for item in items:
+        sh = shape(item)
+        if group and (sh != first or len(group) >= per_entry):
             yield group
             group = []
-        group.append(arr)
-        shape = arr.shape
+        if not group:
+            first = sh
+        group.append(item)
     if group:
         yield group
+
+
+def group_windows(windows: Iterable[np.ndarray], per_entry: int) -> Iterator[list[np.ndarray]]:
+    """Consecutive windows of equal shape in groups of up to ``per_entry`` ([T] becomes [T, 1])."""
+    arrays = (a[:, None] if a.ndim == 1 else a for a in map(np.asarray, windows))
+    return shape_runs(arrays, per_entry, lambda a: a.shape)
 
 
 def entries_of(

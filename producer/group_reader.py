@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import redis
 import structlog
 
+from producer.polling import drain
 from protocol.keys import Keys
 from protocol.outage import OutageBudget
 from protocol.replies import as_str
@@ -224,30 +225,16 @@ class GroupResultsReader:
         as are the ones read but not yet handed out (if the process ends instead, they stay pending at
         this consumer: delivered again when it restarts, or to another one after ``claim_idle_ms``).
         """
-        seen = 0
         done: list[EntryId] = []
-        batch: list[Item] = []
-        j = 0  # items of batch handed out and finished with
-        try:
-            while count is None or seen < count:
-                if done:
-                    self.ack(done)
-                    done = []
-                batch = self.poll(count=100 if count is None else min(100, count - seen),
-                                  block_ms=block_ms if follow else None)
-                j = 0
-                if not batch:
-                    if not follow:
-                        return
-                    continue
-                for eid, results in batch:
-                    yield eid, results
-                    done.append(eid)  # the caller asked for the next one: done with this entry
-                    j += 1
-                    seen += len(results)
-                    if count is not None and seen >= count:
-                        return
-        finally:
+
+        def ack_done() -> None:
             if done:
-                self.ack(done)
-            self._buffer = batch[j:] + self._buffer
+                self.ack(list(done))
+                done.clear()
+
+        def keep(rest: list[Item]) -> None:
+            ack_done()
+            self._buffer = rest + self._buffer
+
+        return drain(self.poll, count=count, follow=follow, block_ms=block_ms, chunk=100, keep=keep,
+                     weight=lambda item: len(item[1]), finished=lambda item: done.append(item[0]), before_poll=ack_done)

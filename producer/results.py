@@ -11,6 +11,7 @@ from collections.abc import Generator
 
 import redis
 
+from producer.polling import drain
 from protocol.keys import Keys
 from protocol.outage import OutageBudget
 from protocol.results import Result, decode_any_result
@@ -59,26 +60,11 @@ class ResultsReader:
         ``count`` counts windows; windows read past ``count`` (or past where the caller stopped
         iterating) are kept for the next read.
         """
-        seen = 0
-        batch: list[tuple[str, Result]] = []
-        j = 0  # items of batch handed out
-        try:
-            while count is None or seen < count:
-                batch = self.poll(count=1000 if count is None else min(1000, count - seen),
-                                  block_ms=block_ms if follow else None)
-                j = 0
-                if not batch:
-                    if not follow:
-                        return
-                    continue
-                for _, res in batch:
-                    j += 1
-                    yield res
-                    seen += 1
-                    if count is not None and seen >= count:
-                        return
-        finally:  # stopped at count, or the caller stopped early: keep the rest for the next read
-            self._pending = batch[j:] + self._pending
+        def keep(rest: list[tuple[str, Result]]) -> None:
+            self._pending = rest + self._pending
+
+        return (res for _, res in drain(self.poll, count=count, follow=follow, block_ms=block_ms, chunk=1000,
+                                        weight=lambda item: 1, keep=keep))
 
     def collect(self, n: int, timeout_s: float = 60.0) -> list[Result]:
         """Block until at least ``n`` per-window results have been read (or the timeout passes)."""

@@ -36,7 +36,7 @@ from redis.exceptions import (
 )
 
 from protocol.cluster import is_cluster
-from protocol.redisconn import TRANSIENT
+from protocol.redisconn import TRANSIENT, RedisConnSettings
 
 #: Error replies that mean "the slot is served elsewhere now, or soon": refresh and resend.
 REDIRECTS = (MovedError, AskError, ClusterDownError, TryAgainError, ReadOnlyError, BusyLoadingError)
@@ -46,8 +46,8 @@ REDIRECTS = (MovedError, AskError, ClusterDownError, TryAgainError, ReadOnlyErro
 class Durability:
     """How many replicas must acknowledge a write before it counts (``replicas`` 0: don't wait)."""
 
-    replicas: int = 0
-    timeout_ms: int = 1000
+    replicas: int = RedisConnSettings.model_fields["wait_replicas"].default
+    timeout_ms: int = RedisConnSettings.model_fields["wait_timeout_ms"].default
     retries: int = 8  # cluster: resends after a redirect or a connection error (backoff 50 ms doubling to 1 s)
 
     @property

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from protocol.limits import DEAD_FIELD_BYTES
 from protocol.wire import VERSION, Fields, WireError, now_us, pack
 
 
@@ -296,7 +297,7 @@ def encode_dead(
     detail: str,
     worker: str,
     deliveries: int,
-    max_field_bytes: int = 64 * 1024,
+    max_field_bytes: int = DEAD_FIELD_BYTES,
 ) -> dict[bytes, bytes]:
     """Build a dead-letter entry: the original fields plus ``dead.*`` fields.
 
@@ -332,7 +333,7 @@ def encode_dead_windows(
     worker: str,
     deliveries: int,
     detail: str | None = None,
-    max_field_bytes: int = 64 * 1024,
+    max_field_bytes: int = DEAD_FIELD_BYTES,
 ) -> dict[bytes, bytes]:
     """The dead-letter entry for the bad windows of a multi-window input whose other windows were
     answered: :func:`encode_dead` of the original fields plus ``dead.windows``

@@ -10,10 +10,19 @@ the shard count: the worker's and the producer's settings extend it. So ``BIGRU_
 
 from __future__ import annotations
 
-from pydantic import Field
+import argparse
+import sys
+from collections.abc import Collection
+from typing import TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings
 
 from protocol.keys import Keys
 from protocol.redisconn import RedisConnSettings
+from protocol.security import settings_error
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class PrefixSettings(RedisConnSettings):
@@ -40,3 +49,20 @@ class StreamSettings(PrefixSettings):
     def keys(self) -> Keys:
         """Key names for this prefix, group and shard count."""
         return Keys(self.prefix, self.group, self.shards)
+
+
+def settings_from_flags(cls: type[S], args: argparse.Namespace, commands: Collection[str] = ()) -> S:
+    """``cls`` from the environment/.env, overridden by the flags that were given (``args`` entries that
+    are not None), leaving out the subcommands' own options (``commands``)."""
+    return cls(**{k: v for k, v in vars(args).items() if v is not None and k not in commands})
+
+
+def cli_settings(prog: str, cls: type[S], args: argparse.Namespace, commands: Collection[str] = ()) -> S | None:
+    """Every CLI's prologue: :func:`settings_from_flags`, or None once the reason they are invalid is printed
+    to stderr as ``prog: invalid configuration: ...`` (without echoing values: :func:`protocol.security.settings_error`);
+    the caller then exits 2."""
+    try:
+        return settings_from_flags(cls, args, commands)
+    except ValidationError as e:
+        print(f"{prog}: {settings_error(e)}", file=sys.stderr)
+        return None

@@ -6,7 +6,7 @@ of this one: ``protocol.entries`` (input entries, single- and multi-window) and 
 (result entries of both forms, and dead letters).
 
 Here: the version (``v`` is ASCII ``"1"``, checked by :func:`check_version`), the dtypes, the decoding
-:class:`Limits`, :class:`WireError`, bounded msgpack unpacking, the ``x`` field's validation
+:class:`Limits` (declared in ``protocol.limits``), :class:`WireError`, bounded msgpack unpacking, the ``x`` field's validation
 (:func:`parse_x`) and header scan (:func:`x_ndim`, :func:`x_windows`), the ``ts``/``dl`` integers
 (:func:`int_field`, :func:`parse_ts`) and the ``reply`` field.
 """
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import numpy as np
 
 from protocol.keys import REPLY_NAME
+from protocol.limits import Limits as Limits  # declared once there (numpy-free); decoded with here
 
 WIRE_VERSION = 1
 
@@ -44,19 +44,6 @@ class WireError(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds applied while decoding, so hostile input cannot exhaust a worker."""
-
-    max_window_bytes: int = 4 * 1024 * 1024
-    max_length: int = 10_000
-    max_features: int = 1024
-    max_meta_bytes: int = 4096
-    max_cid_bytes: int = 256
-    allow_nonfinite: bool = False
-    max_windows_per_entry: int = 4096  # multi-window entries (protocol.entries)
 
 
 def now_us() -> int:

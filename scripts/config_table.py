@@ -1,13 +1,14 @@
-"""`make config-table`: render README.md's configuration tables from the settings classes.
+"""`make config-table`: render the configuration tables of docs/configuration.md from the settings classes.
 
 Each row comes from one pydantic field: its environment variable (the class's ``env_prefix`` plus
 the field name), its default, its ``description``, and the CLI flags whose ``dest`` is the field.
 Nothing here restates a setting; a field without a description, or a field two roles define
-differently, stops the rendering. ``tests/unit/test_config_doc.py`` checks that the README block is
-what this renders.
+differently, stops the rendering. ``tests/unit/test_config_doc.py`` checks that the block is what this
+renders. The descriptions' links are written for the README's folder (``docs/training.md#...``,
+``#hot-reload``); :func:`relink` points them from ``docs/``, where the tables live.
 
-    python scripts/config_table.py            # rewrite the block in README.md
-    python scripts/config_table.py --check    # exit 1 when README.md's block is stale
+    python scripts/config_table.py            # rewrite the block in docs/configuration.md
+    python scripts/config_table.py --check    # exit 1 when the block is stale
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from worker.cli import build_parser as worker_parser
 from worker.config import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The page that holds the tables (the README links to it).
+DOC = ROOT / "docs" / "configuration.md"
 
 BEGIN = "<!-- config-table:begin -->"
 END = "<!-- config-table:end -->"
@@ -187,8 +190,18 @@ def render_training(settings: type[BaseSettings] = TrainSettings) -> str:
     return "\n".join(lines)
 
 
+def relink(text: str) -> str:
+    """Markdown links written from the repository root, pointed from ``docs/``: ``](docs/x.md...)`` becomes
+    ``](x.md...)`` and a README anchor ``](#x)`` becomes ``](../README.md#x)``."""
+    return text.replace("](docs/", "](").replace("](#", "](../README.md#")
+
+
 def render(roles: Sequence[Role] = ROLES) -> str:
-    """The whole block between the markers (markers excluded)."""
+    """The whole block between the markers (markers excluded), its links pointed from ``docs/``."""
+    return relink(_render(roles))
+
+
+def _render(roles: Sequence[Role]) -> str:
     all_rows = rows(roles)
     envs = {row.name: row.env for row in all_rows}
     tables: list[str] = []
@@ -213,16 +226,16 @@ def replace_block(text: str, block: str) -> str:
 
 
 def current_block(text: str) -> str:
-    """What the README holds between the markers."""
+    """What a page holds between the markers."""
     if BEGIN not in text or END not in text:
         raise ConfigDocError(f"expected one {BEGIN} ... {END} block")
     return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rewrite (or, with ``--check``, compare) the README block; 1 when ``--check`` finds it stale."""
+    """Rewrite (or, with ``--check``, compare) the block; 1 when ``--check`` finds it stale."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    p.add_argument("--readme", type=Path, default=DOC, help="the page holding the block (default: docs/configuration.md)")
     p.add_argument("--check", action="store_true", help="only compare; exit 1 when the block is stale")
     args = p.parse_args(argv)
     text = args.readme.read_text()

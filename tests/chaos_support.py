@@ -166,12 +166,7 @@ def kill9_holding_batch(proc: subprocess.Popen[bytes], r: redis.Redis, keys: Key
 
 def rss_kb(pid: int) -> dict[str, int]:
     """Current (VmRSS) and peak (VmHWM) resident memory of a process, in KiB."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:")):
-            k, v = line.split(":")
-            out[k] = int(v.split()[0])
-    return out
+    return {k: v for k, v in harness.memory_kib(pid).items() if k in ("VmRSS", "VmHWM")}
 
 
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> int:

@@ -51,9 +51,10 @@ class TrainSettings(BaseSettings):
     dilate: bool | None = _f("model", "dilations 2, 4, 8, ... in the convolution blocks after the stem")
     members: int | None = _f("model", "networks in the ensemble (their probabilities are averaged; one graph)")
     rocket: int | None = _f("model", "features of the fixed random-convolution branch (0 = none; default 10 000)")
-    rocket_sum: bool | None = _f("model", "add the network's logits to the branch's (the network learns to correct the "
-                                 "branch's leave-one-out logits); --no-rocket-sum mixes probabilities instead")
-    rocket_weight: float | None = _f("model", "with --no-rocket-sum: the branch's share of the class probabilities")
+    rocket_sum: bool | None = _f("model", "add the network's logits to the branch's, the network trained to correct the "
+                                 "branch's leave-one-out logits (default: mix probabilities, --rocket-weight)")
+    rocket_weight: float | None = _f("model", "the branch's share of the class probabilities (default: 0.7, less above "
+                                     "1 500 training windows)")
     stats: bool | None = _f("model", "pass each window's level and scale (mean, log std per feature) to the head")
     epochs: int | None = _f("train", "maximum epochs (early stopping may end sooner)")
     steps: int | None = _f("train", "optimizer steps to train for (0 = use --epochs)")

@@ -13,6 +13,7 @@ import structlog
 
 from training.model.checkpoint_file import CheckpointMeta
 from training.model.device import resolve_device
+from worker.config import default
 from worker.onnx_backend import BackendError, OnnxPredictor, Precision, onnx_available
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def torch_predictor(ckpt: CheckpointMeta, device: str, threads: int) -> TorchPre
 
 
 def make_predictor(ckpt: CheckpointMeta, device: str = "cpu", backend: Backend = "auto", threads: int = 1,
-                   precision: Precision = "fp32", max_drop: float = 0.02) -> ServingPredictor:
+                   precision: Precision = "fp32", max_drop: float = default("reload_max_drop")) -> ServingPredictor:
     """A warmed-up predictor for ``ckpt``; its ``precision`` attribute says what it serves.
 
     ``auto`` serves with ONNX Runtime on CPU when it is installed and the graph works, and with

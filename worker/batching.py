@@ -10,9 +10,11 @@ SLO policy can learn its cost curve.
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
-from worker.config import WorkerSettings
+from worker.config import Batching
+from worker.types import Batch
 
 
 class BatchWait(Protocol):
@@ -116,10 +118,23 @@ class SloWait:
             self.cost.add(n, service_s)
 
 
-def make_batch_wait(settings: WorkerSettings) -> BatchWait:
+def make_batch_wait(settings: Batching) -> BatchWait:
     """The policy named by ``settings.batch_wait``."""
     if settings.batch_wait == "slo":
         return SloWait(settings.slo_p99_ms / 1000)
     if settings.batch_wait == "fixed":
         return FixedWait(settings.max_wait_ms / 1000)
     return NoWait()
+
+
+class ServiceTimes:
+    """Feeds the policy each published batch's service time (a listener of ``worker.events.Listeners``):
+    its entries, and the time from its hand-over to the model to now."""
+
+    def __init__(self, policy: BatchWait) -> None:
+        self.policy = policy
+
+    def on_published(self, batch: Batch) -> None:
+        """Report ``batch``'s size and service time to the policy."""
+        now = time.perf_counter()
+        self.policy.observe(len(batch.entries), now - (batch.t_submit or now))

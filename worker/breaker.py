@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from worker.config import default
+
 CLOSED, OPEN, PROBING = "closed", "open", "probing"
 #: The states in gauge order (``bigru_breaker_state``: 0 closed, 1 open, 2 probing).
 STATES = (CLOSED, OPEN, PROBING)
@@ -35,11 +37,11 @@ STATES = (CLOSED, OPEN, PROBING)
 class BreakerRules:
     """Thresholds of the breaker (from ``WorkerSettings.breaker_*``)."""
 
-    enabled: bool = True
-    failure_ratio: float = 0.5  # a batch is suspect when at least this share of its windows failed
-    backoff_s: float = 1.0  # first probe this long after a trip (then doubling, with jitter)
-    backoff_max_s: float = 60.0
-    reload_batches: int = 100  # a failure within this many batches after a swap falls back
+    enabled: bool = default("breaker")
+    failure_ratio: float = default("breaker_failure_ratio")  # a batch is suspect when this share of its windows failed
+    backoff_s: float = default("breaker_backoff_ms") / 1000  # first probe this long after a trip (then doubling, jitter)
+    backoff_max_s: float = default("breaker_backoff_max_ms") / 1000
+    reload_batches: int = default("breaker_reload_batches")  # a failure this many batches after a swap falls back
     probe_windows: int = 8  # windows per probe
 
 

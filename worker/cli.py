@@ -6,9 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from pydantic import ValidationError
-
-from protocol.security import settings_error
+from protocol.settings import cli_settings, settings_from_flags
 from worker.config import WorkerSettings
 from worker.lifecycle_cli import OPTIONS as LIFECYCLE_OPTIONS
 from worker.lifecycle_cli import add_arguments as lifecycle_arguments
@@ -102,17 +100,14 @@ def init(settings: WorkerSettings) -> int:
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     """Settings from the environment/.env, overridden by the flags that were given."""
-    flags = {k: v for k, v in vars(args).items() if v is not None and k not in COMMAND_OPTIONS}
-    return WorkerSettings(**flags)
+    return settings_from_flags(WorkerSettings, args, COMMAND_OPTIONS)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except ValidationError as e:
-        print(f"bigru-worker: {settings_error(e)}", file=sys.stderr)
+    settings = cli_settings("bigru-worker", WorkerSettings, args, COMMAND_OPTIONS)
+    if settings is None:
         return 2
     if args.command == "redrive":
         return redrive(settings, args)

@@ -1,26 +1,21 @@
-"""Worker configuration: one pydantic-settings class, built once in ``main()`` and passed down."""
+"""Worker configuration: one pydantic-settings class, built once in ``main()`` and passed down, joined from
+one pydantic model per group of settings (:data:`GROUPS`), each taken whole by the parts that read it."""
 
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from protocol.cluster import parse_shards
 from protocol.keys import Keys
+from protocol.limits import Limits  # numpy-free: `bigru-worker --check` (a probe) must start fast
 from protocol.settings import StreamSettings
 
-if TYPE_CHECKING:  # protocol.wire imports numpy; `bigru-worker --check` (a probe) must start fast
-    from protocol.wire import Limits
 
-
-class WorkerSettings(StreamSettings):
-    """Every worker setting; environment variables use the ``BIGRU_`` prefix (``BIGRU_MAX_BATCH``).
-
-    The connection and the streams' location (prefix, group, shards, :attr:`keys`) are
-    :class:`protocol.settings.StreamSettings`'.
-    """
+class Serving(BaseModel):
+    """What a replica serves, and how many replicas a host runs (``worker.backends``, ``worker.supervisor``)."""
 
     consume_shards: str | None = Field(None, description="shards this worker consumes, e.g. `0,2-3` (unset: all)")
     checkpoint: str = Field(
@@ -40,6 +35,11 @@ class WorkerSettings(StreamSettings):
     torch_threads: int = Field(
         1, ge=0, description="intra-op threads per replica, torch or onnx (0: the runtime's default)"
     )
+
+
+class Batching(BaseModel):
+    """How batches are read and filled (``worker.batching``, ``worker.reader``)."""
+
     max_batch: int = Field(
         64, ge=1, le=65536, description="windows per forward pass (a multi-window entry counts its windows)"
     )
@@ -60,6 +60,11 @@ class WorkerSettings(StreamSettings):
     block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK while idle")
     burst: bool = Field(False, description="drain the stream, then exit")
     burst_idle_ms: int = Field(500, ge=1, description="with `burst`: exit after this long without input")
+
+
+class Claiming(BaseModel):
+    """The consumer's name, claiming other consumers' entries, maintenance and the delivery limit (``worker.reader``, ``worker.maintenance``)."""
+
     worker_name: str | None = Field(
         None, description="consumer name base; consumers are `<name>-<replica>` (unset: the host name)"
     )
@@ -77,6 +82,11 @@ class WorkerSettings(StreamSettings):
         300_000, ge=1000, description="delete consumers idle this long with nothing pending and no heartbeat"
     )
     max_deliveries: int = Field(5, ge=1, description="dead-letter an entry delivered more often than this")
+
+
+class Liveness(BaseModel):
+    """The heartbeat (``worker.liveness``)."""
+
     heartbeat_ttl_s: float = Field(
         15.0, gt=0, description="heartbeat key lifetime: a replica is stale this long after its last refresh"
     )
@@ -85,6 +95,11 @@ class WorkerSettings(StreamSettings):
         120.0, gt=0, description="the heartbeat is refreshed from a thread during long batches, until the loop has "
         "made no progress and one batch has computed for this long (then `--check` fails)"
     )
+
+
+class Publishing(BaseModel):
+    """Where outputs go and how long the streams grow (``worker.publisher``)."""
+
     results_maxlen: int = Field(1_000_000, ge=1, description="approximate cap of the results stream")
     dead_maxlen: int = Field(100_000, ge=1, description="approximate cap of the dead-letter stream")
     reply_maxlen: int = Field(
@@ -95,13 +110,30 @@ class WorkerSettings(StreamSettings):
         True, description="also write the outputs of entries that name a reply stream to the shared results and "
         "dead-letter streams (false: only to the reply stream)"
     )
-    max_window_bytes: int = Field(4 * 1024 * 1024, ge=64, description="largest accepted `x` field, in bytes")
+
+
+class InputLimits(BaseModel):
+    """What input is accepted (:attr:`limits`, ``protocol.limits.Limits``) and a batch's byte budget."""
+
+    max_window_bytes: int = Field(Limits.max_window_bytes, ge=64, description="largest accepted `x` field, in bytes")
     max_batch_bytes: int = Field(
         256 * 1024 * 1024, ge=64, description="byte budget of one batch's entries: a read asks for at most the "
         "bytes left divided by `max_window_bytes`, so a flood of large entries cannot multiply a replica's memory"
     )
-    max_length: int = Field(10_000, ge=1, description="largest accepted T (timesteps per window)")
-    allow_nonfinite: bool = Field(False, description="accept NaN/inf values")
+    max_length: int = Field(Limits.max_length, ge=1, description="largest accepted T (timesteps per window)")
+    allow_nonfinite: bool = Field(Limits.allow_nonfinite, description="accept NaN/inf values")
+
+    @property
+    def limits(self) -> Limits:
+        """Decoding limits."""
+        return Limits(
+            max_window_bytes=self.max_window_bytes, max_length=self.max_length, allow_nonfinite=self.allow_nonfinite
+        )
+
+
+class Reloading(BaseModel):
+    """Hot reload and its gate (``worker.reload``, ``worker.gate``)."""
+
     reload: bool = Field(
         True, description="hot-reload new model versions announced in the registry or the checkpoint root (see "
         "[Hot reload](#hot-reload))"
@@ -119,6 +151,11 @@ class WorkerSettings(StreamSettings):
     )
     reload_allow_schema_change: bool = Field(False, description="accept a different feature count or class list")
     reload_require_golden: bool = Field(True, description="refuse checkpoints that carry no golden batch")
+
+
+class Breaking(BaseModel):
+    """The model breaker (``worker.breaker``, ``worker.guard``)."""
+
     breaker: bool = Field(
         True, description="stop taking work when the model itself fails, instead of dead-lettering every window "
         "(see [docs/reliability.md](docs/reliability.md#10-a-broken-model-the-breaker))"
@@ -133,6 +170,11 @@ class WorkerSettings(StreamSettings):
         100, ge=0, description="a model that breaks within this many batches after a hot reload is refused and the "
         "previous version served again"
     )
+
+
+class Lifecycle(BaseModel):
+    """The model's life in production: shadow scoring, tracing, drift (docs/lifecycle.md)."""
+
     shadow_version: str | None = Field(
         None, description="serve this registered model version as a shadow pool: its own consumer group on the "
         "same input streams, results to `{bigru}:shadow:results`, no reply streams, no reloads (see "
@@ -154,12 +196,35 @@ class WorkerSettings(StreamSettings):
         "training statistics (0: off; see [docs/lifecycle.md](docs/lifecycle.md#drift))"
     )
     drift_window: int = Field(512, ge=16, description="sampled windows in the rolling drift sample")
+
+
+class Observability(BaseModel):
+    """Metrics and logs (``worker.metrics``, ``protocol.logs``)."""
+
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus endpoint of replica 0 (replica i: port + i); 0 or unset: off"
     )
     metrics_addr: str = Field("0.0.0.0", description="address the metrics endpoint binds")
     log_level: str = Field("INFO", description="structlog level")
     log_json: bool | None = Field(None, description="JSON logs (unset: when stderr is not a TTY)")
+
+
+#: The groups in the order their variables are listed (``docs/configuration.md``): pydantic collects a class's
+#: fields base by base from the last, so :class:`WorkerSettings` names them last first.
+GROUPS: tuple[type[BaseModel], ...] = (Serving, Batching, Claiming, Liveness, Publishing, InputLimits, Reloading, Breaking,
+                                       Lifecycle, Observability)
+
+
+class WorkerSettings(Observability, Lifecycle, Breaking, Reloading, InputLimits, Publishing, Liveness, Claiming, Batching,
+                     Serving, StreamSettings):
+    """Every worker setting; environment variables use the ``BIGRU_`` prefix (``BIGRU_MAX_BATCH``).
+
+    The connection and the streams' location (prefix, group, shards, :attr:`keys`) are
+    :class:`protocol.settings.StreamSettings`'; the worker's own settings are declared once each in the
+    groups above (:data:`GROUPS`), which WorkerSettings joins: a part takes its group whole (typed as the
+    group: ``worker.batching.make_batch_wait`` a :class:`Batching`, ``Publisher.from_settings`` a
+    :class:`Publishing`, ...), and the variables stay flat (``BIGRU_MAX_BATCH``, not a nested name).
+    """
 
     @field_validator("consume_shards")
     @classmethod
@@ -183,15 +248,6 @@ class WorkerSettings(StreamSettings):
         return keys.as_shadow() if self.shadow_version else keys
 
     @property
-    def limits(self) -> Limits:
-        """Decoding limits."""
-        from protocol.wire import Limits
-
-        return Limits(
-            max_window_bytes=self.max_window_bytes, max_length=self.max_length, allow_nonfinite=self.allow_nonfinite
-        )
-
-    @property
     def assigned_shards(self) -> list[int]:
         """The shards this worker consumes (``consume_shards``, or all of them)."""
         return parse_shards(self.consume_shards, self.shards)
@@ -200,3 +256,9 @@ class WorkerSettings(StreamSettings):
         """Stable consumer name: host (or ``worker_name``) plus replica index."""
         role = "-shadow" if self.shadow_version else ""
         return f"{self.worker_name or socket.gethostname()}{role}-{replica}"
+
+
+def default(name: str) -> Any:
+    """The default of the worker setting ``name``: the parts' own defaults (``worker.publisher``,
+    ``worker.gate``, ``worker.breaker``) are these, so each is written once, here."""
+    return WorkerSettings.model_fields[name].default

@@ -1,4 +1,6 @@
-"""Drift monitoring of what a replica serves, against the training statistics in its checkpoint.
+"""Drift monitoring of what a replica serves, against the training statistics in its checkpoint
+(:attr:`worker.types.Predictor.drift_reference`). What a reading says and how it is shown:
+``worker.drift_report``; its Prometheus gauges: ``worker.metrics``.
 
 One in ``sample_every`` windows that go through the model (counted across batches, taken in chunks
 of up to :data:`SAMPLE_CHUNK` windows of one batch, spread over it) is binned per feature with the checkpoint's quantile edges (:class:`training.model.drift_ref.DriftReference`), together
@@ -17,16 +19,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Gauge
 
-from training.model.checkpoint_file import CheckpointMeta
 from training.model.drift_ref import BINS, EPS, DriftReference
-from worker.types import PSI_ACT, PSI_WATCH, Batch, DriftReport, Predictor
+from worker.config import Lifecycle
+from worker.drift_report import PSI_ACT, PSI_WATCH, DriftReport, DriftSummary
+from worker.types import Batch, Predictor
 
-__all__ = ["PSI_ACT", "PSI_WATCH", "DriftGauges", "DriftMonitor", "DriftReport", "reference_of"]
+__all__ = ["PSI_ACT", "PSI_WATCH", "DriftMonitor", "DriftReport", "DriftSummary"]
 
 #: A report needs at least this many sampled values per feature (or a full window): fewer are noise.
 MIN_VALUES = 1000
@@ -36,18 +37,6 @@ SAMPLE_CHUNK = 64
 #: At most this many comparisons per sampled batch (timesteps x features x edges): long, wide windows
 #: are thinned to every k-th timestep, so a batch of 10 000 x 1024 windows costs no more memory than this.
 MAX_COMPARISONS = 4_000_000
-
-
-@runtime_checkable
-class Checkpointed(Protocol):
-    """A predictor that knows the checkpoint it serves (both serving backends do)."""
-
-    checkpoint: CheckpointMeta
-
-
-def reference_of(model: Predictor) -> DriftReference | None:
-    """The drift statistics of the checkpoint ``model`` serves, when it has any."""
-    return model.checkpoint.drift if isinstance(model, Checkpointed) else None
 
 
 @dataclass
@@ -89,26 +78,31 @@ class DriftMonitor:
         self._sample: _Sample | None = None
         self._since_report = 0
 
+    @classmethod
+    def from_settings(cls, settings: Lifecycle, on_report: Callable[[DriftReport], None]) -> DriftMonitor:
+        """The monitor the :class:`~worker.config.Lifecycle` settings ask for (``drift_sample_every`` 0: off)."""
+        return cls(settings.drift_sample_every, settings.drift_window, on_report)
+
     @property
     def enabled(self) -> bool:
         """False when sampling is off (``sample_every`` 0)."""
         return self.sample_every > 0
 
-    def summary(self) -> dict[str, Any] | None:
-        """The heartbeat's ``drift`` document, once a report exists."""
+    def summary(self) -> DriftSummary | None:
+        """What the heartbeat carries, once a report exists."""
         rep = self.report
         return None if rep is None else rep.summary()
 
     def _switch(self, model: Predictor) -> None:
         """A new model version: start a new sample against its statistics."""
-        ref = reference_of(model)
+        ref = model.drift_reference
         self._version, self._sample = model.version, None if ref is None else _Sample(ref)
         self._since_report = 0
         if ref is None:
             self._publish(DriftReport(model.version, known=False))
 
-    def observe(self, batch: Batch) -> None:
-        """Sample the windows of a published batch (called after each batch)."""
+    def on_published(self, batch: Batch) -> None:
+        """Sample the windows of a published batch (a listener of ``worker.events.Listeners``)."""
         n = len(batch.xs)
         if not self.enabled or not n or batch.probs is None:
             return
@@ -178,38 +172,3 @@ class DriftMonitor:
     def _publish(self, report: DriftReport) -> None:
         self.report = report
         self.on_report(report)
-
-
-class DriftGauges:
-    """The Prometheus gauges of a replica's drift reports (labels: ``worker``, and ``feature`` index)."""
-
-    def __init__(self, registry: CollectorRegistry, worker: str) -> None:
-        self.worker = worker
-        w = ["worker"]
-        self.known = Gauge("bigru_drift_known", "1 when the served checkpoint carries drift statistics, 0 when "
-                           "drift is unknown", w, registry=registry).labels(worker)
-        self.windows = Gauge("bigru_drift_sample_windows", "Sampled windows in the rolling drift sample", w,
-                             registry=registry).labels(worker)
-        self._feature = Gauge("bigru_drift_feature_psi", "Population stability index of one input feature against "
-                              "the training split (0.1 watch, 0.25 act)", ["worker", "feature"], registry=registry)
-        self.prediction = Gauge("bigru_drift_prediction_psi", "PSI of the predicted-class distribution against the "
-                                "model's predictions on its validation split", w, registry=registry).labels(worker)
-        self.top_prob = Gauge("bigru_drift_top_prob_mean", "Mean top class probability of the sampled windows", w,
-                              registry=registry).labels(worker)
-        self.ref_top_prob = Gauge("bigru_drift_reference_top_prob", "Mean top class probability on the validation "
-                                  "split (the checkpoint's)", w, registry=registry).labels(worker)
-        self._features = 0
-
-    def set(self, report: DriftReport) -> None:
-        """Show ``report`` (an unknown or not yet full one clears the PSI series)."""
-        self.known.set(1 if report.known else 0)
-        self.windows.set(report.windows)
-        psi = report.feature_psi
-        for f in range(len(psi), self._features):
-            self._feature.remove(self.worker, str(f))
-        for f, v in enumerate(psi):
-            self._feature.labels(self.worker, str(f)).set(v)
-        self._features = len(psi)
-        for gauge, value in ((self.prediction, report.prediction_psi), (self.top_prob, report.top_prob_mean),
-                             (self.ref_top_prob, report.reference_top_prob)):
-            gauge.set(float("nan") if value is None else value)

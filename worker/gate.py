@@ -16,6 +16,8 @@ import numpy as np
 from training.model.checkpoint_file import CheckpointError, CheckpointMeta, ServedCheckpoint, WireVersionError
 from training.model.checkpoint_file import parse as parse_file
 from worker.backends import ServingPredictor
+from worker.config import default
+from worker.golden import GOLDEN_CHUNK, golden_accuracy
 
 
 class Refused(Exception):
@@ -31,10 +33,10 @@ class Refused(Exception):
 class GateRules:
     """Thresholds of the gate (from ``WorkerSettings.reload_*``)."""
 
-    min_accuracy: float = 0.5
-    max_drop: float = 0.02
-    allow_schema_change: bool = False
-    require_golden: bool = True
+    min_accuracy: float = default("reload_min_accuracy")
+    max_drop: float = default("reload_max_drop")
+    allow_schema_change: bool = default("reload_allow_schema_change")
+    require_golden: bool = default("reload_require_golden")
 
 
 @dataclass(frozen=True)
@@ -69,19 +71,9 @@ def check_schema(ckpt: CheckpointMeta, serving: ServingPredictor, rules: GateRul
         raise Refused("incompatible_classes", f"classes {ckpt.classes}, serving {serving.classes}")
 
 
-#: Windows per forward pass when a golden batch is evaluated. The runtime keeps per-thread work
-#: buffers as large as the largest batch a thread ran, and a reload evaluates on the checker thread:
-#: at 256 that cost a replica ~26 MiB for good after its first reload, at 64 (the default max_batch) ~8.
-GOLDEN_CHUNK = 64
-
-
 def accuracy(pred: ServingPredictor, xs: list[np.ndarray], names: list[str], batch: int = GOLDEN_CHUNK) -> float:
-    """Share of windows whose predicted class name equals the label's."""
-    hits = 0
-    for i in range(0, len(xs), batch):
-        labels = pred.predict(xs[i : i + batch]).argmax(axis=1)
-        hits += sum(pred.classes[int(k)] == n for k, n in zip(labels, names[i : i + batch]))
-    return hits / len(xs)
+    """Share of windows whose predicted class name equals the label's (:func:`worker.golden.golden_accuracy`)."""
+    return golden_accuracy(pred.predict, pred.classes, xs, names, batch)
 
 
 def judge(acc: float, serving_acc: float | None, rules: GateRules) -> None:

@@ -30,7 +30,7 @@ import structlog
 
 from protocol.keys import Keys
 from worker.breaker import Breaker, BreakerRules, suspect, verdict
-from worker.config import WorkerSettings
+from worker.config import Breaking
 from worker.types import Batch, Entry, ModelSource, Predictor
 
 #: Longest single wait while open, so heartbeats and a stop request are not delayed.
@@ -112,6 +112,10 @@ class ModelGuard:
         if version != self._version:
             self._version, self.since_swap = version, 0
 
+    def on_published(self, batch: Batch) -> None:
+        """A batch was published (a listener of ``worker.events.Listeners``): see :meth:`served`."""
+        self.served()
+
     def served(self) -> None:
         """A batch was published without a broken verdict (closes a half-open breaker)."""
         self.since_swap += 1
@@ -157,7 +161,7 @@ class ModelGuard:
         self.on_state(self.breaker.state, self.breaker.trips)
 
 
-def breaker_rules(settings: WorkerSettings) -> BreakerRules:
+def breaker_rules(settings: Breaking) -> BreakerRules:
     """The breaker thresholds configured in ``settings``."""
     return BreakerRules(
         enabled=settings.breaker, failure_ratio=settings.breaker_failure_ratio,

@@ -6,7 +6,7 @@ A replica is therefore *ready* exactly while its heartbeat key exists and its br
 (``worker.breaker``) is not open: a replica whose model is broken keeps its heartbeat (so status
 shows why) and fails ``--check``.
 
-This module is the one reader of the heartbeat (:class:`worker.types.HeartbeatRecord`, written by
+This module is the one reader of the heartbeat (:class:`worker.heartbeat_record.HeartbeatRecord`, written by
 ``worker.liveness.Heartbeat``); ``worker.status`` reads it through :func:`beats`.
 """
 
@@ -19,7 +19,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from protocol.keys import Keys
 from protocol.replies import as_str
-from worker.types import HeartbeatRecord
+from worker.heartbeat_record import HeartbeatRecord
 
 if TYPE_CHECKING:
     from worker.config import WorkerSettings

@@ -14,14 +14,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import redis
 import structlog
 
 from protocol.keys import Keys
+from worker.config import Liveness
+from worker.counters import LoopStats
+from worker.drift_report import DriftSummary
+from worker.heartbeat_record import HeartbeatRecord
 from worker.reader import refresh_claims
-from worker.types import Entry, HeartbeatRecord
+from worker.types import Entry, ModelSource
 
 
 class Heartbeat:
@@ -34,9 +37,15 @@ class Heartbeat:
         self.started = time.time()
         self._next = 0.0
 
+    @classmethod
+    def from_settings(cls, r: redis.Redis, keys: Keys, consumer: str, settings: Liveness,
+                      monotonic: Callable[[], float] = time.monotonic) -> Heartbeat:
+        """``consumer``'s heartbeat as its :class:`~worker.config.Liveness` settings configure it."""
+        return cls(r, keys, consumer, settings.heartbeat_ttl_s, settings.heartbeat_interval_s, monotonic)
+
     def beat(self, model: str, results: int, dead: int, force: bool = False, precision: str = "fp32",
              breaker: Callable[[], tuple[str, int, str]] | None = None,
-             drift: Callable[[], dict[str, Any] | None] | None = None) -> None:
+             drift: Callable[[], DriftSummary | None] | None = None) -> None:
         """Refresh the heartbeat key (TTL) and the workers hash entry, if due (``breaker()``: the breaker's
         state, trips and reason; ``drift()``: the last drift summary; both asked for only when a beat is written)."""
         now = self.monotonic()
@@ -57,6 +66,56 @@ class Heartbeat:
         """Drop the heartbeat key and the workers hash entry (clean shutdown)."""
         self.r.delete(self.keys.heartbeat(self.consumer))
         self.r.hdel(self.keys.workers, self.consumer)
+
+
+class Progress:
+    """When the loop thread last began a step, and since when a batch computes: whether the heartbeat
+    thread may vouch for the replica (:meth:`working`).
+
+    The loop thread writes ``stepped``; the compute thread alone writes ``computing_since``; the heartbeat
+    thread only reads them (one reference store each, atomic under the GIL).
+    """
+
+    def __init__(self, ttl_s: float, stall_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self.stall_s, self.monotonic = ttl_s, stall_s, monotonic
+        self.stepped = monotonic()  # the loop thread last began a step
+        self.computing_since: float | None = None  # the batch on the compute thread began
+
+    @classmethod
+    def from_settings(cls, settings: Liveness, monotonic: Callable[[], float] = time.monotonic) -> Progress:
+        """Progress judged by the :class:`~worker.config.Liveness` settings (heartbeat TTL, ``stall_s``)."""
+        return cls(settings.heartbeat_ttl_s, settings.stall_s, monotonic)
+
+    def step(self) -> None:
+        """The loop thread begins a step."""
+        self.stepped = self.monotonic()
+
+    def working(self) -> bool:
+        """The loop stepped within the heartbeat TTL, or a batch has computed for less than ``stall_s``."""
+        now = self.monotonic()
+        since = self.computing_since
+        return now - self.stepped < self.ttl_s or (since is not None and now - since < self.stall_s)
+
+
+class Vitals:
+    """What a replica's heartbeat says: the version served, its counts, the breaker, the last drift
+    summary. The loop thread and the heartbeat thread both call :meth:`beat` (one lock)."""
+
+    def __init__(self, heartbeat: Heartbeat, models: ModelSource, stats: LoopStats,
+                 breaker_view: Callable[[], tuple[str, int, str]], drift: Callable[[], DriftSummary | None]) -> None:
+        self.heartbeat, self.models, self.stats = heartbeat, models, stats
+        self.breaker_view, self.drift_summary = breaker_view, drift
+        self._lock = threading.Lock()
+        self._state = breaker_view()[0]  # the breaker state last shown
+
+    def beat(self, force: bool = False) -> None:
+        """Refresh the heartbeat (when due, or now with ``force``; a breaker change shows at once)."""
+        with self._lock:
+            model = self.models.current
+            state = self.breaker_view()[0]
+            force, self._state = force or state != self._state, state
+            self.heartbeat.beat(model.version, self.stats.results, self.stats.dead, force, model.precision,
+                                breaker=self.breaker_view, drift=self.drift_summary)
 
 
 class Pulse:

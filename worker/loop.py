@@ -6,17 +6,21 @@ in :class:`worker.stages.Stages` around one :class:`worker.types.Batch`, the pre
 :class:`worker.compute.Compute`, the breaker's verdict in :class:`worker.guard.ModelGuard`,
 publish in :class:`worker.publisher.Publisher`. This module only drives them: batch ``k + 1`` is
 collected and decoded while batch ``k`` computes and queued behind it, then ``k`` is encoded and
-published while ``k + 1`` computes. The collaborators (Redis client, model source, clock, observer, stop event)
-are passed in and the stage objects are built from the settings (:meth:`LoopParts.build`), so tests
-drive the real loop against a real Redis.
+published while ``k + 1`` computes. The collaborators (Redis client, model source, clock, counters, stop event)
+are passed in and every other part is built from the settings by :meth:`LoopParts.build` (the one place
+parts are made; :class:`WorkerLoop` only assigns them), so tests drive the real loop against a real Redis.
+
+What happens around a published batch is one event, ``Listeners.published`` (``worker.events``): the
+batch-wait policy, tracing, the counts, drift and the breaker listen to it. Everything the metrics see goes
+through one object, :class:`worker.counters.Counters`.
 
 Threads and what they share (the loop thread owns everything not named here):
 
-- the compute thread (``Compute``) runs :meth:`WorkerLoop._predict`: it alone writes
-  ``_computing_since``; the heartbeat thread only reads it (one reference store, atomic under the GIL);
-- the heartbeat thread (``Pulse``) calls :meth:`WorkerLoop.heartbeat`, as the loop thread does: both
-  go through ``_beat_lock`` (the breaker state last shown and the ``Heartbeat``'s due time); it reads
-  ``_progress`` (written by the loop thread only) and the counters (ints, written by the loop thread only);
+- the compute thread (``Compute``) runs the predict stage and the breaker's verdict: it alone writes
+  ``Progress.computing_since``; the heartbeat thread only reads it (one reference store, atomic under the GIL);
+- the heartbeat thread (``Pulse``) calls :meth:`worker.liveness.Vitals.beat`, as the loop thread does: both
+  go through its lock (the breaker state last shown and the ``Heartbeat``'s due time); it reads
+  ``Progress.stepped`` (written by the loop thread only) and the counters (ints, written by the loop thread only);
 - the claim keeper thread (``ClaimKeeper``) reads the batches held, a :class:`worker.liveness.HeldBatches`
   that the loop thread fills and empties, under that object's own lock;
 - the model source's checker and watcher threads (``worker.reload``) hand a new model over under
@@ -29,30 +33,31 @@ import os
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
 import structlog
 
-from protocol.durability import Durability, ReplicaAckShort
+from protocol.durability import Durability
 from protocol.redisconn import TRANSIENT
 from protocol.wire import now_us
-from worker.batching import BatchWait, make_batch_wait
+from worker.batching import BatchWait, ServiceTimes, make_batch_wait
 from worker.compute import Compute
 from worker.config import WorkerSettings
+from worker.counters import Counters, LoopStats, Observer
 from worker.drift import DriftMonitor
+from worker.events import Listeners
 from worker.guard import ModelGuard, breaker_rules
-from worker.liveness import ClaimKeeper, Heartbeat, HeldBatches, Pulse
+from worker.liveness import ClaimKeeper, Heartbeat, HeldBatches, Progress, Pulse, Vitals
 from worker.maintenance import Maintenance
 from worker.publisher import Publisher
 from worker.reader import Collector, ReadPlan, ensure_groups
 from worker.shadow_publisher import publisher_class
 from worker.stages import BatchMismatch, Stages
-from worker.types import Batch, Entry, ModelSource, Observer, Predictor, StaticModel
+from worker.types import Batch, Entry, ModelSource, Predictor, StaticModel
 
-__all__ = ["BatchMismatch", "Clock", "LoopParts", "LoopStats", "ModelSource", "Observer", "Predictor",
+__all__ = ["BatchMismatch", "Clock", "Counters", "LoopParts", "LoopStats", "ModelSource", "Observer", "Predictor",
            "StaticModel", "WorkerLoop"]
 
 
@@ -64,103 +69,81 @@ class Clock:
     now_us: Callable[[], int] = now_us
 
 
-#: How many recent batch sizes :class:`LoopStats` keeps (bounded: a worker runs for months).
-RECENT_BATCHES = 1024
-
-
-@dataclass
-class LoopStats:
-    """Counters of one loop run; ``batch_sizes`` holds the most recent batches' sizes only."""
-
-    batches: int = 0
-    results: int = 0
-    dead: int = 0
-    expired: int = 0
-    reclaimed: int = 0
-    duplicates: int = 0
-    replica_ack_short: int = 0  # publishes whose WAIT fell short of wait_replicas
-    windows: int = 0  # windows that went through the model
-    batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_BATCHES))
-
-
-class Counters:
-    """The one place the loop counts: every event updates :class:`LoopStats` and tells the observer."""
-
-    def __init__(self, observer: Observer) -> None:
-        self.stats = LoopStats()
-        self.observer = observer
-        self.log = structlog.get_logger("worker")
-
-    def batch(self, b: Batch) -> None:
-        """A batch was published."""
-        s = self.stats
-        s.batches += 1
-        s.results += b.served + b.expired
-        s.expired += b.expired
-        s.windows += len(b.xs)
-        s.batch_sizes.append(b.pass_windows)
-        self.observer.batch(b)
-
-    def dead(self, reason: str) -> None:
-        """An entry was dead-lettered."""
-        self.stats.dead += 1
-        self.observer.dead(reason)
-
-    def reclaimed(self, n: int) -> None:
-        """``n`` entries were claimed from other consumers."""
-        self.stats.reclaimed += n
-        self.observer.reclaimed(n)
-
-    def duplicates(self, n: int) -> None:
-        """``n`` outputs were refused because their inputs were acknowledged elsewhere."""
-        self.stats.duplicates += n
-        self.observer.duplicates(n)
-
-    def replica_ack_short(self, short: ReplicaAckShort) -> None:
-        """A publish's ``WAIT`` got fewer replica acknowledgements than asked (logged, counted, not retried)."""
-        self.stats.replica_ack_short += 1
-        self.observer.replica_ack_short()
-        self.log.warning("replica_ack_short", node=short.node, asked=short.asked, acked=short.acked)
-
-    def breaker(self, state: str, trips: int) -> None:
-        """The breaker changed state."""
-        self.observer.breaker(state, trips)
-
-
 @dataclass
 class LoopParts:
-    """The stage objects of one loop; :meth:`build` makes them from the settings."""
+    """Every part of one loop; :meth:`build` makes them from the settings (the loop only assigns them)."""
 
+    clock: Clock
+    stop: threading.Event
+    counters: Counters
     collector: Collector
     stages: Stages
     publisher: Publisher
     policy: BatchWait
     maintenance: Maintenance
-    heartbeat: Heartbeat
-    overlap: bool
+    guard: ModelGuard
+    drift: DriftMonitor
+    progress: Progress
+    compute: Compute
+    vitals: Vitals
+    pulse: Pulse
+    held: HeldBatches
+    keeper: ClaimKeeper
+    listeners: Listeners = field(default_factory=Listeners)
 
     @classmethod
-    def build(cls, r: redis.Redis, s: WorkerSettings, consumer: str, clock: Clock, stop: threading.Event,
-              counters: Counters) -> LoopParts:
-        """The default parts for ``settings``."""
+    def build(cls, r: redis.Redis, s: WorkerSettings, consumer: str, models: ModelSource, *,
+              clock: Clock | None = None, stop: threading.Event | None = None,
+              counters: Counters | None = None, observer: Observer | None = None) -> LoopParts:
+        """The parts for ``settings``, serving ``models``; ``counters`` is what tells the metrics (a new one,
+        telling ``observer`` or no one, when not given)."""
+        clock = clock or Clock()
+        stop = stop or threading.Event()
+        counters = counters or Counters(observer)
         keys = s.keys
         policy = make_batch_wait(s)
         plan = ReadPlan([keys.shard(i) for i in s.assigned_shards], s.max_batch,
                         s.burst_idle_ms if s.burst else s.block_ms, s.burst, s.claim_idle_ms, s.reclaim_interval_ms,
                         max_batch_bytes=s.max_batch_bytes, entry_bytes=s.max_window_bytes)
+        stages = make_stages(s, consumer, counters.dead, clock.now_us)
+        guard = ModelGuard(r, keys, consumer, breaker_rules(s), models, counters.breaker, clock.monotonic)
+        drift = DriftMonitor.from_settings(s, counters.drift)
+        progress = Progress.from_settings(s, clock.monotonic)
+        vitals = Vitals(Heartbeat.from_settings(r, keys, consumer, s, clock.monotonic), models, counters.stats,
+                        guard.breaker_view, drift.summary)
+        held = HeldBatches()  # batches read and not yet published
+
+        def predict(batch: Batch) -> Batch:
+            """The predict stage, then the breaker's verdict (on the compute thread)."""
+            progress.computing_since = clock.monotonic()
+            try:
+                return guard.judge(stages.predict(batch))
+            finally:
+                progress.computing_since = None
+
+        listeners = Listeners([ServiceTimes(policy)])
+        if s.tracing:
+            from worker.tracing import TraceEnd
+
+            listeners.add(TraceEnd())
+        for listener in (counters, drift, guard):
+            listeners.add(listener)
         return cls(
+            clock=clock, stop=stop, counters=counters,
             collector=Collector(r, keys, consumer, plan, policy, clock.monotonic, clock.now_us, stop,
                                 on_reclaimed=counters.reclaimed),
-            stages=make_stages(s, consumer, counters.dead, clock.now_us),
-            publisher=publisher_class(s)(r, keys, s.results_maxlen, s.dead_maxlen, reply_maxlen=s.reply_maxlen,
-                                reply_ttl_s=s.reply_ttl_s, results_shared=s.results_shared,
-                                durability=Durability(s.wait_replicas, s.wait_timeout_ms),
-                                on_short=counters.replica_ack_short),
+            stages=stages,
+            publisher=publisher_class(s).from_settings(r, keys, s, durability=Durability(s.wait_replicas, s.wait_timeout_ms),
+                                                       on_short=counters.replica_ack_short),
             policy=policy,
-            maintenance=Maintenance(r, keys, consumer, interval_s=s.maintenance_interval_ms / 1000, trim=s.trim_input,
-                                    reap_idle_ms=s.reap_idle_ms, monotonic=clock.monotonic),
-            heartbeat=Heartbeat(r, keys, consumer, s.heartbeat_ttl_s, s.heartbeat_interval_s, clock.monotonic),
-            overlap=s.overlap,
+            maintenance=Maintenance.from_settings(r, keys, consumer, s, clock.monotonic),
+            guard=guard, drift=drift, progress=progress,
+            compute=Compute(predict, overlap=s.overlap),
+            vitals=vitals,
+            pulse=Pulse(lambda: vitals.beat(force=True), progress.working, s.heartbeat_interval_s),
+            held=held,
+            keeper=ClaimKeeper(r, keys, consumer, s.claim_idle_ms, held.snapshot, stop, clock.monotonic),
+            listeners=listeners,
         )
 
 
@@ -180,28 +163,19 @@ class WorkerLoop:
     def __init__(
         self, r: redis.Redis, settings: WorkerSettings, consumer: str, models: ModelSource, *,
         clock: Clock | None = None, observer: Observer | None = None, stop: threading.Event | None = None,
+        counters: Counters | None = None,
     ) -> None:
+        """``counters``: what tells the metrics (shared with the model source, ``worker.supervisor``); else a
+        new one telling ``observer``."""
+        p = LoopParts.build(r, settings, consumer, models, clock=clock, stop=stop, counters=counters, observer=observer)
         self.r, self.s, self.keys, self.consumer, self.models = r, settings, settings.keys, consumer, models
-        self.clock = clock or Clock()
-        self.stop = stop or threading.Event()
-        self.counters = Counters(observer or Observer())
-        p = LoopParts.build(r, settings, consumer, self.clock, self.stop, self.counters)
+        self.parts = p
+        self.clock, self.stop, self.counters = p.clock, p.stop, p.counters
         self.collector, self.stages, self.publisher, self.policy = p.collector, p.stages, p.publisher, p.policy
-        self.maintenance, self.beats = p.maintenance, p.heartbeat
-        self.guard = ModelGuard(r, self.keys, consumer, breaker_rules(settings), models, self.counters.breaker,
-                                self.clock.monotonic)
-        self._beat_state = self.guard.breaker.state
-        self.compute = Compute(self._predict, overlap=p.overlap)
-        self._progress = self.clock.monotonic()  # the loop thread last began a step
-        self._computing_since: float | None = None  # the batch on the compute thread began
-        self.pulse = Pulse(lambda: self.heartbeat(force=True), self._working, settings.heartbeat_interval_s)
-        self._beat_lock = threading.Lock()
-        self._held = HeldBatches()  # batches read and not yet published
-        self.keeper = ClaimKeeper(r, self.keys, consumer, settings.claim_idle_ms, self._held.snapshot, self.stop,
-                                  self.clock.monotonic)
+        self.maintenance, self.guard, self.drift, self.compute = p.maintenance, p.guard, p.drift, p.compute
+        self.progress, self.vitals, self.pulse, self.keeper = p.progress, p.vitals, p.pulse, p.keeper
+        self._held, self.listeners = p.held, p.listeners
         self.log = structlog.get_logger("worker").bind(consumer=consumer)
-        self.drift = DriftMonitor(settings.drift_sample_every, settings.drift_window,
-                                  lambda rep: self.counters.observer.drift(rep))
 
     @property
     def stats(self) -> LoopStats:
@@ -217,32 +191,9 @@ class WorkerLoop:
     def observer(self, obs: Observer) -> None:
         self.counters.observer = obs
 
-    def _predict(self, batch: Batch) -> Batch:
-        """The predict stage, then the breaker's verdict (on the compute thread)."""
-        self._computing_since = self.clock.monotonic()
-        try:
-            return self.guard.judge(self.stages.predict(batch))
-        finally:
-            self._computing_since = None
-
-    def _working(self) -> bool:
-        """Whether the heartbeat thread may vouch for this replica: the loop stepped within the
-        heartbeat TTL, or a batch has been computing for less than ``stall_s``."""
-        now = self.clock.monotonic()
-        since = self._computing_since
-        return now - self._progress < self.s.heartbeat_ttl_s or (since is not None and now - since < self.s.stall_s)
-
     def heartbeat(self, force: bool = False) -> None:
         """Refresh this replica's heartbeat (when due, or now with ``force``)."""
-        with self._beat_lock:  # the loop thread and the heartbeat thread
-            self._beat(force)
-
-    def _beat(self, force: bool) -> None:
-        model = self.models.current
-        state = self.guard.breaker.state
-        force, self._beat_state = force or state != self._beat_state, state  # a breaker change shows at once
-        self.beats.beat(model.version, self.stats.results, self.stats.dead, force, model.precision,
-                        breaker=self.guard.breaker_view, drift=self.drift.summary)
+        self.vitals.beat(force)
 
     # -- driver -------------------------------------------------------------------------------
 
@@ -251,7 +202,7 @@ class WorkerLoop:
 
         Returns False when burst mode found the stream drained.
         """
-        self._progress = self.clock.monotonic()
+        self.progress.step()
         served = self.models.current.version
         self.models.poll()
         self.heartbeat(force=self.models.current.version != served)  # a swap shows in status at once
@@ -284,12 +235,7 @@ class WorkerLoop:
             self._count_published(self.publisher.send(outputs))
         finally:
             self._held.drop(id(batch))
-        self.policy.observe(len(batch.entries), time.perf_counter() - (batch.t_submit or time.perf_counter()))
-        if batch.trace is not None:
-            batch.trace.end(batch)
-        self.counters.batch(batch)
-        self.drift.observe(batch)
-        self.guard.served()
+        self.listeners.published(batch)
 
     def _hold(self, batch: Batch) -> None:
         """The model is broken: publish nothing of ``batch`` or the batches behind it; release their inputs."""
@@ -342,14 +288,15 @@ class WorkerLoop:
             try:
                 if not self.step():
                     break
-                if outage_since is not None:
-                    self.log.info("redis_recovered", outage_s=round(time.monotonic() - outage_since, 2))
+                if outage_since is not None:  # the one outage vocabulary of every role (docs/operations.md)
+                    self.log.info("redis_outage_ended", operation="serve",
+                                  outage_s=round(time.monotonic() - outage_since, 3))
                     outage_since, delay = None, 0.05
             except TRANSIENT as err:
                 self._abandon()
                 if outage_since is None:
                     outage_since = time.monotonic()
-                    self.log.error("redis_unavailable", error=str(err))
+                    self.log.warning("redis_outage_started", operation="serve", error=f"{type(err).__name__}: {err}")
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
             except redis.ResponseError as err:
@@ -374,7 +321,7 @@ class WorkerLoop:
         """Drop our heartbeat; delete our consumer if it holds no pending entries."""
         self.pulse.close()
         try:
-            self.beats.remove()
+            self.vitals.heartbeat.remove()
             for sk in self.keys.all_shards():
                 self.maintenance.delete_if_idle(sk.windows, self.consumer)
         except (*TRANSIENT, redis.ResponseError) as err:

@@ -18,6 +18,7 @@ import structlog
 
 from protocol.keys import Keys
 from protocol.replies import as_str
+from worker.config import Claiming
 
 # Redis 7.0 has no ACKED trimming (that is 8.2's XTRIM ... ACKED), so compute the oldest entry any
 # group still needs: the group's oldest pending id, or the first id after its last-delivered id.
@@ -107,6 +108,13 @@ class Maintenance:
         self._trim = r.register_script(TRIM_LUA)
         self._delete = r.register_script(DELETE_IDLE_CONSUMER_LUA)
         self._next = monotonic()  # first pass on the first step: a restarted replica cleans up at once
+
+    @classmethod
+    def from_settings(cls, r: redis.Redis, keys: Keys, consumer: str, settings: Claiming,
+                      monotonic: Callable[[], float] = time.monotonic) -> Maintenance:
+        """The maintenance of ``consumer`` as its :class:`~worker.config.Claiming` settings configure it."""
+        return cls(r, keys, consumer, interval_s=settings.maintenance_interval_ms / 1000, trim=settings.trim_input,
+                   reap_idle_ms=settings.reap_idle_ms, monotonic=monotonic)
 
     def maybe_run(self) -> MaintenanceReport | None:
         """Run a pass if one is due (``interval_s`` of 0 disables maintenance)."""

@@ -29,8 +29,9 @@ from protocol.keys import Keys
 from protocol.replies import group_info
 from protocol.results import timing
 from worker.breaker import STATES
-from worker.drift import DriftGauges, DriftReport
-from worker.types import Batch, Observer
+from worker.counters import Observer
+from worker.drift_report import DriftReport
+from worker.types import Batch
 
 #: Latency buckets in seconds (0.5 ms .. 30 s), shared by every latency histogram.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -42,12 +43,44 @@ class MetricsPortError(RuntimeError):
     """The metrics endpoint could not bind its port."""
 
 
-class WorkerMetrics(Observer):
-    """The loop's :class:`~worker.loop.Observer` feeding Prometheus histograms, counters and gauges.
+class DriftGauges:
+    """The Prometheus gauges of a replica's drift reports (labels: ``worker``, and ``feature`` index)."""
 
-    Other components report through the same object: ``reload(accepted, version)`` for model
-    reloads and ``model_version(version)`` whenever the served model changes.
-    """
+    def __init__(self, registry: CollectorRegistry, worker: str) -> None:
+        self.worker = worker
+        w = ["worker"]
+        self.known = Gauge("bigru_drift_known", "1 when the served checkpoint carries drift statistics, 0 when "
+                           "drift is unknown", w, registry=registry).labels(worker)
+        self.windows = Gauge("bigru_drift_sample_windows", "Sampled windows in the rolling drift sample", w,
+                             registry=registry).labels(worker)
+        self._feature = Gauge("bigru_drift_feature_psi", "Population stability index of one input feature against "
+                              "the training split (0.1 watch, 0.25 act)", ["worker", "feature"], registry=registry)
+        self.prediction = Gauge("bigru_drift_prediction_psi", "PSI of the predicted-class distribution against the "
+                                "model's predictions on its validation split", w, registry=registry).labels(worker)
+        self.top_prob = Gauge("bigru_drift_top_prob_mean", "Mean top class probability of the sampled windows", w,
+                              registry=registry).labels(worker)
+        self.ref_top_prob = Gauge("bigru_drift_reference_top_prob", "Mean top class probability on the validation "
+                                  "split (the checkpoint's)", w, registry=registry).labels(worker)
+        self._features = 0
+
+    def set(self, report: DriftReport) -> None:
+        """Show ``report`` (an unknown or not yet full one clears the PSI series)."""
+        self.known.set(1 if report.known else 0)
+        self.windows.set(report.windows)
+        psi = report.feature_psi
+        for f in range(len(psi), self._features):
+            self._feature.remove(self.worker, str(f))
+        for f, v in enumerate(psi):
+            self._feature.labels(self.worker, str(f)).set(v)
+        self._features = len(psi)
+        for gauge, value in ((self.prediction, report.prediction_psi), (self.top_prob, report.top_prob_mean),
+                             (self.ref_top_prob, report.reference_top_prob)):
+            gauge.set(float("nan") if value is None else value)
+
+
+class WorkerMetrics(Observer):
+    """The :class:`~worker.counters.Observer` feeding Prometheus histograms, counters and gauges (drift's
+    among them, :class:`DriftGauges`); every event reaches it through ``worker.counters.Counters``."""
 
     def __init__(self, worker: str, registry: CollectorRegistry | None = None) -> None:
         self.worker = worker

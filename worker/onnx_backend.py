@@ -30,6 +30,8 @@ import numpy as np
 import structlog
 
 from training.model.checkpoint_file import CheckpointMeta, ServedCheckpoint
+from worker.config import default
+from worker.golden import ServesCheckpoint, golden_accuracy
 
 #: Requested serving precision (the ``precision`` worker setting).
 Precision = Literal["fp32", "int8", "auto"]
@@ -48,7 +50,7 @@ def onnx_available() -> bool:
     return True
 
 
-class OnnxPredictor:
+class OnnxPredictor(ServesCheckpoint):
     """Runs a checkpoint through ONNX Runtime on CPU for lists of [T_i, F] windows.
 
     ``graph`` holds the served ONNX bytes: with ``precision`` ``fp32`` (what it serves, ``fp32`` or
@@ -61,7 +63,7 @@ class OnnxPredictor:
     device = "cpu"
 
     def __init__(self, ckpt: CheckpointMeta, threads: int = 1, precision: Precision = "fp32",
-                 max_drop: float = 0.02) -> None:
+                 max_drop: float = default("reload_max_drop")) -> None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError as e:
@@ -129,8 +131,8 @@ class OnnxPredictor:
             log.warning("int8_unavailable_serving_fp32", error=str(e))
             return
         xs, names = golden
-        fp32 = self._accuracy(self.session, xs, names)
-        int8 = self._accuracy(session, xs, names)
+        fp32 = golden_accuracy(lambda b: self._predict(self.session, b), self.classes, xs, names)
+        int8 = golden_accuracy(lambda b: self._predict(session, b), self.classes, xs, names)
         self.golden_accuracy = {"fp32": fp32, "int8": int8}
         within = int8 >= fp32 - max_drop
         if not within and not force:
@@ -142,14 +144,6 @@ class OnnxPredictor:
                         golden=len(xs))
         self.graph, self.session, self.precision = graph, session, "int8"
         log.info("int8_serving", fp32_accuracy=fp32, int8_accuracy=int8, max_drop=max_drop, golden=len(xs))
-
-    def _accuracy(self, session: Any, xs: list[np.ndarray], names: list[str], batch: int = 64) -> float:
-        # 64, not the whole golden batch: see worker.gate.GOLDEN_CHUNK (per-thread work buffers).
-        hits = 0
-        for i in range(0, len(xs), batch):
-            labels = self._predict(session, xs[i : i + batch]).argmax(axis=1)
-            hits += sum(self.classes[int(k)] == n for k, n in zip(labels, names[i : i + batch]))
-        return hits / len(xs)
 
     def _predict(self, session: Any, xs: list[np.ndarray]) -> np.ndarray:
         t0 = xs[0].shape[0]
@@ -167,11 +161,3 @@ class OnnxPredictor:
     def predict(self, xs: list[np.ndarray]) -> np.ndarray:
         """Class probabilities [B, C] for the windows ``xs`` (one run per distinct length)."""
         return self._predict(self.session, xs)
-
-    def golden_windows(self) -> list[np.ndarray]:
-        """The checkpoint's golden batch as raw windows (the breaker probes with it; empty when none)."""
-        return self.checkpoint.golden_windows()
-
-    def warmup(self) -> None:
-        """One run so the first real batch does not pay for lazy initialisation."""
-        self.predict([np.zeros((8, self.n_features), dtype=np.float32)])

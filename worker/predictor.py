@@ -12,11 +12,12 @@ import torch
 from training.model.checkpoint import as_torch
 from training.model.checkpoint_file import CheckpointMeta
 from training.model.device import DeviceError, resolve_device
+from worker.golden import ServesCheckpoint
 
 __all__ = ["DeviceError", "TorchPredictor"]
 
 
-class TorchPredictor:
+class TorchPredictor(ServesCheckpoint):
     """Runs a checkpoint's model on a device for lists of [T_i, F] windows (always fp32: ``precision``)."""
 
     backend = "torch"
@@ -86,11 +87,3 @@ class TorchPredictor:
         self._copied = torch.cuda.Event()
         self._copied.record()
         return out
-
-    def golden_windows(self) -> list[np.ndarray]:
-        """The checkpoint's golden batch as raw windows (the breaker probes with it; empty when none)."""
-        return self.checkpoint.golden_windows()
-
-    def warmup(self) -> None:
-        """One forward pass so the first real batch does not pay for lazy initialisation."""
-        self.predict([np.zeros((8, self.n_features), dtype=np.float32)])

@@ -17,6 +17,7 @@ from redis.exceptions import NoScriptError
 from protocol.cluster import is_cluster
 from protocol.durability import Durability, ReplicaAckShort, execute, execute_on_nodes, wait_reply
 from protocol.keys import Keys
+from worker.config import Publishing, default
 from worker.types import Output
 
 # Each input's XACK return value gates its output XADDs: an entry that another consumer already
@@ -72,7 +73,8 @@ class Publisher:
     """
 
     def __init__(self, r: redis.Redis, keys: Keys, results_maxlen: int, dead_maxlen: int, *,
-                 reply_maxlen: int = 10_000, reply_ttl_s: int = 300, results_shared: bool = True,
+                 reply_maxlen: int = default("reply_maxlen"), reply_ttl_s: int = default("reply_ttl_s"),
+                 results_shared: bool = default("results_shared"),
                  durability: Durability | None = None,
                  on_short: Callable[[ReplicaAckShort], None] | None = None) -> None:
         self.r = r
@@ -89,6 +91,14 @@ class Publisher:
         self.durability = durability or Durability()
         self.on_short = on_short or (lambda short: None)
         self._node = "?"  # host:port of the own connection (named in shortfalls)
+
+    @classmethod
+    def from_settings(cls, r: redis.Redis, keys: Keys, settings: Publishing, *, durability: Durability | None = None,
+                      on_short: Callable[[ReplicaAckShort], None] | None = None) -> Publisher:
+        """A publisher writing where the :class:`~worker.config.Publishing` settings say."""
+        return cls(r, keys, settings.results_maxlen, settings.dead_maxlen, reply_maxlen=settings.reply_maxlen,
+                   reply_ttl_s=settings.reply_ttl_s, results_shared=settings.results_shared, durability=durability,
+                   on_short=on_short)
 
     def _calls(self, outputs: list[Output]) -> list[tuple[list[str], list[Any], int]]:
         """Per shard: the script's KEYS (input, results, dead, reply streams...), ARGV and output count."""

@@ -30,9 +30,10 @@ from training.model.checkpoint_file import CheckpointError, is_root, load_served
 from training.model.checkpoint_file import parse as parse_file
 from worker import memory
 from worker.backends import ServingPredictor, make_predictor
-from worker.config import WorkerSettings
+from worker.config import Reloading, WorkerSettings
+from worker.counters import Counters
 from worker.gate import GateRules, Refused, check_schema, evaluate, parse
-from worker.types import ModelSource, Observer, Predictor, StaticModel
+from worker.types import ModelSource, Predictor, StaticModel
 
 #: Seconds after a swap before freed memory is given back (batches on the old model publish first).
 RELEASE_AFTER_S = 2.0
@@ -49,7 +50,7 @@ class Candidate:
     load: Callable[[], bytes]
 
 
-def rules_from(settings: WorkerSettings) -> GateRules:
+def rules_from(settings: Reloading) -> GateRules:
     """The gate thresholds configured in ``settings``."""
     return GateRules(
         min_accuracy=settings.reload_min_accuracy, max_drop=settings.reload_max_drop,
@@ -68,10 +69,10 @@ class ReloadingSource:
 
     def __init__(
         self, r: redis.Redis, settings: WorkerSettings, consumer: str, initial: ServingPredictor,
-        observer: Observer | None = None,
+        counters: Counters | None = None,
     ) -> None:
         self.r = r
-        self.observer = observer or Observer()
+        self.counters = counters or Counters()  # reload outcomes and the version served go to the metrics here
         self.s = settings
         self.keys = settings.keys
         self.consumer = consumer
@@ -110,8 +111,8 @@ class ReloadingSource:
         self.previous = old
         self.swaps += 1
         self.log.info("model_swapped", version=new.version, previous=old.version)
-        self.observer.reload(True, new.version)
-        self.observer.model_version(new.version)
+        self.counters.reload(True, new.version)
+        self.counters.model_version(new.version)
         self._release_at = time.monotonic() + RELEASE_AFTER_S
 
     def forget_previous(self) -> None:
@@ -131,8 +132,8 @@ class ReloadingSource:
         self.previous = None
         self.refused[bad.version] = "broken_after_reload"
         self.log.error("model_fell_back", version=prev.version, refused=bad.version, reason=reason[:300])
-        self.observer.reload(False, bad.version)
-        self.observer.model_version(prev.version)
+        self.counters.reload(False, bad.version)
+        self.counters.model_version(prev.version)
         try:
             registry.note_refusal(self.r, self.keys, bad.version, self.consumer, "broken_after_reload", reason)
         except TRANSIENT as e:
@@ -235,7 +236,7 @@ class ReloadingSource:
             self._seq = cand.seq
         self.log.warning("model_refused", version=cand.version, origin=cand.origin, reason=err.reason,
                          detail=err.detail[:300], serving=serving.version)
-        self.observer.reload(False, cand.version)
+        self.counters.reload(False, cand.version)
         try:
             registry.note_refusal(self.r, self.keys, cand.version, self.consumer, err.reason, err.detail)
         except TRANSIENT as e:
@@ -295,7 +296,7 @@ def initial_predictor(settings: WorkerSettings, r: redis.Redis) -> ServingPredic
                           settings.reload_max_drop)
 
 
-def open_source(settings: WorkerSettings, r: redis.Redis, consumer: str, observer: Observer | None = None) -> ModelSource:
+def open_source(settings: WorkerSettings, r: redis.Redis, consumer: str, counters: Counters | None = None) -> ModelSource:
     """The replica's model source: reloading (started) unless ``settings.reload`` is off; a shadow
     replica's fixed candidate (``worker.shadow``)."""
     if settings.shadow_version:
@@ -305,7 +306,7 @@ def open_source(settings: WorkerSettings, r: redis.Redis, consumer: str, observe
     pred = initial_predictor(settings, r)
     if not settings.reload:
         return StaticModel(pred)
-    return ReloadingSource(r, settings, consumer, pred, observer).start()
+    return ReloadingSource(r, settings, consumer, pred, counters).start()
 
 
 def install_sighup(source: ModelSource) -> None:

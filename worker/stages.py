@@ -15,6 +15,7 @@ import numpy as np
 import structlog
 
 from protocol.entries import MultiWindow, Window, decode_entries
+from protocol.limits import DEAD_FIELD_BYTES
 from protocol.results import (
     OkResults,
     Result,
@@ -34,8 +35,6 @@ class BatchMismatch(RuntimeError):
 
 
 DeadHook = Callable[[str], None]
-#: Original fields larger than this are truncated in a dead letter (unless the entry passed validation).
-DEAD_FIELD_BYTES = 64 * 1024
 
 
 class Stages:

@@ -20,7 +20,7 @@ from protocol.cluster import shard_nodes
 from protocol.keys import Keys
 from protocol.registry import read_pointer
 from protocol.replies import as_str, group_info
-from worker.drift_view import drift_lines
+from worker.drift_report import DriftSummary, drift_lines
 from worker.health import beats
 
 
@@ -103,7 +103,7 @@ def snapshot(r: redis.Redis, keys: Keys, window_s: float = 60.0) -> dict[str, An
         c = per_consumer.setdefault(name, {"name": name, "pending": 0, "idle_ms": None})
         c.update(host=hb.host, pid=hb.pid, model=hb.model, precision=hb.precision, served=hb.results, dead=hb.dead,
                  heartbeat_age_s=round(now - hb.ts, 1), breaker=hb.breaker, breaker_trips=hb.breaker_trips,
-                 drift=hb.drift)
+                 drift=None if hb.drift is None else hb.drift.to_doc())
     for name, c in per_consumer.items():
         c["alive"] = bool(r.exists(keys.heartbeat(name)))
         c.setdefault("model", None)
@@ -146,7 +146,8 @@ def render(doc: dict[str, Any]) -> str:
         precision = f" ({c['precision']})" if c.get("precision") else ""
         lines.append(f"{c['name']:<24} {state:<7} {c['pending']:>8} {idle:>9} {_fmt(c['heartbeat_age_s'], 's'):>10}  "
                      f"{_fmt(c['model'])}{precision}")
-    lines += drift_lines(doc["consumers"])
+    lines += drift_lines([(c["name"], DriftSummary.from_doc(c["drift"])) for c in doc["consumers"]
+                          if c.get("alive") and c.get("drift")])
     rec = doc["recent"]
     span = rec.get("span_s")
     over = "" if span is None else f" over {span:.1f}s (first to last result, at least {MIN_RATE_SPAN_S:.0f}s)"

@@ -48,6 +48,7 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     _install_stop_handlers(stop, supervised)
     from protocol.redisconn import TRANSIENT
     from worker import memory
+    from worker.counters import Counters
     from worker.loop import WorkerLoop
     from worker.metrics import start_metrics
     from worker.reload import install_sighup, open_source
@@ -59,8 +60,9 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     # Metrics first, so a slow model load is visible as bigru_ready 0.
     metrics = start_metrics(settings.metrics_port, settings.metrics_addr, index, consumer,
                             settings.connect(socket_timeout=5.0) if settings.metrics_port else None, settings.keys)
+    counters = Counters(metrics)  # the one way the loop, the model source and this function tell the metrics
     r = settings.connect()
-    source = open_source(settings, r, consumer, observer=metrics)  # loads and warms up the model
+    source = open_source(settings, r, consumer, counters)  # loads and warms up the model
     install_sighup(source)
     # Everything loaded so far (onnxruntime or torch, the model) lives as long as the process: move it
     # out of the collector's reach, or each full collection walks ~200 000 objects (~80 ms, a pause
@@ -69,14 +71,14 @@ def run_replica(settings: WorkerSettings, index: int, supervised: bool = False) 
     gc.freeze()
     memory.release()  # what loading freed (e.g. the int8 build's temporaries)
     model = source.current
-    loop = WorkerLoop(r, settings, consumer, source, stop=stop, observer=metrics)
+    loop = WorkerLoop(r, settings, consumer, source, stop=stop, counters=counters)
     # Ready only now that the model is loaded and warmed up: the first heartbeat (what
     # `bigru-worker --check` looks for) and bigru_ready=1 are written after the warm-up pass.
     try:
         loop.heartbeat(force=True)
     except TRANSIENT as err:  # the loop keeps trying once it runs
         log.warning("first_heartbeat_failed", error=str(err))
-    metrics.model_version(model.version)
+    counters.model_version(model.version)
     log.info("replica_ready", redis=settings.redis_url_redacted, model=model.version,
              device=str(model.device), backend=model.backend, precision=model.precision)
     try:

@@ -159,6 +159,15 @@ class TracedStages(Stages):
         return out
 
 
+class TraceEnd:
+    """Records a published batch's spans (a listener of ``worker.events.Listeners``, added with ``tracing`` on)."""
+
+    def on_published(self, batch: Batch) -> None:
+        """End ``batch``'s trace, when it has one."""
+        if batch.trace is not None:
+            batch.trace.end(batch)
+
+
 def traced_stages(settings: WorkerSettings, consumer: str, *args: Any) -> TracedStages:
     """:class:`TracedStages` for a replica (``args``: the rest of :class:`Stages`' arguments); raises
     :class:`TracingError` when the OpenTelemetry packages ``tracing_exporter`` needs are missing."""

@@ -6,23 +6,25 @@
 - :class:`Predictor` (a model backend) and :class:`ModelSource` (what supplies the served predictor,
   and falls back or forgets the previous one for the breaker): the Protocols declare every member
   the worker uses, so no caller probes for one.
-- :class:`Observer` (the metrics hooks) and :class:`HeartbeatRecord` (the heartbeat document:
-  written by ``worker.liveness.Heartbeat``, read by ``worker.health``).
+- :class:`TraceRecord` (what tracing keeps on a batch).
+
+The metrics hooks (``Observer``) live with the one object that calls them, ``worker.counters``; drift's
+types in ``worker.drift_report``; the heartbeat document in ``worker.heartbeat_record``.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
-if TYPE_CHECKING:  # annotations only: `bigru-worker --check` reads HeartbeatRecord without numpy (worker.health)
+if TYPE_CHECKING:  # annotations only: numpy and the model layer stay out of the light readers
     import numpy as np
 
     from protocol.entries import MultiWindow, Window
+    from training.model.drift_ref import DriftReference
 
-__all__ = ["Batch", "Entry", "Group", "HeartbeatRecord", "ModelSource", "Observer", "Output", "Predictor",
-           "PredictorDefaults", "StaticModel", "TraceRecord", "DriftReport", "PSI_ACT", "PSI_WATCH"]
+__all__ = ["Batch", "Entry", "Group", "ModelSource", "Output", "Predictor", "PredictorDefaults", "StaticModel",
+           "TraceRecord"]
 
 
 @dataclass
@@ -82,6 +84,12 @@ class Predictor(Protocol):
         """The checkpoint's golden batch as raw windows (the breaker probes with it); empty when none."""
         ...
 
+    @property
+    def drift_reference(self) -> DriftReference | None:
+        """The training statistics drift is measured against (``worker.drift``): the checkpoint's, or None
+        when it carries none."""
+        ...
+
 
 class PredictorDefaults:
     """The members of :class:`Predictor` a stand-in model (tests, benchmarks) need not care about."""
@@ -93,6 +101,11 @@ class PredictorDefaults:
     def golden_windows(self) -> list[np.ndarray]:
         """No golden batch: the breaker probes with windows served recently."""
         return []
+
+    @property
+    def drift_reference(self) -> DriftReference | None:
+        """No training statistics: drift is unknown."""
+        return None
 
 
 class ModelSource(Protocol):
@@ -187,102 +200,9 @@ class Batch:
         return len(self.xs) - len(self.failed)
 
 
-#: PSI thresholds of drift (``worker.drift``): watch above the first, act above the second.
-PSI_WATCH, PSI_ACT = 0.1, 0.25
-
-
-@dataclass(frozen=True)
-class DriftReport:
-    """One drift reading of a replica (``known`` False: the checkpoint carries no statistics)."""
-
-    version: str
-    known: bool
-    windows: int = 0  # sampled windows in the rolling sample
-    feature_psi: list[float] = field(default_factory=list)
-    prediction_psi: float | None = None
-    top_prob_mean: float | None = None
-    reference_top_prob: float | None = None
-
-    def summary(self) -> dict[str, Any]:
-        """The heartbeat's ``drift`` document (what ``bigru-worker status`` shows)."""
-        if not self.known:
-            return {"known": False, "model": self.version}
-        psi = self.feature_psi
-        worst = max(range(len(psi)), key=psi.__getitem__) if psi else None
-        return {
-            "known": True, "model": self.version, "windows": self.windows,
-            "max_psi": None if worst is None else round(psi[worst], 4), "max_feature": worst,
-            "features_over_act": [i for i, v in enumerate(psi) if v > PSI_ACT][:16],
-            "prediction_psi": None if self.prediction_psi is None else round(self.prediction_psi, 4),
-            "top_prob_mean": None if self.top_prob_mean is None else round(self.top_prob_mean, 4),
-            "reference_top_prob": None if self.reference_top_prob is None else round(self.reference_top_prob, 4),
-        }
-
-
 class TraceRecord(Protocol):
     """What tracing (``worker.tracing``) keeps on a batch; ``end`` records its spans once it is published."""
 
     def end(self, batch: Batch) -> None:
         """The batch is published: record its spans."""
         ...
-
-
-class Observer:
-    """Hooks for metrics (``worker.metrics``); the default does nothing."""
-
-    def batch(self, batch: Batch) -> None:
-        """Called after each batch is published."""
-
-    def dead(self, reason: str) -> None:
-        """Called per dead-lettered entry."""
-
-    def reclaimed(self, n: int) -> None:
-        """Called with the number of entries claimed from other consumers."""
-
-    def duplicates(self, n: int) -> None:
-        """Called when the publish script refused ``n`` outputs already acknowledged elsewhere."""
-
-    def model_version(self, version: str) -> None:
-        """Called when the replica serves ``version``: once loaded and warmed up, and after each reload."""
-
-    def reload(self, accepted: bool, version: str) -> None:
-        """Called when a new model version was accepted (swapped in) or refused (old one keeps serving)."""
-
-    def replica_ack_short(self) -> None:
-        """Called when a publish's ``WAIT`` got fewer replica acknowledgements than ``wait_replicas``."""
-
-    def breaker(self, state: str, trips: int) -> None:
-        """Called when the breaker changes state (``worker.breaker``); ``trips`` counts its openings."""
-
-    def drift(self, report: DriftReport) -> None:
-        """Called with each drift reading (``worker.drift``)."""
-
-
-@dataclass(frozen=True)
-class HeartbeatRecord:
-    """A replica's heartbeat document (JSON in its heartbeat key and its workers-hash entry)."""
-
-    consumer: str = ""
-    host: str = ""
-    pid: int = 0
-    model: str = ""
-    precision: str = "fp32"
-    started: float = 0.0  # unix time the replica started
-    ts: float = 0.0  # unix time of this beat
-    results: int = 0
-    dead: int = 0
-    breaker: str = "closed"  # the breaker's state (``--check`` fails while it is ``open``)
-    breaker_trips: int = 0
-    breaker_reason: str = ""
-    drift: dict[str, Any] | None = None  # the last drift reading's summary (worker.drift); None before one
-
-    def to_json(self) -> str:
-        """The document as written to Redis."""
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> HeartbeatRecord:
-        """Parse a document (fields this version does not know are ignored, missing ones default)."""
-        doc = json.loads(raw)
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in known})

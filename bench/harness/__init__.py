@@ -11,6 +11,7 @@ from bench.harness.workers import (
     env_name,
     env_value,
     maps_torch,
+    memory_kib,
     rss_mib,
     settings_env,
     start_worker,
@@ -19,4 +20,4 @@ from bench.harness.workers import (
 )
 
 __all__ = ["HarnessError", "Killed", "LocalCluster", "LocalRedis", "env_name", "env_value", "free_port", "maps_torch",
-           "rss_mib", "settings_env", "start_worker", "terminate", "worker_process_env"]
+           "memory_kib", "rss_mib", "settings_env", "start_worker", "terminate", "worker_process_env"]

@@ -90,12 +90,27 @@ def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
     return proc.returncode
 
 
+def memory_kib(pid: int) -> dict[str, int]:
+    """The ``Vm*`` lines of ``/proc/<pid>/status`` in KiB (``VmRSS`` current, ``VmHWM`` peak resident
+    memory, ...): the one reader of a process's memory; empty when the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("Vm"):
+            k, _, v = line.partition(":")
+            out[k] = int(v.split()[0])
+    return out
+
+
 def rss_mib(pid: int) -> float:
     """VmRSS of ``pid`` in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    kib = memory_kib(pid).get("VmRSS")
+    if kib is None:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return kib / 1024
 
 
 def maps_torch(pid: int) -> bool:

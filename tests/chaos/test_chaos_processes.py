@@ -130,10 +130,10 @@ def test_kill9_redis_server_mid_stream(prefix: str, worker_env: dict[str, str], 
     in_stream_not_acked = len(set(out.results) | set(out.dead)) - len(set(accepted) & out.served())
     fig = audit("kill9_redis", out, accepted, acked_before_kill=acked_at_kill, failed_xadd_chunks=failed_chunks,
                 served_not_acknowledged_to_producer=in_stream_not_acked, recovered_in_s=round(recovery_s, 2),
-                outage_logs=events.count("redis_unavailable"), recovered_logs=events.count("redis_recovered"))
+                outage_logs=events.count("redis_outage_started"), recovered_logs=events.count("redis_outage_ended"))
     assert fig.lost == 0 and fig.duplicates == 0
     assert all(alive), "a worker died instead of recovering"
-    assert events.count("redis_unavailable") == events.count("redis_recovered") >= 2  # once per worker per outage
+    assert events.count("redis_outage_started") == events.count("redis_outage_ended") >= 2  # once per worker per outage
 
 
 def test_sigterm_under_load_finishes_and_acks_its_batch(

@@ -1,4 +1,4 @@
-"""The device check (scripts/device_check.py, device_*.py): wheels, datasets, the step runner, the report, a dry run."""
+"""The device check (scripts/device/: check.py and the modules beside it): wheels, datasets, the step runner, the report, a dry run."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts.device_base import Ctx, Plan, Step, last_json, wheels_to_install
-from scripts.device_check import SCHEMA, run_all, run_step, step_by_name, step_selftest_sleep
-from scripts.device_report import render_md
-from scripts.device_steps import _Autocast, find_datasets, step_model
+from scripts.device.base import Ctx, Plan, Step, last_json, wheels_to_install
+from scripts.device.check import SCHEMA, run_all, run_step, step_by_name, step_selftest_sleep
+from scripts.device.report import render_md
+from scripts.device.steps import _Autocast, find_datasets, step_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

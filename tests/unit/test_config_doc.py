@@ -1,6 +1,7 @@
 """One source for each setting: the settings classes' fields.
 
-The README's configuration tables are what ``scripts/config_table.py`` renders from them; every
+The configuration tables (docs/configuration.md, linked from the README) are what ``scripts/config_table.py``
+renders from them; every
 ``bigru-worker`` / ``bigru-producer`` flag sets a field (or is a declared command option), defaults to
 None so the environment and ``.env`` apply, and matches the field's type and description; the bench
 derives its worker environment from ``WorkerSettings``. Each check is also run on a broken input to
@@ -50,8 +51,9 @@ def no_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_readme_block_is_the_rendered_one() -> None:
-    """`make config-table` has been run since the last settings change."""
-    assert current_block((ROOT / "README.md").read_text()) == render(), "run `make config-table`"
+    """`make config-table` has been run since the last settings change (the tables live in docs/configuration.md)."""
+    assert current_block((ROOT / "docs" / "configuration.md").read_text()) == render(), "run `make config-table`"
+    assert "(docs/configuration.md)" in (ROOT / "README.md").read_text()
 
 
 def test_a_new_setting_makes_the_readme_block_stale() -> None:
@@ -61,7 +63,7 @@ def test_a_new_setting_makes_the_readme_block_stale() -> None:
     roles = [Role("worker", Extra, ROLES[0].parsers), *ROLES[1:]]
     block = render(roles)
     assert "| `BIGRU_NEW_KNOB` | — | `3` | a knob added without regenerating the README |" in block
-    assert block != current_block((ROOT / "README.md").read_text())
+    assert block != current_block((ROOT / "docs" / "configuration.md").read_text())
 
 
 def test_check_mode_fails_on_a_stale_readme_and_the_rewrite_fixes_it(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import importlib
 from collections import Counter
 from pathlib import Path
 
+from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,14 +33,26 @@ def settings_classes() -> list[type[BaseSettings]]:
     return out
 
 
+def groups_of(cls: type[BaseSettings]) -> list[type[BaseModel]]:
+    """The plain pydantic models (not settings classes) ``cls`` joins: its groups of fields (``worker.config``)."""
+    return [b for b in cls.__mro__[1:] if issubclass(b, BaseModel) and not issubclass(b, BaseSettings)
+            and b is not BaseModel]
+
+
 def field_declarations(classes: list[type[BaseSettings]]) -> list[tuple[str, str]]:
-    """(variable, class) for each field a class annotates itself."""
+    """(variable, class) for each field a class annotates itself, or a group it joins (each group counted once,
+    with the variable prefix of the first settings class that joins it)."""
     out = []
+    counted: set[type[BaseModel]] = set()
     for cls in classes:
         prefix = str(cls.model_config.get("env_prefix", ""))
-        for name in cls.__dict__.get("__annotations__", {}):
-            if name in cls.model_fields:
-                out.append(((prefix + name).upper(), f"{cls.__module__}.{cls.__qualname__}"))
+        for owner in [cls, *groups_of(cls)]:
+            if owner in counted:
+                continue
+            counted.add(owner)
+            for name in owner.__dict__.get("__annotations__", {}):
+                if name in cls.model_fields:
+                    out.append(((prefix + name).upper(), f"{owner.__module__}.{owner.__qualname__}"))
     return out
 
 

@@ -15,7 +15,7 @@ outputs, dynamic batch and time axes) and quantizes it with onnxruntime's ``quan
   checkpoint without one has no int8 graph (:class:`QuantizeError`). The activation ranges are fixed,
   so a window's probabilities do not depend on the batch it is served in.
 
-Measurements and the variants tried: ``results/quantize.md`` (``python scripts/quantize_variants.py``).
+Measurements and the variants tried: ``results/quantize.md`` (``python -m bench.quantize_variants``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Shared basics of the device check: the run's sizes, a step's context and outcome, subprocess helpers, wheels.
 
-Imports only the standard library at module level: ``scripts.device_check`` imports it to pick the
+Imports only the standard library at module level: ``scripts.device.check`` imports it to pick the
 wheels to install, before the project's dependencies are importable.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------ sizes

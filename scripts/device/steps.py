@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scripts.device_base import ROOT, Ctx, Plan, StepFailed, child_env, last_json, log, run_cmd
+from scripts.device.base import ROOT, Ctx, Plan, StepFailed, child_env, last_json, log, run_cmd
 
 # --------------------------------------------------------------------------------------- datasets
 

@@ -65,7 +65,7 @@ def main() -> int:
     c, f = doc["check"], doc["python_c_pass"]
     (args.out / "check_latency.md").write_text(
         "# `bigru-worker --check` latency (an exec probe's cost)\n\n"
-        f"`python -m scripts.check_latency`: {args.calls} fresh `bigru-worker --check` processes against a local "
+        f"`python -m bench.check_latency`: {args.calls} fresh `bigru-worker --check` processes against a local "
         "redis-server holding one live heartbeat (every call exited 0), on this machine "
         f"({doc['cpus']} CPUs shared with other jobs, load average {doc['load_average_1m']} at the end).\n\n"
         "| command | p50 | p99 | max | mean |\n|---|---|---|---|---|\n"

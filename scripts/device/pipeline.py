@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scripts.device_base import Ctx, StepFailed, StepSkipped, child_env, log
+from scripts.device.base import Ctx, StepFailed, StepSkipped, child_env, log
 
 
 def step_pipeline(ctx: Ctx) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Measure int8 variants of the served ONNX graph against fp32: quantized ops, speed, golden accuracy and drift.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/quantize_variants.py CHECKPOINT [--data TEST_FILE] [--length 20]
+    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/quantize_variants.py CHECKPOINT [--data TEST_FILE] [--length 20]
 
 One ONNX Runtime thread (the worker's session settings), T=``--length`` random windows at batch 1, 8, 64
 and 256 (median µs per window), accuracy and max |probability change| against fp32 on the golden batch

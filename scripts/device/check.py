@@ -2,7 +2,7 @@
 
 Run through ``scripts/device-check.sh`` (which installs carried wheels and finds a redis-server
 first); see ``docs/device-check.md``. The parent process runs each step in a child process
-(``python -m scripts.device_check --step NAME``) under a timeout, so a hanging or crashing step is
+(``python -m scripts.device.check --step NAME``) under a timeout, so a hanging or crashing step is
 recorded and the next one still runs. Results go to ``$OUT``:
 
 * ``device.json``: every number, rewritten after each step (a killed run still leaves one);
@@ -12,9 +12,9 @@ recorded and the next one still runs. Results go to ``$OUT``:
 Without CUDA, or with ``DEVICE_CHECK_DRY=1``, the same flow runs on CPU with tiny sizes.
 
 This module is the runner (CLI, step list, child and parent sides); the pieces live in
-``scripts.device_base`` (plan, context, helpers, wheels), ``scripts.device_steps`` (env, GPU tests,
-model, training, ONNX CPU), ``scripts.device_pipeline`` (pipeline, plumbing) and
-``scripts.device_report`` (device.md). Every one imports only the standard library at module level:
+``scripts.device.base`` (plan, context, helpers, wheels), ``scripts.device.steps`` (env, GPU tests,
+model, training, ONNX CPU), ``scripts.device.pipeline`` (pipeline, plumbing) and
+``scripts.device.report`` (device.md). Every one imports only the standard library at module level:
 the shell script calls this module to pick the wheels to install before the project's
 dependencies are importable.
 """
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scripts.device_base import (
+from scripts.device.base import (
     ROOT,
     Ctx,
     Plan,
@@ -45,9 +45,9 @@ from scripts.device_base import (
     want_dry,
     wheels_to_install,
 )
-from scripts.device_pipeline import step_pipeline, step_plumbing
-from scripts.device_report import render_md
-from scripts.device_steps import make_train_step, step_env, step_model, step_onnx_cpu, step_pytest_gpu
+from scripts.device.pipeline import step_pipeline, step_plumbing
+from scripts.device.report import render_md
+from scripts.device.steps import make_train_step, step_env, step_model, step_onnx_cpu, step_pytest_gpu
 
 SCHEMA = "bigru-device-check/1"
 
@@ -119,7 +119,7 @@ def run_step(step: Step, out: Path, timeout: float, dry: bool, logf: Any, grace:
     fd, tmp = tempfile.mkstemp(prefix=f"devchk-{step.name}-", suffix=".json")
     os.close(fd)
     result = Path(tmp)
-    cmd = [sys.executable, "-m", "scripts.device_check", "--step", step.name, "--out", str(out), "--result", str(result),
+    cmd = [sys.executable, "-m", "scripts.device.check", "--step", step.name, "--out", str(out), "--result", str(result),
            "--step-seconds", f"{timeout:.1f}"] + (["--dry"] if dry else [])
     logf.write(f"\n===== step {step.name} (timeout {timeout:.0f} s) {time.strftime('%H:%M:%S')}\n")
     logf.flush()
@@ -181,7 +181,7 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m scripts.device_check [--out DIR]`` (the parent) or ``--step NAME`` (a child)."""
+    """``python -m scripts.device.check [--out DIR]`` (the parent) or ``--step NAME`` (a child)."""
     p = argparse.ArgumentParser(prog="device_check", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "results" / "bench-gpu")))
     p.add_argument("--dry", action="store_true", help="CPU, tiny sizes (default: when DEVICE_CHECK_DRY=1 or no CUDA)")

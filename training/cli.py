@@ -1,13 +1,13 @@
 """``bigru-train``: train a classifier and write a versioned checkpoint; experiments as subcommands.
 
 ``bigru-train [train] --data ...`` trains (the default subcommand). Other subcommands are listed in
-:data:`COMMANDS` as ``"module:function"`` entry points taking ``argv`` and returning an exit code.
+:data:`COMMANDS`: functions taking ``argv`` and returning an exit code, each importing its module plainly
+when called (so ``--help`` stays fast and every arrow is visible to tools).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -16,13 +16,25 @@ from pydantic import ValidationError
 
 from training.settings import TrainSettings, add_flags, settings_from_args
 
-# Subcommand -> "module:function(argv) -> int". Imported lazily so `--help` stays fast.
-COMMANDS: dict[str, str] = {
-    "train": "training.cli:train_main",
-    "compare": "training.compare:main",
-    "export": "training.export:main",
-    "accuracy": "training.accuracy:main",
-}
+
+def _compare(argv: list[str]) -> int:
+    from training.experiments.compare import main as compare
+
+    return compare(argv)
+
+
+def _export(argv: list[str]) -> int:
+    from training.export import main as export
+
+    return export(argv)
+
+
+def _accuracy(argv: list[str]) -> int:
+    from training.experiments.accuracy import main as accuracy
+
+    return accuracy(argv)
+
+
 #: Registry subcommands (``publish``, ``promote``, ``models``), handled by ``training.registry_cli``.
 REGISTRY_COMMANDS = ("publish", "promote", "models")
 
@@ -88,11 +100,15 @@ def train_main(argv: list[str]) -> int:
     return 1 if args.publish and not summary["published"] else 0
 
 
+# Subcommand -> its function (argv) -> exit code.
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": train_main, "compare": _compare, "export": _export, "accuracy": _accuracy,
+}
+
+
 def command(name: str) -> Callable[[list[str]], int]:
     """The entry point of subcommand ``name``."""
-    module, func = COMMANDS[name].split(":")
-    fn: Callable[[list[str]], int] = getattr(importlib.import_module(module), func)
-    return fn
+    return COMMANDS[name]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -217,7 +217,7 @@ def main(argv: list[str]) -> int:
         print(f"bigru-train export: {e}", file=sys.stderr)
         return 2
     if args.results:
-        from training.reports import write_export_report
+        from training.experiments.reports import write_export_report
 
         write_export_report(res, Path(args.results))
     print(json.dumps(res) if args.json else json.dumps(res, indent=2))

@@ -226,7 +226,7 @@ def run(opts: RunOptions, tcfg: TrainConfig, progress: bool = False) -> dict[str
     metrics["summary"] = summary
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
     if opts.plots:
-        from training.plots import plot_confusion, plot_history
+        from training.experiments.plots import plot_confusion, plot_history
 
         plot_history(res.history, run_dir)
         which = "test" if test is not None else "validation"

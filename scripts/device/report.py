@@ -1,6 +1,6 @@
 """The device check's report as Markdown (``device.md``): machine, steps, training, throughput tables.
 
-``training.reports`` is imported inside ``_table`` only: this module is imported before the
+``training.experiments.reports`` is imported inside ``_table`` only: this module is imported before the
 project's dependencies are importable.
 """
 
@@ -20,7 +20,7 @@ def _fmt(v: Any) -> str:
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
-    from training.reports import md_table
+    from training.experiments.reports import md_table
 
     return md_table(headers, [[_fmt(c) for c in r] for r in rows]).splitlines()
 

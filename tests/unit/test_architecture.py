@@ -223,9 +223,9 @@ PROBES_OF_OTHERS = {
     ("protocol/durability.py", "connection_pool"), ("protocol/durability.py", "connection_kwargs"),
     ("worker/publisher.py", "connection_pool"),
     ("worker/publisher.py", "host"), ("worker/publisher.py", "port"), ("bench/run.py", "item"),
-    ("training/registry_cli.py", "json"), ("training/accuracy.py", "seeds"), ("training/accuracy.py", "n"),
-    ("training/accuracy.py", "test_n"), ("training/accuracy.py", "merge"), ("training/accuracy.py", "no_baseline"),
-    ("training/accuracy.py", "dtw_max_test"), ("training/model/quantize.py", "graph"), ("training/registry_cli.py", "redis_url"),
+    ("training/registry_cli.py", "json"), ("training/experiments/accuracy.py", "seeds"), ("training/experiments/accuracy.py", "n"),
+    ("training/experiments/accuracy.py", "test_n"), ("training/experiments/accuracy.py", "merge"), ("training/experiments/accuracy.py", "no_baseline"),
+    ("training/experiments/accuracy.py", "dtw_max_test"), ("training/model/quantize.py", "graph"), ("training/registry_cli.py", "redis_url"),
     ("training/registry_cli.py", "prefix"),
 }
 

@@ -1,4 +1,4 @@
-"""The accuracy benchmark's report (training.accuracy): table, DTW column, met logic, merge, task discovery."""
+"""The accuracy benchmark's report (training.experiments.accuracy): table, DTW column, met logic, merge, task discovery."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from training.accuracy import merge, target_for, task_names, verdict, write_report
+from training.experiments.accuracy import merge, target_for, task_names, verdict, write_report
 
 
 def _run(task: str, seed: int, acc: float, seconds: float = 10.0) -> dict[str, Any]:
@@ -114,7 +114,7 @@ def test_task_names_discovers_dataset_folders(tmp_path: Path) -> None:
 
 def test_readme_shows_the_committed_accuracy_table() -> None:
     """The README's accuracy table is results/accuracy.md's table (`make accuracy` copies it)."""
-    from training.accuracy import readme_table, report_table
+    from training.experiments.accuracy import readme_table, report_table
 
     root = Path(__file__).resolve().parents[2]
     table = report_table((root / "results" / "accuracy.md").read_text())
@@ -123,7 +123,7 @@ def test_readme_shows_the_committed_accuracy_table() -> None:
 
 
 def test_sync_readme_replaces_only_the_marked_block(tmp_path: Path) -> None:
-    from training.accuracy import README_BEGIN, README_END, readme_table, sync_readme
+    from training.experiments.accuracy import README_BEGIN, README_END, readme_table, sync_readme
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n\n{README_BEGIN}\n| old |\n{README_END}\n\nafter\n")

@@ -1,4 +1,4 @@
-"""The 1-NN DTW baseline (training.baseline): known answers, unequal lengths, multivariate, NaN."""
+"""The 1-NN DTW baseline (training.experiments.baseline): known answers, unequal lengths, multivariate, NaN."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("dtaidistance")
 
-from training import baseline
-from training.baseline import (
+from training.experiments import baseline
+from training.experiments.baseline import (
     describe,
     discover_datasets,
     dtw_1nn_accuracy,

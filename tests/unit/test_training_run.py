@@ -116,7 +116,7 @@ def test_one_epoch_event_per_epoch_when_not_on_a_terminal(tmp_path: Path, capsys
 
 
 def test_compare_runs_the_cell_variants_on_the_default_model(tmp_path: Path) -> None:
-    from training.compare import main as compare_main
+    from training.experiments.compare import main as compare_main
 
     rc = compare_main(["--seeds", "1", "--n", "300", "--test-n", "200", "--tasks", "synthetic", "--epochs", "1",
                        "--variants", "LSTM,BiGRU", "--results", str(tmp_path)])

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from training.reports import environment, md_table, mean_std, pct, write
-from training.tasks import Task, default_datasets, measure
+from training.experiments.reports import environment, md_table, mean_std, pct, write
+from training.experiments.tasks import Task, default_datasets, measure
 from training.train import TrainConfig
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
 
 def write_report(runs: list[dict[str, Any]], tasks: list[Task], args: argparse.Namespace, seconds: float) -> None:
     """compare.md/.json/.png from the individual runs."""
-    from training.plots import plot_bars
+    from training.experiments.plots import plot_bars
 
     variants = args.variants.split(",")
     args.results.mkdir(parents=True, exist_ok=True)

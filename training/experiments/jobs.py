@@ -17,7 +17,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from training.baseline import describe, dtw_1nn_accuracy, task_data
+from training.experiments.baseline import describe, dtw_1nn_accuracy, task_data
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def task_info(plan: Plan, name: str) -> dict[str, Any]:
 
 def train_run(plan: Plan, name: str, seed: int) -> dict[str, Any]:
     """One training run of ``bigru-train``'s defaults on ``name`` with ``seed``, scored on its test split."""
-    from training.tasks import Task, measure
+    from training.experiments.tasks import Task, measure
     from training.train import TrainConfig
 
     task = Task(name, n=plan.n, test_n=plan.test_n) if name == "synthetic" else Task(name)

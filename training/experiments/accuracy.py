@@ -2,7 +2,7 @@
 
 Runs the synthetic task and every dataset folder found in the datasets directory
 (``<name>/<name>_TRAIN.ts`` + ``_TEST.ts``, and the UCR 2018 ``.tsv`` sets in ``ucr2018/<name>/``),
-beside a 1-nearest-neighbour DTW baseline computed in the same run (:mod:`training.baseline`): the
+beside a 1-nearest-neighbour DTW baseline computed in the same run (:mod:`training.experiments.baseline`): the
 original six tasks with ``--seeds`` seeds, the development sets with ``--dev-seeds``. Writes
 ``accuracy.md``, ``accuracy.json`` and ``accuracy.png`` under ``--results``, with the mean over the
 sets that have published figures beside InceptionTime's and HIVE-COTE 2's means, wins / ties /
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from training.baseline import MAX_TEST_WINDOWS, discover_datasets
-from training.reports import environment, md_table, mean_std, pct, write
+from training.experiments.baseline import MAX_TEST_WINDOWS, discover_datasets
+from training.experiments.reports import environment, md_table, mean_std, pct, write
 
 # Fixed targets: mean test accuracy over the seeds. Every task must also beat its 1-NN DTW baseline.
 TARGETS = {"synthetic": 0.98, "ItalyPowerDemand": 0.965, "GunPoint": 1.0, "BasicMotions": 1.0, "ACSF1": 0.91}
@@ -131,8 +131,8 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.seeds < 1 or args.dev_seeds < 1:
         p.error("--seeds and --dev-seeds must be at least 1")
-    from training.jobs import Plan, run_all
-    from training.tasks import default_datasets
+    from training.experiments.jobs import Plan, run_all
+    from training.experiments.tasks import default_datasets
 
     datasets = args.datasets or default_datasets()
     available = task_names(datasets)
@@ -326,7 +326,7 @@ def write_report(runs: list[dict[str, Any]], tasks: dict[str, dict[str, Any]], a
                  seconds: float) -> tuple[Path, Path]:
     """accuracy.md/.json/.png under ``args.results`` from the training runs and per-task data/baseline info.
 
-    ``runs``: :func:`training.tasks.measure` dicts (``task``, ``test_accuracy``, ``epochs``, plus
+    ``runs``: :func:`training.experiments.tasks.measure` dicts (``task``, ``test_accuracy``, ``epochs``, plus
     ``seconds``); ``tasks``: per task ``{"data": describe(...), "baseline": dtw_1nn_accuracy(...) | None}``.
     """
     results = Path(args.results)

@@ -1,7 +1,7 @@
-"""``python -m training.ablation_report``: issue 26's ablation table from the runs that were recorded.
+"""``python -m training.experiments.ablation_report``: issue 26's ablation table from the runs that were recorded.
 
 Reads an ``accuracy.json`` of the default (its runs carry each half's accuracy, ``parts``), the previous
-default's ``accuracy.json``, and the ``training.ablation`` rows (JSON lines) of other recipes; compares
+default's ``accuracy.json``, and the ``training.experiments.ablation`` rows (JSON lines) of other recipes; compares
 them on seed 0 of every task they share: the mean over the sets with published figures (beside
 InceptionTime's and HIVE-COTE 2's on the same split), wins / ties / losses against 1-NN DTW, and
 training seconds. Writes ``summary.json`` and prints a markdown table.
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from training.accuracy import INCEPTION_TIME, SAME_SPLIT
+from training.experiments.accuracy import INCEPTION_TIME, SAME_SPLIT
 
 _TIE = 1e-9
 
@@ -56,7 +56,7 @@ def variants(new: dict[str, Any], old: dict[str, Any], rows: list[dict[str, Any]
 
 def main(argv: list[str] | None = None) -> int:
     """Print the table; write ``--out``."""
-    p = argparse.ArgumentParser(prog="python -m training.ablation_report", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m training.experiments.ablation_report", description=__doc__)
     p.add_argument("--new", type=Path, default=Path("results/accuracy.json"))
     p.add_argument("--old", type=Path, required=True, help="the previous default's accuracy.json")
     p.add_argument("--rows", type=Path, default=Path("results/ablation-26/runs.jsonl"))

@@ -62,7 +62,7 @@ def write_export_report(res: dict[str, Any], out_dir: Path) -> None:
     ``res`` is what ``bigru-train export`` measured: the served model's sections at the top level and,
     with ``--baseline-checkpoint``, the same sections under ``baseline`` plus new/old ``ratio``.
     """
-    from training.plots import plot_bars
+    from training.experiments.plots import plot_bars
 
     res = {**res, "environment": environment()}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -179,13 +179,13 @@ def describe(train: Dataset, test: Dataset) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m training.baseline [TASK ...]``: the DTW baseline alone, one JSON line per task."""
+    """``python -m training.experiments.baseline [TASK ...]``: the DTW baseline alone, one JSON line per task."""
     import argparse
     import json
 
     from training.datasets import default_datasets
 
-    p = argparse.ArgumentParser(prog="python -m training.baseline", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m training.experiments.baseline", description=main.__doc__)
     p.add_argument("tasks", nargs="*", help="default: synthetic + every dataset folder")
     p.add_argument("--datasets", type=Path, default=None)
     p.add_argument("--n", type=int, default=6000)

@@ -1,4 +1,4 @@
-"""``python -m training.ablation``: one candidate recipe over the development benchmark, beside 1-NN DTW.
+"""``python -m training.experiments.ablation``: one candidate recipe over the development benchmark, beside 1-NN DTW.
 
 The experiment driver behind ``results/ablation-21.md``: trains a recipe (model and optimiser
 overrides on top of ``bigru-train``'s defaults, as JSON) once per task and seed, and prints one
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from training.accuracy import INCEPTION_TIME, task_names
+from training.experiments.accuracy import INCEPTION_TIME, task_names
 
 _TIE = 1e-9
 
@@ -31,7 +31,7 @@ def _dtw(name: str, datasets: Path, cache: Path, n: int, test_n: int) -> float |
         return None
     known: dict[str, float] = json.loads(cache.read_text()) if cache.is_file() else {}
     if name not in known:
-        from training.baseline import dtw_1nn_accuracy, task_data
+        from training.experiments.baseline import dtw_1nn_accuracy, task_data
 
         train, test = task_data(name, datasets, n, test_n)
         known[name] = dtw_1nn_accuracy(train, test)["accuracy"]
@@ -64,7 +64,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one recipe (or ``--summarize`` the recipes recorded in ``--out``)."""
-    p = argparse.ArgumentParser(prog="python -m training.ablation", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m training.experiments.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", default="default", help="the recipe's name in the output rows")
     p.add_argument("--model", default="{}", help="JSON ModelConfig overrides")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from training.tasks import Task, default_datasets, measure
+    from training.experiments.tasks import Task, default_datasets, measure
     from training.train import TrainConfig
 
     torch.set_num_threads(args.threads)

@@ -92,7 +92,8 @@ def checkpoint_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ckpt")
     ds = synthetic(1500, 20, seed=1)
     tr, va = stratified_split(ds.y, 0.2, 1)
-    res = fit(ds.subset(tr), ds.subset(va), ModelConfig(hidden=16, layers=1), TrainConfig(epochs=6, seed=1))
+    # batch 32: the model the int8 and gate tests were written against (issue 21's default batch)
+    res = fit(ds.subset(tr), ds.subset(va), ModelConfig(hidden=16, layers=1), TrainConfig(epochs=6, seed=1, batch_size=32))
     save_checkpoint(res.checkpoint, root)
     return root
 

@@ -41,7 +41,7 @@ class Zoo:
 def _train(ds: Dataset, seed: int, out: Path, hidden: int = 8) -> Path:
     tr, va = stratified_split(ds.y, 0.25, seed)
     cfg = ModelConfig(input_dim=ds.n_features, num_classes=len(ds.classes), hidden=hidden, layers=1)
-    res = fit(ds.subset(tr), ds.subset(va), cfg, TrainConfig(epochs=4, seed=seed, golden_size=200))
+    res = fit(ds.subset(tr), ds.subset(va), cfg, TrainConfig(epochs=4, seed=seed, golden_size=200, batch_size=32))
     save_checkpoint(res.checkpoint, out)
     return out
 

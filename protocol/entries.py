@@ -30,6 +30,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from protocol.span import Span, pack_spans, unpack_spans
 from protocol.wire import (
     DTYPES,
     VERSION,
@@ -59,6 +60,7 @@ class Window:
     deadline_us: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     reply: str | None = None  # reply stream name (the ``reply`` field)
+    span: bytes = b""  # the ``span`` field, checked, echoed verbatim in the result (``protocol.span``)
 
 
 @dataclass
@@ -78,6 +80,7 @@ class MultiWindow:
     meta: dict[str, Any] = field(default_factory=dict)
     bad: dict[int, str] = field(default_factory=dict)
     reply: str | None = None  # reply stream name (the ``reply`` field)
+    spans: bytes = b""  # the ``spans`` field, checked, echoed verbatim in the result (``protocol.span``)
 
     @property
     def n(self) -> int:
@@ -115,9 +118,14 @@ def encode_window(
     deadline_us: int | None = None,
     meta: Mapping[str, Any] | None = None,
     reply: str | None = None,
+    span: Span | None = None,
 ) -> dict[bytes, bytes]:
-    """Build the stream fields of an input entry (``reply``: the reply stream name)."""
-    return entry_fields(encode_array(x), cid=cid, ts_us=ts_us, deadline_us=deadline_us, meta=meta, reply=reply)
+    """Build the stream fields of an input entry (``reply``: the reply stream name; ``span``: the window's
+    stream identity, :mod:`protocol.span`)."""
+    fields = entry_fields(encode_array(x), cid=cid, ts_us=ts_us, deadline_us=deadline_us, meta=meta, reply=reply)
+    if span is not None:
+        fields[b"span"] = span.pack()
+    return fields
 
 
 def entry_fields(
@@ -174,12 +182,13 @@ def encode_windows_entry(
     deadline_us: int | None = None,
     meta: Mapping[str, Any] | None = None,
     reply: str | None = None,
+    spans: Sequence[Span] | None = None,
 ) -> dict[bytes, bytes]:
     """Build the stream fields of a multi-window input entry from ``xs`` ``[N, T, F]``.
 
     ``cids`` (one per window, ``None`` sent as ``""``) becomes the ``cids`` field; ``cid``,
     ``ts_us``, ``deadline_us`` and ``meta`` are shared by the entry. Fields are in the order
-    ``v x ts cid dl meta reply cids`` (those present).
+    ``v x ts cid dl meta reply cids spans`` (those present; ``spans``: one :class:`protocol.span.Span` per window).
     """
     n = int(np.shape(xs)[0])
     fields = entry_fields(encode_windows_array(xs), cid=cid, ts_us=ts_us, deadline_us=deadline_us, meta=meta,
@@ -188,6 +197,10 @@ def encode_windows_entry(
         if len(cids) != n:
             raise WireError("bad_cids", f"{len(cids)} cids for {n} windows")
         fields[b"cids"] = pack([c or "" for c in cids])
+    if spans is not None:
+        if len(spans) != n:
+            raise WireError("bad_span", f"{len(spans)} spans for {n} windows")
+        fields[b"spans"] = pack_spans(spans)
     return fields
 
 
@@ -218,7 +231,9 @@ def decode_windows(entries: Sequence[Fields], limits: Limits, n_features: int | 
             if raw is None:
                 raise WireError("missing_field", "field 'x' is required")
             dtype, (t, f), data = parse_x(raw, limits, n_features)
-            out.append(_decode_fields(fields, limits))
+            one = _decode_fields(fields, limits)
+            one.span = _span(fields, limits)
+            out.append(one)
         except WireError as e:
             out.append(e)
             datas.append(b"")
@@ -269,6 +284,13 @@ def _decode_fields(fields: Fields, limits: Limits) -> Window:
                   reply=decode_reply(fields))
 
 
+def _span(fields: Fields, limits: Limits) -> bytes:
+    raw = fields.get(b"span", b"")
+    if raw:
+        Span.unpack(raw, limits.max_cid_bytes)
+    return raw
+
+
 def is_multi(fields: Fields) -> bool:
     """Whether an input entry is a multi-window entry: its ``x.shape`` has 3 elements.
 
@@ -309,6 +331,9 @@ def decode_multi(fields: Fields, limits: Limits, n_features: int | None = None) 
     dtype, shape, data = parse_x(raw, limits, n_features, ndim=3)
     common = _decode_fields(fields, limits)
     cids = _decode_cids(fields.get(b"cids"), shape[0], limits)
+    spans = fields.get(b"spans", b"")
+    if spans:
+        unpack_spans(spans, shape[0], limits.max_cid_bytes)
     arr = np.frombuffer(data, dtype=DTYPES[dtype]).reshape(shape)
     if arr.dtype != np.float32:
         arr = arr.astype(np.float32)
@@ -316,7 +341,7 @@ def decode_multi(fields: Fields, limits: Limits, n_features: int | None = None) 
     if not limits.allow_nonfinite and not np.isfinite(arr).all():
         bad = {int(i): "nonfinite" for i in np.flatnonzero(~np.isfinite(arr).all(axis=(1, 2)))}
     return MultiWindow(x=arr, ts_us=common.ts_us, cid=common.cid, cids=cids, deadline_us=common.deadline_us,
-                       meta=common.meta, bad=bad, reply=common.reply)
+                       meta=common.meta, bad=bad, reply=common.reply, spans=spans)
 
 
 def decode_entries(

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from protocol.limits import DEAD_FIELD_BYTES
+from protocol.span import Span, unpack_spans
 from protocol.wire import VERSION, Fields, WireError, now_us, pack
 
 
@@ -40,9 +41,11 @@ class Result:
     ts_us: int
     batch: int
     meta: dict[str, Any] = field(default_factory=dict)
+    span: Span | None = None  # the window's stream identity, echoed from the input (``protocol.span``)
 
 
-#: The fields every result entry ends with (both forms), in this order; ``meta`` follows when the input had one.
+#: The fields every result entry ends with (both forms), in this order; ``meta`` follows when the input had one,
+#: then ``span`` (``spans`` for a multi-window result) when the input had it.
 SHARED_FIELDS = (b"model", b"worker", b"queue_us", b"wait_us", b"infer_us", b"e2e_us", b"ts", b"batch")
 #: A single-window result's fields, in order: its own, then :data:`SHARED_FIELDS`.
 RESULT_FIELDS = (b"v", b"in", b"cid", b"status", b"label", b"class", b"probs", *SHARED_FIELDS)
@@ -86,8 +89,9 @@ class OkResults:
         self._packer = msgpack.Packer(use_bin_type=True)
 
     def encode(self, input_id: str, cid: str, label: int, probs: list[float], ts_us: int, read_us: int,
-               batch_us: int, meta: Mapping[str, Any] | None) -> dict[bytes, bytes]:
-        """One result's fields (``probs`` as Python floats, ``label`` the argmax)."""
+               batch_us: int, meta: Mapping[str, Any] | None, span: bytes = b"") -> dict[bytes, bytes]:
+        """One result's fields (``probs`` as Python floats, ``label`` the argmax; ``span`` the input's
+        checked ``span`` field, echoed)."""
         t = timing(ts_us, read_us, batch_us, self.pub_us, 0, 0)
         pack = self._packer.pack
         fields = self._template.copy()
@@ -98,6 +102,8 @@ class OkResults:
             str(t.queue_us).encode(), str(t.wait_us).encode(), str(t.e2e_us).encode())
         if meta:
             fields[b"meta"] = pack(meta)
+        if span:
+            fields[b"span"] = span
         return fields
 
 
@@ -115,6 +121,8 @@ def encode_result(r: Result) -> dict[bytes, bytes]:
     }
     if r.meta:
         fields[b"meta"] = pack(r.meta)
+    if r.span is not None:
+        fields[b"span"] = r.span.pack()
     return fields
 
 
@@ -137,10 +145,14 @@ def decode_result(fields: Fields) -> Result:
             ts_us=int(fields[b"ts"]),
             batch=int(fields[b"batch"]),
             meta=msgpack.unpackb(fields[b"meta"]) if b"meta" in fields else {},
+            span=Span.unpack(fields[b"span"], MAX_SPAN_KEY) if b"span" in fields else None,
         )
     except (KeyError, ValueError, TypeError, msgpack.UnpackException) as e:
         raise WireError("bad_result", f"result entry malformed: {e}") from e
 
+
+#: A reader's bound on an echoed span's key (workers check theirs against ``max_cid_bytes``, 256 by default).
+MAX_SPAN_KEY = 4096
 
 #: Per-window statuses in a multi-window result.
 STATUSES = ("ok", "dead", "expired")
@@ -189,12 +201,14 @@ def encode_multi_result(
     ts_us: int,
     batch: int,
     meta: Mapping[str, Any] | None = None,
+    spans: bytes = b"",
 ) -> dict[bytes, bytes]:
     """Build the ONE result entry of a multi-window input: ``rows`` (one per window, in order)
     plus the values the entry's windows share. ``cid``/``cids`` are echoed from the input.
 
     Deterministic: field order ``v in cid n status [cids] statuses [reasons] labels classes probs
-    model worker queue_us wait_us infer_us e2e_us ts batch [meta]``.
+    model worker queue_us wait_us infer_us e2e_us ts batch [meta] [spans]``; ``spans`` is the input's
+    checked ``spans`` field, echoed.
     """
     n = len(rows)
     if n == 0:
@@ -227,6 +241,8 @@ def encode_multi_result(
     fields.update(shared_fields(model, worker, Timing(queue_us, wait_us, infer_us, e2e_us, ts_us, batch)))
     if meta:
         fields[b"meta"] = pack(dict(meta))
+    if spans:
+        fields[b"spans"] = spans
     return fields
 
 
@@ -260,11 +276,13 @@ def decode_multi_result(fields: Fields) -> list[Result]:
         e2e_us, ts_us, batch = int(fields[b"e2e_us"]), int(fields[b"ts"]), int(fields[b"batch"])
         meta = msgpack.unpackb(fields[b"meta"]) if b"meta" in fields else {}
         input_id = fields[b"in"].decode()
+        spans: list[Span | None] = (list(unpack_spans(fields[b"spans"], n, MAX_SPAN_KEY)) if b"spans" in fields
+                                    else [None] * n)
         return [
             WindowResult(input_id=input_id, cid=cids[i] or entry_cid, status=statuses[i], label=int(labels[i]),
                          class_name=classes[i], probs=list(probs[i]), model=model, worker=worker, queue_us=queue_us,
                          wait_us=wait_us, infer_us=infer_us, e2e_us=e2e_us, ts_us=ts_us, batch=batch,
-                         meta=dict(meta), index=i, reason=reasons.get(i, ""))
+                         meta=dict(meta), span=spans[i], index=i, reason=reasons.get(i, ""))
             for i in range(n)
         ]
     except (KeyError, ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException) as e:

@@ -153,7 +153,7 @@ class Stages:
                 err = failed[i]
                 out.append(self.dead(e, "predict_failed", f"{type(err).__name__}: {err}", whole=True))
                 continue
-            fields = encode(e.id, w.cid, label, row, w.ts_us, e.read_us, batch_us, w.meta)
+            fields = encode(e.id, w.cid, label, row, w.ts_us, e.read_us, batch_us, w.meta, w.span)
             out.append(Output(e, "r", fields, reply=w.reply))
         for g in batch.groups:
             out.append(self._group_output(batch, g, rows, labels))
@@ -177,7 +177,7 @@ class Stages:
             k += 1
         t = timing(mw.ts_us, e.read_us, batch.batch_us, batch.pub_us, int(batch.infer_s * 1e6), batch.pass_windows)
         fields = encode_multi_result(e.id, outcomes, cid=mw.cid, cids=mw.cids, model=batch.model.version,
-                                     worker=self.consumer, **t._asdict(), meta=mw.meta)
+                                     worker=self.consumer, **t._asdict(), meta=mw.meta, spans=mw.spans)
         return Output(e, "r", fields, self._dead_windows(e, bad), mw.reply)
 
     def _dead_windows(self, e: Entry, bad: dict[int, str]) -> dict[bytes, bytes] | None:
@@ -208,11 +208,14 @@ class Stages:
         """The ``expired`` result of an entry whose deadline passed before batching."""
         t = timing(w.ts_us, e.read_us, e.read_us, now, 0, 0)  # never batched: no wait, no forward pass
         if isinstance(w, Window):
-            return Output(e, "r", encode_result(Result(
+            fields = encode_result(Result(
                 input_id=e.id, cid=w.cid, status="expired", label=-1, class_name="", probs=[],
                 model=model.version, worker=self.consumer, **t._asdict(), meta=w.meta,
-            )), reply=w.reply)
+            ))
+            if w.span:
+                fields[b"span"] = w.span
+            return Output(e, "r", fields, reply=w.reply)
         rows = [WindowOutcome("dead", reason=w.bad[i]) if i in w.bad else WindowOutcome("expired") for i in range(w.n)]
         fields = encode_multi_result(e.id, rows, cid=w.cid, cids=w.cids, model=model.version, worker=self.consumer,
-                                     **t._asdict(), meta=w.meta)
+                                     **t._asdict(), meta=w.meta, spans=w.spans)
         return Output(e, "r", fields, self._dead_windows(e, dict(w.bad)), w.reply)

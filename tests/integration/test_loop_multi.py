@@ -9,9 +9,10 @@ import redis
 
 from producer.client import Producer
 from producer.results import ResultsReader
-from protocol.entries import encode_windows_entry
+from protocol.entries import encode_window, encode_windows_entry
 from protocol.keys import Keys
-from protocol.results import decode_multi_result
+from protocol.results import decode_any_result, decode_multi_result
+from protocol.span import Span
 from tests.helpers import make_loop, stream_entries
 from worker.loop import WorkerLoop
 from worker.types import PredictorDefaults
@@ -142,3 +143,24 @@ def test_max_batch_holds_for_a_mix_of_1_7_and_64_window_entries(
     reported = {f[b"in"].decode(): int(f[b"batch"]) for _, f in results}
     assert max(reported.values()) == 64 and min(reported.values()) >= 1
     assert reported[big] == 64  # in passes of 64 + 36, alone in its batch
+
+
+def test_stream_window_spans_are_echoed_by_the_real_loop(
+    r: redis.Redis, redis_url: str, prefix: str, checkpoint_root: Path
+) -> None:
+    loop = make_loop(redis_url, prefix, checkpoint_root, max_batch=64)
+    sk = Keys(prefix, prefix).shard(0)
+    xs = _windows(4)
+    spans = [Span("dev-1", i, 1_000 * i, 1_000 * i + 900) for i in range(4)]
+    one = r.xadd(sk.windows, encode_window(xs[0], span=spans[0])).decode()
+    many = r.xadd(sk.windows, encode_windows_entry(xs, spans=spans)).decode()
+    bad = encode_window(xs[0])
+    bad[b"span"] = msgpack.packb({"key": "dev-1", "seq": -1, "t0": 0, "t1": 0})
+    r.xadd(sk.windows, bad)
+    stats = loop.run()
+    assert stats.results == 5 and stats.dead == 1
+    by_input = {f[b"in"].decode(): f for _, f in stream_entries(r, sk.results)}
+    assert decode_any_result(by_input[one])[0].span == spans[0]
+    assert [w.span for w in decode_any_result(by_input[many])] == spans
+    (dead,) = [f for _, f in stream_entries(r, sk.dead)]
+    assert dead[b"dead.reason"] == b"bad_span"

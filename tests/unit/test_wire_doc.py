@@ -17,7 +17,7 @@ from protocol.wire import Limits, WireError
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "wire-format.md"
-WIRE_MODULES = [ROOT / "protocol" / "wire.py", ROOT / "protocol" / "entries.py", ROOT / "protocol" / "results.py"]
+WIRE_MODULES = [ROOT / "protocol" / n for n in ("wire.py", "entries.py", "results.py", "span.py")]
 STAGES = ROOT / "worker" / "stages.py"
 #: Functions whose WireError is not a dead letter: encoders (the caller's own mistake, raised before
 #: anything is sent) and result decoders (``bad_result``, a consumer reading a malformed result).

@@ -230,8 +230,8 @@ def decode_windows(entries: Sequence[Fields], limits: Limits, n_features: int | 
     head, size, fast = b"", -1, ("", 0, 0)  # the header, length and group of the last checked x
     for fields in entries:
         x = fields.get(b"x")
-        if x is not None and len(x) == size and x.startswith(head) and (w := _plain(fields, limits)) is not None:
-            out.append(w)
+        if x is not None and len(x) == size and x.startswith(head) and (plain := _plain(fields, limits)) is not None:
+            out.append(plain)
             groups[fast].append(len(out) - 1)
             datas.append(x[len(head):])
             continue

@@ -13,9 +13,10 @@ ONNX cannot export ``pack_padded_sequence``, so the exported graph is the model'
 lengths is split into one run per distinct length; every window is then computed exactly as it would
 be alone, which is what the packed torch path computes too.
 
-Precision (``BIGRU_PRECISION``): ``fp32`` serves that graph. ``auto`` and ``int8`` also build the int8
-graph (:func:`training.model.quantize.onnx_int8_bytes`, int8 convolutions calibrated on the golden batch) and
-run the checkpoint's golden batch through both sessions. ``auto`` serves int8 only when its golden
+Precision (``BIGRU_PRECISION``): ``fp32`` serves that graph. ``auto`` and ``int8`` also load the int8
+graph stored in the file (``onnx.int8``; a file written before it was stored has none, and the graph is
+then built at start by :func:`training.model.quantize.onnx_int8_bytes`, int8 convolutions calibrated on the
+golden batch) and run the checkpoint's golden batch through both sessions. ``auto`` serves int8 only when its golden
 accuracy is at least fp32's minus ``max_drop`` (``BIGRU_RELOAD_MAX_DROP``), and fp32 otherwise: when
 int8 falls short (a warning names both accuracies), when the checkpoint has no golden batch, or when
 quantization fails. ``int8`` serves int8 even over the drop (with a warning) and refuses to start
@@ -112,8 +113,6 @@ class OnnxPredictor(ServesCheckpoint):
 
     def _choose_int8(self, force: bool, max_drop: float) -> None:
         """Build the int8 session and serve it when its golden accuracy allows (always when ``force``)."""
-        from training.model.quantize import QuantizeError, onnx_int8_bytes
-
         log = structlog.get_logger("worker").bind(version=self.version)
         golden = self.checkpoint.golden_batch()
         if golden is None:
@@ -122,10 +121,11 @@ class OnnxPredictor(ServesCheckpoint):
                                    "has none (use precision 'auto' or 'fp32')")
             log.info("int8_skipped_serving_fp32", reason="no_golden_batch")
             return
+        stored = self.checkpoint.stored_int8()
         try:
-            graph = onnx_int8_bytes(self.checkpoint, self.graph)
+            graph = stored if stored is not None else self._quantize()
             session = self._session(graph)
-        except (QuantizeError, BackendError, ImportError) as e:  # ImportError: onnx (the quantizer) missing
+        except BackendError as e:
             if force:
                 raise BackendError(f"precision 'int8': {e}") from e
             log.warning("int8_unavailable_serving_fp32", error=str(e))
@@ -144,6 +144,17 @@ class OnnxPredictor(ServesCheckpoint):
                         golden=len(xs))
         self.graph, self.session, self.precision = graph, session, "int8"
         log.info("int8_serving", fp32_accuracy=fp32, int8_accuracy=int8, max_drop=max_drop, golden=len(xs))
+
+    def _quantize(self) -> bytes:
+        """The int8 graph built here (a file without a stored one): the quantizer is imported only then."""
+        try:
+            from training.model.quantize import QuantizeError, onnx_int8_bytes
+        except ImportError as e:  # onnx (the quantizer) missing
+            raise BackendError(f"cannot build the int8 graph: {e}") from e
+        try:
+            return onnx_int8_bytes(self.checkpoint, self.graph)
+        except (QuantizeError, ImportError) as e:
+            raise BackendError(str(e)) from e
 
     def _predict(self, session: Any, xs: list[np.ndarray]) -> np.ndarray:
         t0 = xs[0].shape[0]

@@ -45,8 +45,8 @@ def _entries(shard: int, raw: Sequence[Any], read_us: int) -> list[Entry]:
         if fields is None:  # deleted while pending (Redis < 7 reports these inline)
             continue
         x = fields.get(b"x")
-        out.append(Entry(shard, as_str(eid), fields, read_us, size=sum(map(len, fields)) + sum(map(len, fields.values())),
-                         windows=1 if x is None else x_windows(x)))
+        out.append(Entry(shard, as_str(eid), fields, read_us, 1,
+                         sum(map(len, fields)) + sum(map(len, fields.values())), 1 if x is None else x_windows(x)))
     return out
 
 

@@ -201,7 +201,8 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _summary(values: np.ndarray) -> dict[str, float]:
+def latency_summary(values: np.ndarray) -> dict[str, float]:
+    """mean, p50, p95, p99 and max of ``values``, rounded."""
     return {
         "mean": round(float(values.mean()), 3), "p50": round(float(np.percentile(values, 50)), 3),
         "p95": round(float(np.percentile(values, 95)), 3), "p99": round(float(np.percentile(values, 99)), 3),
@@ -264,7 +265,7 @@ def open_loop_point(r: redis.Redis, w: Workers, rate: float, seconds: float) -> 
         "rate_target": round(rate, 1), "windows": len(got), "sent": count,
         "load_generator_cpu_share": round(prod_cpu / max(1e-6, prod_wall) / (os.cpu_count() or 1), 3),
         "rate_achieved": round(len(got) / max(1e-6, (arrived.max() - produced.min()) / 1e6), 1),
-        "e2e_ms": _summary(e2e),
+        "e2e_ms": latency_summary(e2e),
         "breakdown_ms_mean": {
             "queued": round(float(f[b"queue_us"].mean()) / 1000, 3),
             "batch_wait": round(float(f[b"wait_us"].mean()) / 1000, 3),
@@ -333,7 +334,7 @@ def classify_point(r: redis.Redis, w: Workers, rate: float, seconds: float, call
     if not lat:
         raise BenchError(f"no classify round trip at {rate:.0f} windows/s ({failed} failed): {err.decode(errors='replace')[-500:]}")
     return {"rate_target": round(rate, 1), "calls": len(lat), "failed": failed,
-            "round_trip_ms": _summary(np.array(lat))}
+            "round_trip_ms": latency_summary(np.array(lat))}
 
 
 def classify_round_trips(url: str, checkpoint: Path, cfg: WorkerConfig, rates: list[float], seconds: float,

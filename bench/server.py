@@ -39,7 +39,7 @@ import redis
 
 from bench.harness import LocalRedis
 from bench.model import build_checkpoint
-from bench.pipeline import ROOT, BenchError, WorkerConfig, Workers, _summary
+from bench.pipeline import ROOT, BenchError, WorkerConfig, Workers, latency_summary
 from protocol.keys import Keys
 from protocol.wire import now_us
 
@@ -96,7 +96,7 @@ def point(r: redis.Redis, w: Workers, rate: float, seconds: float, seed: int, cp
     e2e = (arrived - (ts - e2e_us)) / 1000
     batch = np.array([int(f[b"batch"]) for _, f in got])
     return {"rate_target": round(rate, 1), "rate_offered": sent["rate_offered"], "windows": len(got),
-            "generator_cpu_us_per_window": sent["cpu_us_per_window"], "e2e_ms": _summary(e2e),
+            "generator_cpu_us_per_window": sent["cpu_us_per_window"], "e2e_ms": latency_summary(e2e),
             "mean_batch": round(float(batch.mean()), 1)}, pos
 
 

@@ -17,9 +17,9 @@ from training.metrics import report
 from training.model.checkpoint import Checkpoint, save_checkpoint, set_latest_version
 from training.model.data import Dataset, align_classes, stratified_split, synthetic
 from training.model.formats import load_dataset
+from training.model.network import ModelConfig
 from training.model.recording import load_recording
 from training.recordings import Cut, block_split, cut_windows
-from training.model.network import ModelConfig
 from training.ridge import MAX_WINDOWS
 from training.train import TrainConfig, TrainResult, budget_epochs, fit, predict, to_tensors
 

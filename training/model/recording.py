@@ -181,7 +181,8 @@ def load_recording(path: str | Path, rate_hz: float | None = None, label_column:
     device = np.array([r[0] for r in rows], dtype=object)
     seconds = np.array([r[1] for r in rows], np.float64) if header.time is not None else None
     x = np.stack([r[3] for r in rows])
-    y, classes = None, []
+    y: np.ndarray | None = None
+    classes: list[str] = []
     if header.label is not None:
         labels = [r[2] or "" for r in rows]
         if "" in labels:
@@ -212,7 +213,8 @@ def _load_npz(p: str, rate_hz: float | None) -> Recording:
     for name, arr in (("device", device), ("t", seconds), ("y", y_raw)):
         if arr is not None and len(arr) != n:
             raise DataError(f"{p}: '{name}' has {len(arr)} entries for {n} samples")
-    y, classes = None, []
+    y: np.ndarray | None = None
+    classes: list[str] = []
     if y_raw is not None:
         labels = [declared[int(v)] if declared is not None and y_raw.dtype.kind in "iu" else str(v) for v in y_raw]
         classes, y = classes_for(labels, declared, p)

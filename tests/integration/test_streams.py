@@ -64,7 +64,7 @@ def test_stream_through_a_worker_to_segments_exactly_once(r: redis.Redis, prefix
     before = _stream(r, keys, indices, 0.0, 0.6)
     replay = _stream(r, keys, indices, 0.45, 1.0)  # the gateway restarts and replays from 45 % on
     expected = sum(expected_windows(idx, SPEC) for idx in indices.values())
-    assert before.counts.windows + replay.counts.windows > expected + 10  # the replayed windows were sent again ...
+    assert before.counts.windows + replay.counts.windows >= expected + 3  # the replayed windows were sent again ...
     assert r.xlen(keys.shard(0).windows) == expected  # ... and the idempotent producer dropped them
 
     out = subprocess.run([sys.executable, "-m", "worker.cli", "--burst"], env=worker_env, capture_output=True,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,7 +58,6 @@ class PublishedCounts:
     windows: int = 0
     entries: int = 0
     round_trips: int = 0
-    sent_at: dict[str, float] = field(default_factory=dict)  # cid -> wall time sent (only with track=True)
 
 
 class StreamPublisher:
@@ -66,12 +65,11 @@ class StreamPublisher:
 
     ``per_entry`` 1: one single-window entry per window; > 1: a key's windows packed by sequence block
     (module docstring). ``meta`` goes with every entry. ``expire_every_s`` (wall seconds): how often
-    quiet keys are forgotten (:meth:`Windower.expire`). ``track``: remember each window's send time
-    (for latency measurements).
+    quiet keys are forgotten (:meth:`Windower.expire`).
     """
 
     def __init__(self, producer: Producer, windower: Windower, *, per_entry: int = 1,
-                 meta: Mapping[str, Any] | None = None, expire_every_s: float = 1.0, track: bool = False) -> None:
+                 meta: Mapping[str, Any] | None = None, expire_every_s: float = 1.0) -> None:
         if per_entry < 1:
             raise ValueError(f"per_entry must be >= 1, got {per_entry}")
         self.producer = producer
@@ -79,7 +77,6 @@ class StreamPublisher:
         self.per_entry = per_entry
         self.meta = meta
         self.counts = PublishedCounts()
-        self.track = track
         self._blocks: dict[str, list[StreamWindow]] = {}  # per key: the windows of its open block
         self._expire_every_s = expire_every_s
         self._next_expire = time.monotonic() + expire_every_s
@@ -143,9 +140,3 @@ class StreamPublisher:
             self.counts.round_trips += 1
             self.counts.entries += len(chunk)
             self.counts.windows += sum(e.windows for e in chunk)
-            if self.track:
-                now = time.perf_counter()
-                for e in chunk:
-                    for c in ([e.cid] if e.cid else list(e.cids or [])):
-                        if c:
-                            self.counts.sent_at[c] = now

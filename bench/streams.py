@@ -49,6 +49,8 @@ from training.recordings import Cut, block_split, random_window_split
 
 RATE_HZ, WINDOW, TRAIN_HOP, HOP, DEVICES, SEED = 10.0, 40, 5, 10, 4, 29
 PERIOD_US = int(1e6 / RATE_HZ)
+#: (smooth, hold) pairs of the segmenter also scored on the same results.
+SEGMENTER_GRID = ((1, 1), (1, 2), (3, 1), (3, 2), (5, 2))
 
 
 def recording(ds: Dataset, orders: list[np.ndarray], name: str) -> Recording:
@@ -170,6 +172,12 @@ def run_stream(rec: Recording, ckpt: str, work: Path) -> dict[str, Any]:
         results = [x for x in ResultsReader(r, keys).collect(published, timeout_s=30) if x.span is not None]
         seg = Segmenter()
         segs = seg.add_results(results) + seg.flush()
+        grid = []
+        for smooth, hold in SEGMENTER_GRID:  # how the two knobs move the figures (the default is the headline)
+            other = Segmenter(smooth, hold)
+            sc = timeline_scores(rec, plan, other.add_results(results) + other.flush(), results, HOP * PERIOD_US)
+            grid.append({"smooth": smooth, "hold": hold, **{k: sc[k] for k in ("sample_accuracy", "boundary_share",
+                                                                              "extra_boundaries", "segments")}})
         spans = [x.span for x in results if x.span is not None]
         per_dev = {d: sum(1 for sp in spans if sp.key == d) for d in plan}
         unique = len({(sp.key, sp.seq) for sp in spans})
@@ -180,6 +188,7 @@ def run_stream(rec: Recording, ckpt: str, work: Path) -> dict[str, Any]:
                 "restarts": counts.restarts + replay.windower.counts.restarts,
                 "samples_pushed": counts.samples + replay.windower.counts.samples,
                 "push_publish_cpu_us_per_sample": 1e6 * cpu_s / (counts.samples + replay.windower.counts.samples),
+                "segmenter_grid": grid,
                 **timeline_scores(rec, plan, segs, results, HOP * PERIOD_US)}
 
 
@@ -187,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     """Build, train, stream, measure; write ``<out>.md`` and ``<out>.json``."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="results/streams")
-    p.add_argument("--loads", default="100x50,250x50,500x50,1000x50", help="devices x Hz, hop 25, in order")
+    p.add_argument("--loads", default="20x50,50x50,100x50,250x50,500x50,1000x50", help="devices x Hz, hop 25, in order")
     p.add_argument("--load-seconds", type=float, default=5.0)
     args = p.parse_args(argv)
     train_file, test_file = dataset_split_files("BasicMotions", default_datasets())

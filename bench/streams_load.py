@@ -27,11 +27,13 @@ from training.model.recording import Recording
 LOAD_HOP, TICK_S, P99_TARGET_MS, FEATURES = 25, 0.1, 50.0, 6
 
 
-def _reader(r: Any, keys: Keys, seen: dict[str, float], stop: threading.Event) -> None:
+def _reader(r: Any, keys: Keys, seen: dict[str, float], worker_ms: list[tuple[float, float]],
+            stop: threading.Event) -> None:
     reader = ResultsReader(r, keys, start="$")
     while not stop.is_set():
         for _, res in reader.poll(count=1000, block_ms=100):
             seen[res.cid] = time.perf_counter()
+            worker_ms.append((res.e2e_us / 1000, res.infer_us / 1000))
 
 
 def one_load(url: str, keys: Keys, window: int, devices: int, hz: int, seconds: float) -> dict[str, Any]:
@@ -46,8 +48,9 @@ def one_load(url: str, keys: Keys, window: int, devices: int, hz: int, seconds: 
     per_tick = max(1, round(hz * TICK_S))
     seen: dict[str, float] = {}
     pushed: dict[str, float] = {}
+    worker_ms: list[tuple[float, float]] = []
     stop = threading.Event()
-    th = threading.Thread(target=_reader, args=(redis.Redis.from_url(url), keys, seen, stop), daemon=True)
+    th = threading.Thread(target=_reader, args=(redis.Redis.from_url(url), keys, seen, worker_ms, stop), daemon=True)
     th.start()
     time.sleep(0.2)
     noise = rng.normal(size=(per_tick, FEATURES)).astype(np.float32)
@@ -73,7 +76,10 @@ def one_load(url: str, keys: Keys, window: int, devices: int, hz: int, seconds: 
             "target_windows_per_s": devices * hz / LOAD_HOP, "windows": len(pushed), "lost": len(pushed) - len(lat),
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
-            "producer_cpu_share": round(cpu / seconds, 3)}
+            "producer_cpu_share": round(cpu / seconds, 3),
+            # the worker's own view: entry written -> result published, and the batch's forward pass
+            "worker_e2e_p50_ms": float(np.median([e for e, _ in worker_ms])) if worker_ms else None,
+            "infer_p50_ms": float(np.median([i for _, i in worker_ms])) if worker_ms else None}
 
 
 def sustained_load(ckpt: str, window: int, loads: list[tuple[int, int]], seconds: float) -> dict[str, Any]:

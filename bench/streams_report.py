@@ -9,6 +9,10 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def render(o: dict[str, Any]) -> str:
     """The report: each issue 29 target beside what was reached."""
     s, lk, ld, cpu = o["stream"], o["leakage"], o["load"], o["cpu"]
@@ -48,20 +52,29 @@ def render(o: dict[str, Any]) -> str:
         "",
         "## Sustained load runs",
         "",
-        "| devices | Hz | windows/s (target) | windows | lost | p50 ms | p99 ms | producer CPU share |",
-        "|---|---|---|---|---|---|---|---|",
+        "| devices | Hz | windows/s (target) | windows | lost | p50 ms | p99 ms | producer CPU share | worker e2e p50 ms | "
+        "forward pass p50 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ld["runs"]:
         p50 = f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"
         p99 = f"{r['p99_ms']:.1f}" if r["p99_ms"] is not None else "-"
         lines.append(f"| {r['devices']} | {r['hz']} | {r['windows_per_s']:g} ({r['target_windows_per_s']:g}) | "
-                     f"{r['windows']} | {r['lost']} | {p50} | {p99} | {r['producer_cpu_share']} |")
+                     f"{r['windows']} | {r['lost']} | {p50} | {p99} | {r['producer_cpu_share']} | "
+                     f"{_ms(r['worker_e2e_p50_ms'])} | {_ms(r['infer_p50_ms'])} |")
     lines += [
         "",
         f"Each load ran {ld['seconds']:g} s; every device pushes {ld['tick_s'] * 1000:g} ms of samples per tick with "
         "a random phase; latency runs from the push that completed a window to the result read by a reader "
         "thread in the same process (so the gateway's own 100 ms batching is not in it). The loads stop after "
         "the first that misses the target. One worker replica, default settings, the served BasicMotions model.",
+        "",
+        "## Segmenter settings on the same results",
+        "",
+        "| smooth (windows) | hold (decisions) | per-sample accuracy | boundaries within a hop | extra boundaries | segments |",
+        "|---|---|---|---|---|---|",
+        *[f"| {g['smooth']} | {g['hold']} | {_pct(g['sample_accuracy'])} | {_pct(g['boundary_share'])} | "
+          f"{g['extra_boundaries']} | {g['segments']} |" for g in s["segmenter_grid"]],
         "",
         "## Per device",
         "",

@@ -126,3 +126,18 @@ def test_stream_cli_publishes_every_window_once_with_spans(r: redis.Redis, redis
     assert cli.main(["--redis-url", redis_url, "--prefix", prefix, "stream", "--source", str(path),
                      "--window", "20", "--hop", "30"]) == 2
     assert "hop" in capsys.readouterr().err
+
+
+def test_stream_from_standard_input_pushes_samples_as_they_come(r: redis.Redis, worker_env: dict[str, str],
+                                                                 prefix: str) -> None:
+    lines = ["device,v"] + [f"{'a' if i % 2 else 'b'},{i}" for i in range(40)]  # 20 samples each, no time column
+    out = subprocess.run([sys.executable, "-m", "producer.cli", "stream", "--source", "-", "--window", "8", "--hop",
+                          "4", "--rate-hz", "10"], input="\n".join(lines).encode(), env=worker_env,
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode()
+    summary = json.loads(out.stdout)
+    assert summary["samples"] == 40 and summary["published"] == 2 * 4  # windows at 0, 4, 8, 12 per device
+    assert summary["partial_dropped"] == 0 and r.xlen(Keys(prefix, prefix).shard(0).windows) == 8
+    bad = subprocess.run([sys.executable, "-m", "producer.cli", "stream", "--source", "-", "--window", "8", "--hop",
+                          "4"], input=b"v\n1\n", env=worker_env, capture_output=True, timeout=60)
+    assert bad.returncode == 2 and b"--rate-hz" in bad.stderr

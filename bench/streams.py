@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     """Build, train, stream, measure; write ``<out>.md`` and ``<out>.json``."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="results/streams")
-    p.add_argument("--loads", default="20x50,50x50,100x50,250x50,500x50,1000x50", help="devices x Hz, hop 25, in order")
+    p.add_argument("--loads", default="10x25,20x50,50x50,100x50,250x50,500x50,1000x50", help="devices x Hz, hop 25, in order")
     p.add_argument("--load-seconds", type=float, default=5.0)
     args = p.parse_args(argv)
     train_file, test_file = dataset_split_files("BasicMotions", default_datasets())

@@ -10,8 +10,9 @@ key, ``seq``, event times of the window's first and last samples) in any order a
 * **Smoothing.** The decision at a window is the argmax of the mean class probabilities of the last
   ``smooth`` windows; it is placed at the middle of those windows (their middle window's centre).
 * **Hysteresis.** The label changes only after ``hold`` consecutive decisions agree on a new label, so
-  one odd window does not flip it; the boundary is put half-way between the last decision of the old
-  label and the first of the new one.
+  one odd window does not flip it; the boundary is put between the last decision of the old label and
+  the first of the new one where the old label's lead in the smoothed probabilities, interpolated
+  linearly, crosses zero (half-way when both are saturated).
 * **Breaks.** More than ``max_missing`` windows missing in a row (a gap in the device's data, a
   restart) closes the open segment at the end of the last window before it.
 * **Ends.** A device's first segment starts at its first window's first sample; :meth:`Segmenter.flush`
@@ -85,6 +86,7 @@ class _Open:
     last_time: float  # decision time of its newest decision
     conf_sum: float = 0.0
     n: int = 0
+    last_mean: list[float] = field(default_factory=list)  # smoothed probabilities of its newest decision
 
 
 @dataclass
@@ -101,6 +103,8 @@ class _Device:
     cand_conf: list[float] = field(default_factory=list)  # the change's decisions: smoothed prob of the new label
     cand_keep: list[float] = field(default_factory=list)  # ... and of the open segment's label
     prev_time: float = 0.0  # decision time of the decision before the change
+    prev_mean: list[float] = field(default_factory=list)  # ... and its smoothed probabilities
+    cand_mean: list[float] = field(default_factory=list)  # smoothed probabilities of the change's first decision
 
 
 @dataclass
@@ -192,32 +196,41 @@ class Segmenter:
         conf = float(mean[label])
         when = d.history[len(d.history) // 2].centre_us
         if d.open is None:
-            d.open = _Open(label, float(d.history[0].t0_us), when, conf, 1)
+            d.open = _Open(label, float(d.history[0].t0_us), when, conf, 1, mean.tolist())
             d.cand, d.cand_n = -1, 0
             return out
         o = d.open
         if label == o.label:  # a change that did not hold: its decisions stay in the open segment
             o.conf_sum += conf + sum(d.cand_keep)
             o.n += 1 + len(d.cand_keep)
-            o.last_time = when
+            o.last_time, o.last_mean = when, mean.tolist()
             d.cand, d.cand_n, d.cand_conf, d.cand_keep = -1, 0, [], []
             return out
         if label != d.cand:
             o.conf_sum += sum(d.cand_keep)
             o.n += len(d.cand_keep)
             d.cand, d.cand_n, d.cand_time, d.cand_conf, d.cand_keep = label, 0, when, [], []
-            d.prev_time = o.last_time
+            d.prev_time, d.prev_mean, d.cand_mean = o.last_time, o.last_mean, mean.tolist()
         d.cand_n += 1
         d.cand_conf.append(conf)
         d.cand_keep.append(float(mean[o.label]))
         if d.cand_n >= self.hold:
-            boundary = (d.prev_time + d.cand_time) / 2
+            boundary = self._boundary(d, o.label, label)
             new_conf = d.cand_conf
             d.cand_keep = []  # the change held: its decisions are the new segment's
             out += self._close(key, d, boundary)
-            d.open = _Open(label, boundary, when, sum(new_conf), len(new_conf))
+            d.open = _Open(label, boundary, when, sum(new_conf), len(new_conf), mean.tolist())
             d.cand, d.cand_n, d.cand_conf, d.cand_keep = -1, 0, [], []
         return out
+
+    @staticmethod
+    def _boundary(d: _Device, old: int, new: int) -> float:
+        """Where the old label's lead over the new one crosses zero, interpolated linearly between the last
+        decision of the old label and the first of the new (half-way when the probabilities are saturated)."""
+        lead_a = d.prev_mean[old] - d.prev_mean[new] if d.prev_mean else 1.0
+        lead_b = d.cand_mean[old] - d.cand_mean[new] if d.cand_mean else -1.0
+        frac = lead_a / (lead_a - lead_b) if lead_a > 0 > lead_b or (lead_a > 0 and lead_b == 0) else 0.5
+        return d.prev_time + min(1.0, max(0.0, frac)) * (d.cand_time - d.prev_time)
 
     def _close(self, key: str, d: _Device, end_us: float) -> list[Segment]:
         o, d.open = d.open, None

@@ -96,3 +96,11 @@ def test_results_without_span_or_probabilities_are_ignored() -> None:
     assert vote_of(Result(**{**base, "status": "expired", "probs": []}, span=Span("d", 0, 0, 1))) is None  # type: ignore[arg-type]
     v = vote_of(Result(**base, span=Span("d", 4, 10, 20)))  # type: ignore[arg-type]
     assert v is not None and (v.key, v.seq, v.names) == ("d", 4, ("", "run"))
+
+
+def test_boundary_is_where_the_interpolated_lead_crosses_zero() -> None:
+    votes = _votes([0] * 10 + [1] * 10)
+    votes[9] = Vote("dev", 9, 9 * HOP_US, 12 * HOP_US, (0.7, 0.3), NAMES)  # the old label leads by 0.4 ...
+    votes[10] = Vote("dev", 10, 10 * HOP_US, 13 * HOP_US, (0.2, 0.8), NAMES)  # ... the new one by 0.6 a window later
+    segs = _run(Segmenter(smooth=1, hold=1, reorder=0), votes)
+    assert segs[0].end_us == segs[1].start_us == 10_900_000  # centres 10.5 s and 11.5 s: 0.4 of the way

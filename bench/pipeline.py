@@ -98,10 +98,13 @@ def worker_env(cfg: WorkerConfig, **values: Any) -> dict[str, str]:
 class Workers:
     """``python -m worker.cli`` with a config, as a context manager that waits until all are live."""
 
-    def __init__(self, url: str, prefix: str, checkpoint: Path, cfg: WorkerConfig, log_dir: Path) -> None:
-        self.url, self.prefix, self.cfg = url, prefix, cfg
+    def __init__(self, url: str, prefix: str, checkpoint: Path, cfg: WorkerConfig, log_dir: Path, *,
+                 cpus: set[int] | None = None, root: Path = ROOT) -> None:
+        """``cpus``: pin the workers to these CPUs; ``root``: the code tree whose worker runs (another
+        checkout, for before/after comparisons)."""
+        self.url, self.prefix, self.cfg, self.cpus, self.root = url, prefix, cfg, cpus, root
         self.keys = Keys(prefix, prefix)
-        self.env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.env = dict(os.environ, PYTHONPATH=str(root))
         self.env.update(worker_env(cfg, redis_url=url, prefix=prefix, group=prefix, checkpoint=str(checkpoint),
                                    worker_name=f"bench-{prefix}"))
         self.log_path = log_dir / f"workers-{prefix}.log"
@@ -109,7 +112,7 @@ class Workers:
 
     def __enter__(self) -> Workers:
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
-        self.proc = start_worker(self.env, log=log, cwd=ROOT)
+        self.proc = start_worker(self.env, log=log, cwd=self.root, cpus=self.cpus)
         r = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 120
         while len(live_replicas(r, self.keys)) < self.cfg.replicas:

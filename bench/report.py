@@ -78,6 +78,21 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             row["windows_per_s"] >= (40_000 if single else 200_000),
             f"{row['procs']} process(es): worker {row['worker_cpu_us_per_window']} µs + redis-server "
             f"{row['redis_cpu_us_per_window']} µs CPU per window")
+    one_proc = next((r for r in plumb if r["per_entry"] == 1 and r["procs"] == 1), None)
+    if one_proc is not None:
+        w, rd = one_proc["worker_cpu_us_per_window"], one_proc["redis_cpu_us_per_window"]
+        add("worker CPU per single-window entry, null model (plumbing, 1 process)", "≤ 5 µs", w, w <= 5.0,
+            "issue 28: 14.35 µs on the machine that filed it; this machine's before/after: results/bench/hotpath-ab.md")
+        add("redis-server CPU per single-window entry (plumbing, 1 process)", "≤ 5 µs", rd, rd <= 5.0,
+            "issue 28: 6.91 µs on the machine that filed it")
+    srv = doc.get("server")
+    if srv:
+        add("server scenario: largest Poisson load (fraction of capacity) with p99 ≤ 2 full-batch forward passes",
+            "≥ 0.8", srv["server_fraction"], srv["server_fraction"] >= 0.8,
+            f"capacity {srv['capacity']['windows_per_s']}/s under the generator, bound {srv['bound_ms']} ms "
+            f"(replica pinned to CPU {srv['pinned']['worker']}, Redis + generator to {srv['pinned']['redis_generator_reader']})")
+        q = srv["p99_over_p50_at_0.3"]
+        add("server scenario: p99 ÷ p50 at 0.3 of capacity", "≤ 2", q, None if q is None else q <= 2.0, "Poisson arrivals")
     add("GPU machine, end to end, multi-window entries", "≥ 100 000", None, None,
         "not measured here: scripts/device-check.sh writes results/bench-gpu/ on a CUDA machine")
     r1 = _ratio(one, _model_ref(one, model1))
@@ -139,6 +154,16 @@ def markdown(doc: dict[str, Any], plots: list[str]) -> str:
                     [[p["procs"], p["per_entry"], p["max_batch"], f"{p['windows_per_s']:.0f}",
                       p["worker_cpu_us_per_window"], p["redis_cpu_us_per_window"], p["mean_batch"]]
                      for p in doc.get("plumbing", [])])
+    srv = doc.get("server")
+    if srv:
+        lines += _table(f"Server scenario (Poisson arrivals, 1 replica {srv['config']}, capacity "
+                        f"{srv['capacity']['windows_per_s']:.0f}/s under the generator, bound {srv['bound_ms']} ms)",
+                        ["fraction", "target/s", "offered/s", "windows", "p50 ms", "p99 ms", "p99/p50", "mean batch",
+                         "within bound", "generator µs/window"],
+                        [[p["fraction"], f"{p['rate_target']:.0f}", f"{p['rate_offered']:.0f}", p["windows"],
+                          p["e2e_ms"]["p50"], p["e2e_ms"]["p99"], p["p99_over_p50"], p["mean_batch"],
+                          "yes" if p["within_bound"] else "no", p["generator_cpu_us_per_window"]]
+                         for p in srv["points"]])
     lines += _table("Request/response: Producer.classify (one window per call, own reply stream) under background load",
                     ["config", "load", "background windows/s", "calls", "round trip p50 ms", "p95", "p99", "max"],
                     [[c["config"], f"{c['load']:.0%}", f"{c['rate_target']:.0f}", c["calls"],

@@ -4,7 +4,8 @@ Phases: model-only forward (torch, onnx fp32 and int8) at batch sizes 1..1024; t
 worker; the plumbing ceiling (the real loop with a null model, single- and multi-window entries);
 the pipeline saturated with 1 and 2 replicas (and the other levers, multi-window entries among
 them); the pipeline in open loop at 10/25/50/75/90 % of the saturated rate under several batch-wait
-policies. Writes ``results/bench/bench.json``, ``bench.md`` and PNG plots. A missed target is
+policies; the server scenario (``bench.server``: Poisson arrivals, the replica pinned apart from
+redis-server and the load generator). Writes ``results/bench/bench.json``, ``bench.md`` and PNG plots. A missed target is
 reported, not an error.
 """
 
@@ -268,6 +269,19 @@ def phase_classify(url: str, ckpt: Path, head: str, mb: int, sat: list[dict[str,
     return rows
 
 
+def phase_server(srv: LocalRedis, ckpt: Path, plan: Plan, tmpdir: Path) -> dict[str, Any]:
+    """The server scenario (``bench.server``): Poisson arrivals at fractions of the capacity, the replica pinned
+    apart from redis-server and the load generator."""
+    from bench import server
+
+    args = server.parser().parse_args(["--seconds", "1.5", "--capacity-seconds", "1.5", "--fractions", "0.3,0.6"]
+                                      if plan.quick else [])
+    doc = server.pinned_run(srv.url, srv.proc.pid if srv.proc else None, ckpt, ROOT, tmpdir, args)
+    print(f"server scenario: capacity {doc['capacity']['windows_per_s']:.0f}/s, server fraction "
+          f"{doc['server_fraction']}, p99/p50 at 0.3 {doc['p99_over_p50_at_0.3']}", flush=True)
+    return doc
+
+
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     """Every phase; returns the result document (also written to ``out_dir``)."""
     t_start = time.monotonic()
@@ -295,6 +309,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         doc["open_loop"] = phase_open_loop(srv.url, ckpt, head, mb, sat, plan, tmpdir)
         doc["open_loop_base"] = {"config": sat[0]["label"], "saturated_windows_per_s": sat[0]["windows_per_s"]}
         doc["classify"] = phase_classify(srv.url, ckpt, head, mb, sat, plan, tmpdir)
+        if head == "onnx":
+            doc["server"] = phase_server(srv, ckpt, plan, tmpdir)
     doc["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     doc["seconds"] = round(time.monotonic() - t_start, 1)
     doc["targets"] = report.targets(doc)

@@ -5,8 +5,8 @@ Specified in ``docs/wire-format.md``. A single-window input gets one result entr
 (:func:`encode_multi_result`), plus one dead letter when some windows are dead
 (:func:`encode_dead_windows`). Both forms end with the same fields, :data:`SHARED_FIELDS`, encoded
 by :func:`shared_fields` alone; their latencies come from :func:`timing` alone. The worker encodes
-a batch's single-window results with :class:`OkResults` (the shared values encoded once per batch,
-byte-identical to :func:`encode_result`).
+a batch's single-window results with ``protocol.result_batch`` (from arrays, byte-identical to
+:func:`encode_result`).
 """
 
 from __future__ import annotations
@@ -73,38 +73,6 @@ def shared_fields(model: str, worker: str, t: Timing) -> dict[bytes, bytes]:
     return dict(zip(SHARED_FIELDS, (model.encode(), worker.encode(), str(t.queue_us).encode(),
                                     str(t.wait_us).encode(), str(t.infer_us).encode(), str(t.e2e_us).encode(),
                                     str(t.ts_us).encode(), str(t.batch).encode())))
-
-
-class OkResults:
-    """Encodes the ``ok`` results of one batch: the fields they share (version, status, model, worker,
-    ``infer_us``, ``ts``, ``batch``) and each class's label fields are encoded once; each result is
-    byte-identical to :func:`encode_result`'s (the same :data:`RESULT_FIELDS`, in order)."""
-
-    def __init__(self, classes: Sequence[str], model: str, worker: str, infer_us: int, pub_us: int, batch: int) -> None:
-        self.pub_us = pub_us
-        self._classes = [(str(i).encode(), c.encode()) for i, c in enumerate(classes)]
-        shared = shared_fields(model, worker, Timing(0, 0, infer_us, 0, pub_us, batch))
-        self._template: dict[bytes, bytes] = {k: shared.get(k, b"") for k in RESULT_FIELDS}
-        self._template[b"v"], self._template[b"status"] = VERSION, b"ok"
-        self._packer = msgpack.Packer(use_bin_type=True)
-
-    def encode(self, input_id: str, cid: str, label: int, probs: list[float], ts_us: int, read_us: int,
-               batch_us: int, meta: Mapping[str, Any] | None, span: bytes = b"") -> dict[bytes, bytes]:
-        """One result's fields (``probs`` as Python floats, ``label`` the argmax; ``span`` the input's
-        checked ``span`` field, echoed)."""
-        t = timing(ts_us, read_us, batch_us, self.pub_us, 0, 0)
-        pack = self._packer.pack
-        fields = self._template.copy()
-        lab = self._classes[label]
-        fields[b"in"], fields[b"cid"], fields[b"label"], fields[b"class"] = input_id.encode(), cid.encode(), lab[0], lab[1]
-        fields[b"probs"] = pack(probs)
-        fields[b"queue_us"], fields[b"wait_us"], fields[b"e2e_us"] = (
-            str(t.queue_us).encode(), str(t.wait_us).encode(), str(t.e2e_us).encode())
-        if meta:
-            fields[b"meta"] = pack(meta)
-        if span:
-            fields[b"span"] = span
-        return fields
 
 
 def encode_result(r: Result) -> dict[bytes, bytes]:

@@ -233,9 +233,12 @@ def x_windows(raw: bytes) -> int:
     does not follow counts 1 and the full decoder says what is wrong with it.
     """
     try:
-        if raw[:8] == _COMMON_HEAD and raw[15:21] == b"\xa5shape" and raw[21] == 0x93:
-            n = _msgpack_uint(raw, 22)
-            return n if n and n > 0 else 1
+        if raw[:8] == _COMMON_HEAD and raw[15:21] == b"\xa5shape":
+            if raw[21] == 0x92:  # [T, F]: one window (the common case, decided by one byte)
+                return 1
+            if raw[21] == 0x93:
+                n = _msgpack_uint(raw, 22)
+                return n if n and n > 0 else 1
         if x_ndim(raw) != 3:
             return 1
         i = raw.index(b"\xa5shape") + 6  # the general path: after the key, a 3-element array header

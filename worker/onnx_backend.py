@@ -13,9 +13,10 @@ ONNX cannot export ``pack_padded_sequence``, so the exported graph is the model'
 lengths is split into one run per distinct length; every window is then computed exactly as it would
 be alone, which is what the packed torch path computes too.
 
-Precision (``BIGRU_PRECISION``): ``fp32`` serves that graph. ``auto`` and ``int8`` also build the int8
-graph (:func:`training.model.quantize.onnx_int8_bytes`, int8 convolutions calibrated on the golden batch) and
-run the checkpoint's golden batch through both sessions. ``auto`` serves int8 only when its golden
+Precision (``BIGRU_PRECISION``): ``fp32`` serves that graph. ``auto`` and ``int8`` also load the int8
+graph stored in the file (``onnx.int8``; a file written before it was stored has none, and the graph is
+then built at start by :func:`training.model.quantize.onnx_int8_bytes`, int8 convolutions calibrated on the
+golden batch) and run the checkpoint's golden batch through both sessions. ``auto`` serves int8 only when its golden
 accuracy is at least fp32's minus ``max_drop`` (``BIGRU_RELOAD_MAX_DROP``), and fp32 otherwise: when
 int8 falls short (a warning names both accuracies), when the checkpoint has no golden batch, or when
 quantization fails. ``int8`` serves int8 even over the drop (with a warning) and refuses to start
@@ -35,6 +36,22 @@ from worker.golden import ServesCheckpoint, golden_accuracy
 
 #: Requested serving precision (the ``precision`` worker setting).
 Precision = Literal["fp32", "int8", "auto"]
+
+#: The activation memory (bytes) one ONNX run may take for the random-convolution branch: a batch is run in
+#: chunks of at most that many windows, so a replica's memory does not grow with ``max_batch``. The branch
+#: holds windows x features x steps floats at once (51 MB for 64 windows of 20 steps with 10 000 features,
+#: kept by ONNX Runtime's arena for the replica's life); its cost per window is flat in the batch size, so
+#: chunks cost no throughput (measured: 64 windows in one run or in runs of 8, 16, 32 within noise).
+ACTIVATION_BUDGET = 16 << 20
+#: The fewest windows a chunk holds.
+MIN_RUN = 8
+
+
+def windows_per_run(rocket_features: int, stride: int, steps: int) -> int | None:
+    """How many windows of ``steps`` one ONNX run takes (None: no limit, the model has no branch)."""
+    if rocket_features <= 0:
+        return None
+    return max(MIN_RUN, ACTIVATION_BUDGET // (4 * rocket_features * max(1, -(-steps // stride))))
 
 
 class BackendError(RuntimeError):
@@ -112,8 +129,6 @@ class OnnxPredictor(ServesCheckpoint):
 
     def _choose_int8(self, force: bool, max_drop: float) -> None:
         """Build the int8 session and serve it when its golden accuracy allows (always when ``force``)."""
-        from training.model.quantize import QuantizeError, onnx_int8_bytes
-
         log = structlog.get_logger("worker").bind(version=self.version)
         golden = self.checkpoint.golden_batch()
         if golden is None:
@@ -122,10 +137,11 @@ class OnnxPredictor(ServesCheckpoint):
                                    "has none (use precision 'auto' or 'fp32')")
             log.info("int8_skipped_serving_fp32", reason="no_golden_batch")
             return
+        stored = self.checkpoint.stored_int8()
         try:
-            graph = onnx_int8_bytes(self.checkpoint, self.graph)
+            graph = stored if stored is not None else self._quantize()
             session = self._session(graph)
-        except (QuantizeError, BackendError, ImportError) as e:  # ImportError: onnx (the quantizer) missing
+        except BackendError as e:
             if force:
                 raise BackendError(f"precision 'int8': {e}") from e
             log.warning("int8_unavailable_serving_fp32", error=str(e))
@@ -145,18 +161,37 @@ class OnnxPredictor(ServesCheckpoint):
         self.graph, self.session, self.precision = graph, session, "int8"
         log.info("int8_serving", fp32_accuracy=fp32, int8_accuracy=int8, max_drop=max_drop, golden=len(xs))
 
+    def _quantize(self) -> bytes:
+        """The int8 graph built here (a file without a stored one): the quantizer is imported only then."""
+        try:
+            from training.model.quantize import QuantizeError, onnx_int8_bytes
+        except ImportError as e:  # onnx (the quantizer) missing
+            raise BackendError(f"cannot build the int8 graph: {e}") from e
+        try:
+            return onnx_int8_bytes(self.checkpoint, self.graph)
+        except (QuantizeError, ImportError) as e:
+            raise BackendError(str(e)) from e
+
     def _predict(self, session: Any, xs: list[np.ndarray]) -> np.ndarray:
         t0 = xs[0].shape[0]
         if all(x.shape[0] == t0 for x in xs):
-            out: np.ndarray = session.run(["probs"], {"x": np.stack(xs)})[0]
-            return out
+            return self._run(session, np.stack(xs))
         groups: dict[int, list[int]] = {}
         for i, x in enumerate(xs):
             groups.setdefault(x.shape[0], []).append(i)
         out = np.empty((len(xs), len(self.classes)), dtype=np.float32)
         for idx in groups.values():
-            out[idx] = session.run(["probs"], {"x": np.stack([xs[i] for i in idx])})[0]
+            out[idx] = self._run(session, np.stack([xs[i] for i in idx]))
         return out
+
+    def _run(self, session: Any, x: np.ndarray) -> np.ndarray:
+        """Probabilities of the equal-length windows ``x`` [B, T, F], in chunks of :func:`windows_per_run`."""
+        cfg = self.checkpoint.config
+        step = windows_per_run(cfg.rocket, cfg.rocket_stride, x.shape[1]) or len(x)
+        if len(x) <= step:
+            out: np.ndarray = session.run(["probs"], {"x": x})[0]
+            return out
+        return np.concatenate([session.run(["probs"], {"x": x[i: i + step]})[0] for i in range(0, len(x), step)])
 
     def predict(self, xs: list[np.ndarray]) -> np.ndarray:
         """Class probabilities [B, C] for the windows ``xs`` (one run per distinct length)."""

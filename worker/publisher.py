@@ -7,7 +7,6 @@ computes the next batch. An input whose script never ran stays pending and is re
 from __future__ import annotations
 
 from collections.abc import Callable
-from itertools import chain
 from typing import Any
 
 import msgpack
@@ -112,8 +111,7 @@ class Publisher:
             records = []
             for o in outs:
                 k = replies.setdefault(o.reply, len(replies) + 1) if o.reply else 0
-                records.append([o.kind, o.entry.id, list(chain.from_iterable(o.fields.items())),
-                                list(chain.from_iterable(o.dead.items())) if o.dead else False, k])
+                records.append([o.kind, o.entry.id, o.fields, o.dead or False, k])
             args = [self.keys.group, self.results_maxlen, self.dead_maxlen, self._packer.pack(records),
                     self.reply_maxlen, self.reply_ttl_s, "1" if self.results_shared else "0"]
             keys = [sk.windows, sk.results, sk.dead] + [sk.reply(name) for name in replies]

@@ -2,8 +2,10 @@
 
 Order of preference on every call: this consumer's own pending entries (after a start or an
 outage), entries idle too long at other consumers (XAUTOCLAIM), then new entries. While the model
-computes the previous batch, the collector keeps reading what arrives (continuous batching); while
-the model is idle it hands over whatever it has once the batch-wait policy allows.
+computes the previous batch, the collector sleeps until it is done and then reads everything that
+arrived meanwhile in one round (continuous batching without polling: Redis, which every replica
+shares, and the CPU the model computes on see no empty reads); while the model is idle it hands over
+whatever it has once the batch-wait policy allows (one sleep to its deadline, then one read).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from protocol.wire import WireError, parse_ts, x_windows
 from worker.batching import BatchWait
 from worker.types import Entry
 
-#: Poll interval while a batch fills (Redis checks BLOCK timeouts only every 1/hz s, 100 ms at the
-#: default hz 10, so a short blocking read could overshoot the fill deadline by ~100 ms).
-FILL_POLL_S = 0.0005
+#: While the model computes, the collector sleeps on the compute thread's result, waking this often only
+#: to see a stop (a finished batch wakes it at once).
+STOP_CHECK_S = 0.05
 
 
 def ensure_groups(r: redis.Redis, keys: Keys) -> None:
@@ -43,8 +45,8 @@ def _entries(shard: int, raw: Sequence[Any], read_us: int) -> list[Entry]:
         if fields is None:  # deleted while pending (Redis < 7 reports these inline)
             continue
         x = fields.get(b"x")
-        out.append(Entry(shard, as_str(eid), fields, read_us, size=sum(map(len, fields)) + sum(map(len, fields.values())),
-                         windows=1 if x is None else x_windows(x)))
+        out.append(Entry(shard, as_str(eid), fields, read_us, 1,
+                         sum(map(len, fields)) + sum(map(len, fields.values())), 1 if x is None else x_windows(x)))
     return out
 
 
@@ -242,7 +244,7 @@ class Collector:
                 return batch
         if not batch:
             if model.inflight:  # never block while a batch waits to be published
-                batch = self._poll_while_busy(model)
+                batch = self._after_compute(model)
             else:
                 batch = self._block_for_first()
                 if not batch:
@@ -270,13 +272,16 @@ class Collector:
     def _reclaim_due(self) -> list[Entry]:
         return self.reclaim() if self.monotonic() >= self._next_reclaim else []
 
-    def _poll_while_busy(self, model: ModelBusy) -> list[Entry]:
-        """Nothing in hand and the model busy: read what arrives until the model is done."""
-        while not model.wait_idle(FILL_POLL_S) and not self.stop.is_set():
-            got = self._read(self._next_shard(), self.want([]))
-            if got:
-                return got
-        return []
+    def _wait_for_model(self, model: ModelBusy) -> None:
+        """Sleep until the model has computed what it holds (woken by the compute thread, not by polling;
+        in slices of :data:`STOP_CHECK_S` only so that a stop is seen)."""
+        while not model.wait_idle(STOP_CHECK_S) and not self.stop.is_set():
+            pass
+
+    def _after_compute(self, model: ModelBusy) -> list[Entry]:
+        """Nothing in hand and the model busy: wait for it, then read once what arrived meanwhile."""
+        self._wait_for_model(model)
+        return self._read(self._next_shard(), self.want([]))
 
     def _block_for_first(self) -> list[Entry]:
         p = self.plan
@@ -291,23 +296,34 @@ class Collector:
         return []
 
     def _fill(self, batch: list[Entry], model: ModelBusy) -> list[Entry]:
-        """Grow the batch: freely while the model is busy, then as long as the policy allows."""
+        """Grow the batch: while the model is busy, wait for it and then read once; once it is idle, as long as
+        the policy allows (one sleep to the policy's deadline, then one read). No read finds the model busy
+        and comes back for more, so no wake-up finds nothing to do."""
         start = self.monotonic()
         oldest_age_s = max(0.0, (self.now_us() - enqueued_us(batch[0])) / 1e6)
+        waited = False
         while (want := self.want(batch)) and not self.stop.is_set():
-            busy = model.busy()
-            if not busy:
+            if model.busy():
+                self._wait_for_model(model)
+            elif waited:
+                break
+            else:
                 remaining = self.policy.fill_deadline(start, oldest_age_s, len(batch)) - self.monotonic()
                 if remaining <= 0:
                     break
-            got = self._read(self._next_shard(), want)
-            if got:
-                batch += got
-            elif busy:
-                model.wait_idle(FILL_POLL_S)
-            else:
-                self.stop.wait(min(remaining, FILL_POLL_S))
+                self.stop.wait(remaining)
+                waited = True
+            batch += self._read_round(want)
         return batch
+
+    def _read_round(self, want: int) -> list[Entry]:
+        """One read per shard, round robin from the next, until ``want`` entries came or every shard was asked."""
+        got: list[Entry] = []
+        for _ in range(len(self.plan.shards)):
+            got += self._read(self._next_shard(), want - len(got))
+            if len(got) >= want:
+                break
+        return got
 
     def reclaim(self) -> list[Entry]:
         """Claim entries idle longer than ``claim_idle_ms`` from other consumers (XAUTOCLAIM)."""

@@ -16,8 +16,8 @@ import structlog
 
 from protocol.entries import MultiWindow, Window, decode_entries
 from protocol.limits import DEAD_FIELD_BYTES
+from protocol.result_batch import OkResults
 from protocol.results import (
-    OkResults,
     Result,
     WindowOutcome,
     encode_dead,
@@ -27,7 +27,7 @@ from protocol.results import (
     timing,
 )
 from protocol.wire import Limits, WireError, reply_or_none
-from worker.types import Batch, Entry, Group, Output, Predictor
+from worker.types import Batch, Entry, Group, Output, Predictor, flat
 
 
 class BatchMismatch(RuntimeError):
@@ -129,9 +129,9 @@ class Stages:
     def encode(self, batch: Batch) -> list[Output]:
         """Append one result (or dead letter) per predicted window to ``batch.outputs``.
 
-        Byte-identical to :func:`protocol.results.encode_result` per window (through
-        :class:`protocol.results.OkResults`: the fields every result of the batch shares, and each
-        class's label fields, are encoded once).
+        The single-window results are encoded together from the batch's arrays
+        (:class:`protocol.result_batch.OkResults`), byte-identical to :func:`protocol.results.encode_result`
+        per window.
         """
         if not batch.xs:
             return batch.outputs
@@ -140,23 +140,32 @@ class Stages:
         if len(probs) != len(batch.xs):
             raise BatchMismatch(f"{len(probs)} outputs for {len(batch.xs)} inputs")
         pub_us = batch.pub_us = self.now_us()
-        batch_us = batch.batch_us
         results = OkResults(model.classes, model.version, self.consumer, int(batch.infer_s * 1e6), pub_us,
                             batch.pass_windows)
-        labels = np.argmax(np.nan_to_num(probs, nan=-1.0), axis=1).tolist()
-        rows = probs.astype(np.float64).tolist()
-        encode = results.encode
-        out = batch.outputs
         failed = batch.failed
-        for i, ((e, w), row, label) in enumerate(zip(batch.items, rows, labels)):
-            if failed and i in failed:
-                err = failed[i]
-                out.append(self.dead(e, "predict_failed", f"{type(err).__name__}: {err}", whole=True))
-                continue
-            fields = encode(e.id, w.cid, label, row, w.ts_us, e.read_us, batch_us, w.meta, w.span)
-            out.append(Output(e, "r", fields, reply=w.reply))
-        for g in batch.groups:
-            out.append(self._group_output(batch, g, rows, labels))
+        labels = np.argmax(np.nan_to_num(probs, nan=-1.0) if failed else probs, axis=1).tolist()
+        items, out = batch.items, batch.outputs
+        if items:
+            n = len(items)
+            ts = np.fromiter((w.ts_us for _, w in items), dtype=np.int64, count=n)
+            read = np.fromiter((e.read_us for e, _ in items), dtype=np.int64, count=n)
+            encoded = results.encode_many([e.id for e, _ in items], [w.cid for _, w in items], labels[:n],
+                                          probs[:n].astype(np.float64), ts, read, batch.batch_us)
+            pack = results.pack
+            for i, ((e, w), fields) in enumerate(zip(items, encoded)):
+                if failed and i in failed:
+                    err = failed[i]
+                    out.append(self.dead(e, "predict_failed", f"{type(err).__name__}: {err}", whole=True))
+                    continue
+                if w.meta:
+                    fields += (b"meta", pack(w.meta))
+                if w.span:
+                    fields += (b"span", w.span)
+                out.append(Output(e, "r", fields, None, w.reply))
+        if batch.groups:
+            rows = probs.astype(np.float64).tolist()
+            for g in batch.groups:
+                out.append(self._group_output(batch, g, rows, labels))
         return out
 
     def _group_output(self, batch: Batch, g: Group, rows: list[list[float]], labels: list[int]) -> Output:
@@ -178,16 +187,16 @@ class Stages:
         t = timing(mw.ts_us, e.read_us, batch.batch_us, batch.pub_us, int(batch.infer_s * 1e6), batch.pass_windows)
         fields = encode_multi_result(e.id, outcomes, cid=mw.cid, cids=mw.cids, model=batch.model.version,
                                      worker=self.consumer, **t._asdict(), meta=mw.meta, spans=mw.spans)
-        return Output(e, "r", fields, self._dead_windows(e, bad), mw.reply)
+        return Output(e, "r", flat(fields), self._dead_windows(e, bad), mw.reply)
 
-    def _dead_windows(self, e: Entry, bad: dict[int, str]) -> dict[bytes, bytes] | None:
+    def _dead_windows(self, e: Entry, bad: dict[int, str]) -> list[bytes] | None:
         if not bad:
             return None
         fields = encode_dead_windows(e.fields, input_id=e.id, bad=bad, worker=self.consumer, deliveries=e.deliveries)
         reason = fields[b"dead.reason"].decode()
         self.on_dead(reason)
         self.log.warning("dead_letter_windows", id=e.id, reason=reason, windows=sorted(bad)[:20], count=len(bad))
-        return fields
+        return flat(fields)
 
     # -- early outputs --------------------------------------------------------------------------
 
@@ -200,8 +209,8 @@ class Stages:
         self.on_dead(reason)
         self.log.warning("dead_letter", id=e.id, reason=reason, detail=detail[:200])
         cap = max(DEAD_FIELD_BYTES, self.limits.max_window_bytes) if whole else DEAD_FIELD_BYTES
-        return Output(e, "d", encode_dead(e.fields, input_id=e.id, reason=reason, detail=detail,
-                                          worker=self.consumer, deliveries=e.deliveries, max_field_bytes=cap),
+        return Output(e, "d", flat(encode_dead(e.fields, input_id=e.id, reason=reason, detail=detail,
+                                               worker=self.consumer, deliveries=e.deliveries, max_field_bytes=cap)),
                       reply=reply_or_none(e.fields))
 
     def _expired(self, e: Entry, w: Window | MultiWindow, model: Predictor, now: int) -> Output:
@@ -214,8 +223,8 @@ class Stages:
             ))
             if w.span:
                 fields[b"span"] = w.span
-            return Output(e, "r", fields, reply=w.reply)
+            return Output(e, "r", flat(fields), reply=w.reply)
         rows = [WindowOutcome("dead", reason=w.bad[i]) if i in w.bad else WindowOutcome("expired") for i in range(w.n)]
         fields = encode_multi_result(e.id, rows, cid=w.cid, cids=w.cids, model=model.version, worker=self.consumer,
                                      **t._asdict(), meta=w.meta, spans=w.spans)
-        return Output(e, "r", fields, self._dead_windows(e, dict(w.bad)), w.reply)
+        return Output(e, "r", flat(fields), self._dead_windows(e, dict(w.bad)), w.reply)

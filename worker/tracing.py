@@ -123,7 +123,7 @@ class BatchTrace:
         for o in outputs:
             raw = self.parents.get(o.entry.id) if o.kind == "r" else None
             if raw is not None and raw in valid:
-                o.fields[b"trace_id"] = raw[3:35]
+                o.fields += (b"trace_id", raw[3:35])
 
     def contexts(self) -> dict[bytes, tuple[int, int, int]]:
         """The distinct valid ``traceparent`` values of the batch and their ids (computed once)."""

@@ -14,7 +14,9 @@ types in ``worker.drift_report``; the heartbeat document in ``worker.heartbeat_r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # annotations only: numpy and the model layer stay out of the light readers
@@ -23,11 +25,11 @@ if TYPE_CHECKING:  # annotations only: numpy and the model layer stay out of the
     from protocol.entries import MultiWindow, Window
     from training.model.drift_ref import DriftReference
 
-__all__ = ["Batch", "Entry", "Group", "ModelSource", "Output", "Predictor", "PredictorDefaults", "StaticModel",
+__all__ = ["Batch", "Entry", "Group", "ModelSource", "Output", "flat", "Predictor", "PredictorDefaults", "StaticModel",
            "TraceRecord"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """A stream entry read by this worker."""
 
@@ -40,18 +42,29 @@ class Entry:
     windows: int = 1  # windows it holds (from ``x``'s headers; ``max_batch`` bounds their sum)
 
 
-@dataclass
+@dataclass(slots=True)
 class Output:
     """What to publish for one input: a result (``kind='r'``) or a dead letter (``kind='d'``).
 
+    ``fields`` are flat, ``[name, value, name, value, ...]``, in the order they are written (what the
+    publish script takes; the batch encoder builds them so, :func:`flat` turns a dict into them).
     ``dead`` is the dead letter that goes with a result: the dead windows of a multi-window entry.
     """
 
     entry: Entry
     kind: str
-    fields: dict[bytes, bytes]
-    dead: dict[bytes, bytes] | None = None
+    fields: list[bytes]
+    dead: list[bytes] | None = None
     reply: str | None = None  # the input's reply stream name: the output also goes there
+
+    def as_dict(self) -> dict[bytes, bytes]:
+        """The fields as a dict (for readers and tests)."""
+        return dict(zip(self.fields[::2], self.fields[1::2]))
+
+
+def flat(fields: Mapping[bytes, bytes]) -> list[bytes]:
+    """``{name: value, ...}`` as ``[name, value, ...]`` (the form :class:`Output` holds)."""
+    return list(chain.from_iterable(fields.items()))
 
 
 class Predictor(Protocol):

@@ -70,12 +70,16 @@ Output = IO[bytes] | int | None
 
 def start_worker(env: Mapping[str, str], args: Sequence[str] = (), *, log: Output = subprocess.DEVNULL,
                  stderr: Output = subprocess.STDOUT, cwd: Path | str | None = None,
-                 new_session: bool = False) -> subprocess.Popen[bytes]:
+                 new_session: bool = False, cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
     """``python -m worker.cli ARGS`` with ``env``: stdout goes to ``log``, stderr with it unless given
-    (``new_session``: in a process group of its own, for tests that signal the group)."""
+    (``new_session``: in a process group of its own, for tests that signal the group; ``cpus``: pinned to
+    these CPUs, with every thread and replica process it starts)."""
+    import os
+
+    pin = None if not cpus else (lambda: os.sched_setaffinity(0, cpus))
     return subprocess.Popen([sys.executable, "-m", "worker.cli", *args], env=dict(env), stdout=log,
                             stderr=log if stderr == subprocess.STDOUT else stderr, cwd=cwd,
-                            start_new_session=new_session)
+                            start_new_session=new_session, preexec_fn=pin)
 
 
 def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:

@@ -117,3 +117,49 @@ def test_classify_round_trips_under_background_load(tmp_path: Path) -> None:
         (row,) = classify_round_trips(srv.url, ckpt, WorkerConfig(backend="torch", max_batch=16), [100.0], 1.0, tmp_path)
     rt = row["round_trip_ms"]
     assert row["calls"] > 5 and row["failed"] == 0 and 0 < rt["p50"] <= rt["p99"] <= rt["max"]
+
+
+def test_poisson_arrivals_have_the_rate_and_the_spread_of_a_poisson_process() -> None:
+    from bench.load import arrivals
+
+    t = arrivals(2000.0, 10.0, seed=3)
+    assert abs(len(t) - 20_000) < 600 and t.min() >= 0 and t.max() < 10.0 and (t[1:] >= t[:-1]).all()
+    gaps = t[1:] - t[:-1]
+    assert 0.9 < gaps.std() / gaps.mean() < 1.1  # exponential gaps (a paced generator would give ~0)
+
+
+def test_server_targets_and_table_come_from_the_scenario() -> None:
+    doc = _doc()
+    pts = [dict(fraction=f, rate_target=100.0 * f, rate_offered=100.0 * f, windows=80, generator_cpu_us_per_window=30.0,
+                e2e_ms=dict(mean=1, p50=2.0, p95=3, p99=p99, max=9), mean_batch=2.0, within_bound=p99 <= 10.0,
+                p99_over_p50=p99 / 2.0) for f, p99 in ((0.3, 3.0), (0.6, 8.0), (0.9, 30.0))]
+    doc["server"] = dict(config="onnx 1x1t b64 continuous auto", capacity=dict(windows_per_s=1000.0), bound_ms=10.0,
+                         points=pts, server_fraction=0.6, **{"p99_over_p50_at_0.3": 1.5},
+                         pinned=dict(worker=[0], redis_generator_reader=[1]))
+    rows = _by_name(report.targets(doc))
+    frac = next(v for k, v in rows.items() if k.startswith("server scenario: largest"))
+    assert frac["value"] == 0.6 and frac["pass"] is False
+    ratio = next(v for k, v in rows.items() if k.startswith("server scenario: p99"))
+    assert ratio["value"] == 1.5 and ratio["pass"] is True
+    doc["targets"] = report.targets(doc)
+    assert "Server scenario" in report.markdown(doc, [])
+
+
+@pytest.mark.slow
+def test_tiny_server_scenario_reads_every_window_and_pins_the_replica(tmp_path: Path) -> None:
+    import os
+
+    from bench import server
+
+    args = server.parser().parse_args(["--seconds", "1", "--capacity-seconds", "1", "--overload", "400",
+                                       "--fractions", "0.3", "--max-batch", "16"])
+    ckpt = build_checkpoint(tmp_path / "ckpt", golden=32)
+    before = os.sched_getaffinity(0)
+    with LocalRedis() as srv:
+        doc = server.pinned_run(srv.url, srv.proc.pid if srv.proc else None, ckpt, server.ROOT, tmp_path, args)
+    assert os.sched_getaffinity(0) == before  # moved back after the run
+    (pt,) = doc["points"]
+    assert doc["capacity"]["windows_per_s"] > 0 and doc["bound_ms"] > 0
+    assert pt["windows"] > 0 and 0 < pt["e2e_ms"]["p50"] <= pt["e2e_ms"]["p99"]
+    if len(before) > 1:
+        assert doc["pinned"]["worker"] and not set(doc["pinned"]["worker"]) & set(doc["pinned"]["redis_generator_reader"])

@@ -63,7 +63,7 @@ def test_publisher_reports_a_short_wait_and_keeps_publishing(pair: tuple[LocalRe
     r.xreadgroup(keys.group, "c", {sk.windows: ">"})
     shorts: list[ReplicaAckShort] = []
     pub = Publisher(r, keys, 1000, 1000, durability=Durability(2, 50), on_short=shorts.append)
-    outs = [Output(Entry(0, i, {}, 0), "r", {b"in": i.encode()}) for i in ids]
+    outs = [Output(Entry(0, i, {}, 0), "r", [b"in", i.encode()]) for i in ids]
     if pipelined:
         assert pub.send(outs[:2]) == []
         assert pub.send(outs[2:]) == [(2, 2)]

@@ -14,7 +14,7 @@ from protocol.results import Result, encode_result
 from tests.helpers import make_loop
 from worker import reader
 from worker.publisher import Publisher
-from worker.types import Output, PredictorDefaults
+from worker.types import Output, PredictorDefaults, flat
 
 
 def _setup(r: redis.Redis, prefix: str, n: int) -> tuple[Keys, list[reader.Entry]]:
@@ -26,7 +26,7 @@ def _setup(r: redis.Redis, prefix: str, n: int) -> tuple[Keys, list[reader.Entry
 
 def _outputs(entries: list[reader.Entry]) -> list[Output]:
     res = Result("", "", "ok", 0, "a", [1.0, 0.0], "v", "c-0", 0, 0, 0, 0, 0, 1)
-    return [Output(e, "r", encode_result(res)) for e in entries]
+    return [Output(e, "r", flat(encode_result(res))) for e in entries]
 
 
 def test_send_publishes_at_once_and_reports_on_the_next_call(r: redis.Redis, prefix: str) -> None:
@@ -45,7 +45,7 @@ def test_send_publishes_at_once_and_reports_on_the_next_call(r: redis.Redis, pre
 def test_publish_payload_keeps_binary_fields_and_order(r: redis.Redis, prefix: str) -> None:
     keys, entries = _setup(r, prefix, 1)
     fields = {b"z": b"\x00\xff" * 40, b"a": b"", b"m": bytes(range(256))}
-    Publisher(r, keys, 1000, 1000).publish([Output(entries[0], "d", fields)])
+    Publisher(r, keys, 1000, 1000).publish([Output(entries[0], "d", flat(fields))])
     ((_, got),) = r.xrange(keys.shard(0).dead)
     assert list(got.items()) == list(fields.items())
 

@@ -19,7 +19,8 @@ from producer.client import Producer
 from producer.results import ResultsReader
 from protocol.keys import Keys
 from tests.zoo import Zoo, zoo_fixture  # noqa: F401  (the session's tiny checkpoints)
-from training.model.checkpoint import Checkpoint, load_checkpoint
+from training.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from training.model.checkpoint_file import load_served
 from training.model.onnx import onnx_bytes, onnx_session
 from training.model.quantize import QuantizeError, onnx_int8_bytes, quantized_ops
 from training.publish import publish_checkpoint
@@ -208,3 +209,23 @@ def test_bench_model_reports_int8_rows(tmp_path: Path, capsys: pytest.CaptureFix
     assert bench_model.main(["--checkpoint", str(bench_model.build_checkpoint(tmp_path / "n")), "--backend", "onnx",
                              "--precision", "int8"]) == 2
     assert "golden batch" in capsys.readouterr().err
+
+
+def test_the_file_stores_the_int8_graph_and_a_replica_serves_it_without_quantizing(
+    checkpoint_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt = load_checkpoint(checkpoint_root)
+    path = save_checkpoint(ckpt, tmp_path / "root")
+    served = load_served(path)
+    assert served.stored_int8() == onnx_int8_bytes(ckpt)  # built by the one quantizer, at save time
+    assert ckpt.stored_int8() is None  # an in-memory checkpoint holds no file's graphs
+
+    def refuse(*a: object, **k: object) -> bytes:
+        raise AssertionError("a replica with a stored int8 graph must not quantize")
+
+    monkeypatch.setattr("training.model.quantize.onnx_int8_bytes", refuse)
+    pred = make_predictor(served, "cpu", "onnx", precision="auto", max_drop=0.02)
+    assert isinstance(pred, OnnxPredictor) and pred.precision == "int8" and pred.graph == served.stored_int8()
+    assert set(pred.golden_accuracy) == {"fp32", "int8"}  # the same gate judged it
+    older = load_served(save_checkpoint(ckpt, tmp_path / "old", graph=False))
+    assert older.stored_int8() is None and older.graph is None

@@ -59,3 +59,33 @@ def test_worker_serves_the_branch_with_the_trainers_labels(r: redis.Redis, prefi
     assert agree == 1.0 if precision == "fp32" else agree >= 0.95, agree
     accuracy = float((served == test.y).mean())
     assert accuracy > 0.8, accuracy
+
+
+def test_a_batch_is_run_in_chunks_that_bound_the_branchs_memory_and_change_nothing(rocket_root: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.model.checkpoint_file import load_served
+    from training.model.onnx import onnx_session
+    from worker import onnx_backend
+
+    assert onnx_backend.windows_per_run(0, 1, 20) is None  # no branch: one run
+    assert onnx_backend.windows_per_run(10_000, 1, 20) == (16 << 20) // (4 * 10_000 * 20)
+    assert onnx_backend.windows_per_run(10_000, 4, 2000) == onnx_backend.MIN_RUN  # long windows: the floor
+    served = load_served(rocket_root)
+    pred = onnx_backend.OnnxPredictor(served)
+    xs = [w for w in synthetic(100, 20, seed=5).X]
+    runs: list[int] = []
+    real = pred.session
+
+    class Counting:
+        def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            runs.append(len(feeds["x"]))
+            out: list[np.ndarray] = real.run(names, feeds)
+            return out
+
+    monkeypatch.setattr(onnx_backend, "ACTIVATION_BUDGET", 4 * 840 * 20 * 16)  # 16 windows per run
+    monkeypatch.setattr(pred, "session", Counting())
+    got = pred.predict(xs)
+    assert runs == [16] * 6 + [4]
+    assert served.graph is not None
+    whole = onnx_session(served.graph).run(["probs"], {"x": np.stack(xs)})[0]
+    assert np.allclose(got, whole, atol=1e-6)

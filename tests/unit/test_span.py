@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from protocol.entries import decode_entries, decode_multi, decode_window, encode_window, encode_windows_entry
-from protocol.results import OkResults, WindowOutcome, decode_any_result, decode_result, encode_multi_result
+from protocol.result_batch import OkResults
+from protocol.results import WindowOutcome, decode_any_result, decode_result, encode_multi_result
 from protocol.span import Span
 from protocol.wire import Limits, WireError
 

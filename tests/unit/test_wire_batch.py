@@ -7,7 +7,7 @@ from protocol.entries import Window, decode_window, decode_windows, encode_windo
 from protocol.results import Result, encode_result
 from protocol.wire import Limits, WireError
 from worker.stages import Stages
-from worker.types import Entry, PredictorDefaults
+from worker.types import Entry, PredictorDefaults, flat
 
 
 def _mixed_batch() -> list[dict[bytes, bytes]]:
@@ -80,4 +80,5 @@ def test_worker_encode_stage_is_byte_identical_to_encode_result(meta: dict[str, 
                    queue_us=10, wait_us=10 - i, infer_us=250_000, e2e_us=899 - i, ts_us=999, batch=3, meta=meta)
             for i, label in enumerate([0, 1, 1])]
     assert [(o.entry, o.kind) for o in outputs] == [(e, "r") for e in entries]
-    assert [o.fields for o in outputs] == [encode_result(r) for r in want]
+    assert [o.as_dict() for o in outputs] == [encode_result(r) for r in want]
+    assert [o.fields for o in outputs] == [flat(encode_result(r)) for r in want]  # same bytes, same order

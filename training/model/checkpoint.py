@@ -28,6 +28,7 @@ from training.model.checkpoint_file import (
     FILENAME,
     FORMAT,
     GRAPH,
+    INT8_GRAPH,
     LATEST,
     CheckpointError,
     CheckpointMeta,
@@ -85,12 +86,27 @@ def _graph(ckpt: Checkpoint) -> bytes | None:
         return None
 
 
+def _int8_graph(ckpt: Checkpoint, fp32: bytes) -> bytes | None:
+    """The int8 graph to store (what a replica serves with precision ``auto``/``int8``), or None: no golden batch
+    to calibrate on, or the quantizer failed (logged; a replica then builds it at start, or serves fp32)."""
+    if ckpt.golden_batch() is None:
+        return None
+    from training.model.quantize import QuantizeError, onnx_int8_bytes
+
+    try:
+        return onnx_int8_bytes(ckpt, fp32)
+    except (QuantizeError, ImportError) as e:
+        structlog.get_logger("checkpoint").warning("int8_graph_not_stored", version=ckpt.version, error=str(e)[:300])
+        return None
+
+
 def to_bytes(ckpt: Checkpoint, graph: bool = True) -> bytes:
     """Serialize a checkpoint (fills in version and creation time when empty).
 
     With ``graph`` (the default) the file also holds the fp32 ONNX graph exported from these weights
-    (tensor :data:`~training.model.checkpoint_file.GRAPH`); ``graph=False`` writes a file without one, as
-    older releases did.
+    (tensor :data:`~training.model.checkpoint_file.GRAPH`) and, when there is a golden batch, the int8 graph
+    calibrated on it (:data:`~training.model.checkpoint_file.INT8_GRAPH`); ``graph=False`` writes a file
+    without either, as older releases did.
     """
     if not ckpt.version:
         ckpt.version = new_version(ckpt.state_dict)
@@ -107,6 +123,9 @@ def to_bytes(ckpt: Checkpoint, graph: bool = True) -> bytes:
     onnx = _graph(ckpt) if graph else None
     if onnx is not None:
         tensors[GRAPH] = torch.frombuffer(bytearray(onnx), dtype=torch.uint8)
+        int8 = _int8_graph(ckpt, onnx)
+        if int8 is not None:
+            tensors[INT8_GRAPH] = torch.frombuffer(bytearray(int8), dtype=torch.uint8)
     data = st_save(tensors, metadata={"bigru": json.dumps(ckpt.describe())})
     ckpt.sha256 = hashlib.sha256(data).hexdigest()
     return data

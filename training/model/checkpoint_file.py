@@ -9,7 +9,9 @@ Layout under a checkpoint root::
 
 The file is one safetensors file: the weights (``model.*``), an optional golden batch (``golden.*``),
 the fp32 ONNX graph the worker serves (``onnx.fp32``, a uint8 tensor holding the bytes of
-:func:`training.model.onnx.onnx_bytes`; files written before it existed have none) and, in the header
+:func:`training.model.onnx.onnx_bytes`; files written before it existed have none), the int8 graph
+(``onnx.int8``, the bytes of :func:`training.model.quantize.onnx_int8_bytes`, when there is a golden batch
+to calibrate on; older files have none and a replica then builds it at start) and, in the header
 metadata under ``bigru``, a JSON document with the model config, class names, normalization, feature
 count, wire version, metrics, data fingerprint, version and creation time. The graph is part of the
 file's bytes, so the registry's sha256 covers it.
@@ -42,6 +44,9 @@ LATEST = "latest"
 FORMAT = "bigru-checkpoint/1"
 #: The tensor holding the fp32 ONNX graph's bytes (uint8).
 GRAPH = "onnx.fp32"
+#: The tensor holding the int8 graph's bytes (uint8): :func:`training.model.quantize.onnx_int8_bytes` of the
+#: fp32 graph, built at save time so that a replica loads what it serves instead of quantizing at start.
+INT8_GRAPH = "onnx.int8"
 
 
 class CheckpointError(Exception):
@@ -82,6 +87,10 @@ class CheckpointMeta:
             return []
         return [self.golden_x[i, : int(n)] for i, n in enumerate(self.golden_lengths)]
 
+    def stored_int8(self) -> bytes | None:
+        """The int8 graph stored in the file, or None (not read from a file, or a file without one)."""
+        return None
+
     def golden_batch(self) -> tuple[list[np.ndarray], list[str]] | None:
         """The golden batch as unpadded windows and their class names, or None when absent."""
         if self.golden_y is None or len(self.golden_y) == 0 or self.golden_x is None:
@@ -116,6 +125,12 @@ class ServedCheckpoint(CheckpointMeta):
 
     graph: bytes | None = field(default=None, repr=False)
     data: bytes = field(default=b"", repr=False, compare=False)
+    int8_graph: bytes | None = field(default=None, repr=False)
+
+    def stored_int8(self) -> bytes | None:
+        """The int8 graph stored in the file (None for files written before it was stored, or without a golden
+        batch to calibrate it on)."""
+        return self.int8_graph
 
 
 def read_metadata(data: bytes) -> dict[str, Any]:
@@ -189,9 +204,10 @@ def parse(data: bytes) -> ServedCheckpoint:
     if not any(k.startswith("model.") for k in arrays):
         raise CheckpointError("checkpoint holds no weights (model.* tensors)")
     golden = {k: arrays[f"golden.{k}"] for k in ("x", "lengths", "y") if f"golden.{k}" in arrays}
-    graph = arrays.get(GRAPH)
+    graph, int8 = arrays.get(GRAPH), arrays.get(INT8_GRAPH)
     return ServedCheckpoint(**meta_fields(meta, golden, data),
-                            graph=None if graph is None else np.ascontiguousarray(graph, np.uint8).tobytes(), data=data)
+                            graph=None if graph is None else np.ascontiguousarray(graph, np.uint8).tobytes(), data=data,
+                            int8_graph=None if int8 is None else np.ascontiguousarray(int8, np.uint8).tobytes())
 
 
 def read_file(path: str | Path) -> bytes:

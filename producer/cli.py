@@ -200,8 +200,11 @@ _WIRE_NAMES = {"input_id": "in", "class_name": "class", "ts_us": "ts"}
 def result_json(r: Result) -> dict[str, Any]:
     """One ``results --json`` line: a (per-window) result under the wire's field names (``in``,
     ``class``, ``ts``, ...; docs/wire-format.md), plus ``index`` and ``reason`` for a window of a
-    multi-window entry."""
-    return {_WIRE_NAMES.get(k, k): v for k, v in vars(r).items()}
+    multi-window entry, and ``span`` (the wire's map ``key``, ``seq``, ``t0``, ``t1``) for a stream window."""
+    out = {_WIRE_NAMES.get(k, k): v for k, v in vars(r).items() if k != "span"}
+    if r.span is not None:
+        out["span"] = r.span.as_map()
+    return out
 
 
 def _results(args: argparse.Namespace, s: ProducerSettings) -> Iterator[Result]:

@@ -57,8 +57,8 @@ def _stream(r: redis.Redis, keys: Keys, indices: dict[str, np.ndarray], lo: floa
     return pub
 
 
-def test_stream_through_a_worker_to_segments_exactly_once(r: redis.Redis, prefix: str,
-                                                          worker_env: dict[str, str]) -> None:
+def test_stream_through_a_worker_to_segments_exactly_once(r: redis.Redis, prefix: str, worker_env: dict[str, str],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     keys = Keys(prefix, prefix)
     indices = _device_indices()
     before = _stream(r, keys, indices, 0.0, 0.6)
@@ -75,6 +75,11 @@ def test_stream_through_a_worker_to_segments_exactly_once(r: redis.Redis, prefix
     spans = {(res.span.key, res.span.seq) for res in results if res.span is not None}
     assert len(spans) == expected
     assert {res.cid for res in results} == {f"{k}:{s * SPEC.hop}" for k, s in spans}
+    capsys.readouterr()
+    assert cli.main(["--redis-url", worker_env["BIGRU_REDIS_URL"], "--prefix", prefix, "results", "--json",
+                     "--count", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [set(x["span"]) for x in lines] == [{"key", "seq", "t0", "t1"}] * 2
 
     plain = Segmenter()
     want = plain.add_results(results) + plain.flush()

@@ -26,7 +26,7 @@ def _recording(devices: int = 1, n: int = 400, seed: int = 0) -> Recording:
 def test_windows_take_the_label_of_their_middle_sample() -> None:
     rec = _recording()
     ds = cut_windows(rec, Cut(20, 5))
-    assert len(ds) == (400 - 20) // 5 + 1
+    assert len(ds) == (400 - 20) // 5 + 1 and rec.y is not None
     for x, y in zip(ds.X, ds.y):
         first = int(x[0, 0])
         assert y == rec.y[first + 10]

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from producer import segments_cli, stream_cli
 from producer.backpressure import BackpressureError
 from producer.client import ClassifyError, Entry, Producer
 from producer.config import ProducerSettings
@@ -27,7 +28,7 @@ from training.model.data import DataError
 #: Flags that steer a command rather than set a :class:`ProducerSettings` field.
 COMMAND_OPTIONS = frozenset({"command", "source", "count", "rate", "length", "seed", "id_prefix", "per_entry",
                              "follow", "json", "start", "plot", "reader_group", "consumer", "claim_idle_ms",
-                             "timeout"})
+                             "timeout"}) | stream_cli.OPTIONS | segments_cli.OPTIONS
 
 
 def _setting(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--seed", type=int, default=0)
     cls.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for every result")
     cls.add_argument("--json", action="store_true", help="one JSON object per line")
+    stream_cli.add_parser(sub, _setting)
+    segments_cli.add_parser(sub)
     return p
 
 
@@ -197,8 +200,11 @@ _WIRE_NAMES = {"input_id": "in", "class_name": "class", "ts_us": "ts"}
 def result_json(r: Result) -> dict[str, Any]:
     """One ``results --json`` line: a (per-window) result under the wire's field names (``in``,
     ``class``, ``ts``, ...; docs/wire-format.md), plus ``index`` and ``reason`` for a window of a
-    multi-window entry."""
-    return {_WIRE_NAMES.get(k, k): v for k, v in vars(r).items()}
+    multi-window entry, and ``span`` (the wire's map ``key``, ``seq``, ``t0``, ``t1``) for a stream window."""
+    out = {_WIRE_NAMES.get(k, k): v for k, v in vars(r).items() if k != "span"}
+    if r.span is not None:
+        out["span"] = r.span.as_map()
+    return out
 
 
 def _results(args: argparse.Namespace, s: ProducerSettings) -> Iterator[Result]:
@@ -276,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "classify":
             return cmd_classify(args, s)
+        if args.command in ("stream", "segments"):
+            return stream_cli.cmd_stream(args, s) if args.command == "stream" else segments_cli.cmd_segments(args, s)
         return cmd_publish(args, s) if args.command == "publish" else cmd_results(args, s)
     except RedisOutageError as e:
         print(f"bigru-producer: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ import numpy as np
 
 from producer.tracing import current_traceparent
 from protocol.entries import encode_window, encode_windows_entry
+from protocol.span import Span
 
 T = TypeVar("T")
 
@@ -30,6 +31,8 @@ class Entry:
     deadline_us: int | None = None
     meta: Mapping[str, Any] | None = None
     reply: str | None = None  # reply stream name (single-window entries; see Producer.classify)
+    span: Span | None = None  # a stream window's identity (single-window entries; producer.streaming)
+    spans: Sequence[Span] | None = None  # one per window (multi-window entries)
 
     @classmethod
     def of_windows(
@@ -66,10 +69,10 @@ class Entry:
         """The stream fields (wire format v1, ``ts`` stamped now)."""
         if self.multi:
             fields = encode_windows_entry(self.x, cids=self.cids, cid=self.cid, deadline_us=self.deadline_us,
-                                          meta=self.meta)
+                                          meta=self.meta, spans=self.spans)
         else:
             fields = encode_window(self.x, cid=self.cid, deadline_us=self.deadline_us, meta=self.meta,
-                                   reply=self.reply)
+                                   reply=self.reply, span=self.span)
         if (tp := current_traceparent()) is not None:  # the current OpenTelemetry span, when there is one
             fields[b"traceparent"] = tp
         return fields

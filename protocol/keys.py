@@ -80,6 +80,18 @@ class Keys:
         """Keys of every shard, in shard order."""
         return [self.shard(s) for s in range(self.shards)]
 
+    @property
+    def segments(self) -> str:
+        """Stream of the segments ``bigru-producer segments --group`` writes (one entry per closed segment;
+        shard 0's hash tag, so its transaction with shard 0's results stays in one Redis Cluster slot)."""
+        return f"{self.tag(0)}:segments"
+
+    def segmenter_state(self, group: str) -> str:
+        """The segmenter state of the results reader group ``group`` (JSON, written with its acknowledgements)."""
+        if not REPLY_NAME.fullmatch(group):
+            raise ValueError(f"bad reader group {group!r}: 1-64 characters of [A-Za-z0-9_.:-]")
+        return f"{self.tag(0)}:segmenter:{group}"
+
     def heartbeat(self, consumer: str) -> str:
         """Per-replica heartbeat key (expires when the replica stops refreshing it)."""
         return f"{self.prefix}:shadow:hb:{consumer}" if self.shadow else f"{self.prefix}:hb:{consumer}"

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import structlog
@@ -18,6 +18,8 @@ from training.model.checkpoint import Checkpoint, save_checkpoint, set_latest_ve
 from training.model.data import Dataset, align_classes, stratified_split, synthetic
 from training.model.formats import load_dataset
 from training.model.network import ModelConfig
+from training.model.recording import load_recording
+from training.recordings import Cut, block_split, cut_windows
 from training.ridge import MAX_WINDOWS
 from training.train import TrainConfig, TrainResult, budget_epochs, fit, predict, to_tensors
 
@@ -42,6 +44,12 @@ class RunOptions:
     validation: bool = False
     label_column: str = "label"
     features: int = 1
+    # A long recording (training.recordings): cut windows of `window` samples every `hop` (0: the file holds windows).
+    window: int = 0
+    hop: int = 0  # 0: window // 4
+    split: Literal["time", "device"] = "time"
+    test_fraction: float = 0.2  # with --window and no --test: the held-out block (or devices)
+    rate_hz: float = 0.0  # a recording without a time column: its sampling rate
     plots: bool = True
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields other than input_dim/num_classes
 
@@ -56,7 +64,10 @@ class RunData:
 
 
 def load_run_data(opts: RunOptions, seed: int) -> RunData:
-    """Load (or generate) the data and split off a stratified, seeded validation set."""
+    """Load (or generate) the data and split off a stratified, seeded validation set (a recording,
+    ``window`` > 0: split by time blocks or devices, :func:`recording_data`)."""
+    if opts.window:
+        return recording_data(opts, seed)
     if opts.data == "synthetic":
         full = synthetic(opts.n, opts.length, seed)
         test = synthetic(opts.test_n, opts.length, SYNTHETIC_TEST_SEED + seed) if opts.test_n else None
@@ -71,6 +82,22 @@ def load_run_data(opts: RunOptions, seed: int) -> RunData:
         raise ValueError(f"{opts.data} has no labels; training needs a 'y' array or label column")
     tr, va = stratified_split(full.y, opts.val_fraction, seed)
     return RunData(full.subset(tr), full.subset(va), test)
+
+
+def recording_data(opts: RunOptions, seed: int) -> RunData:
+    """Windows cut from the long recording ``opts.data`` (:mod:`training.recordings`): training,
+    validation and test by contiguous time blocks (or devices) with a one-window gap; with
+    ``opts.test``, that whole recording is the test set instead of a held-out block."""
+    cut = Cut(opts.window, opts.hop or max(1, opts.window // 4))
+    rec = load_recording(opts.data, opts.rate_hz or None, opts.label_column)
+    test_fraction = 0.0 if opts.test else opts.test_fraction
+    train, val, test = block_split(rec, cut, opts.val_fraction, test_fraction, opts.split, seed)
+    if opts.test:
+        test = align_classes(cut_windows(load_recording(opts.test, opts.rate_hz or None, opts.label_column), cut),
+                             train.classes)
+    log.info("recording_split", data=opts.data, split=opts.split, window=cut.window, hop=cut.hop,
+             train=len(train), val=len(val), test=len(test))
+    return RunData(train, val, test if len(test) else None)
 
 
 def train_model(data: RunData, mcfg: ModelConfig, tcfg: TrainConfig, refit: bool, progress: bool = False,

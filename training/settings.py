@@ -37,6 +37,14 @@ class TrainSettings(BaseSettings):
     val_fraction: float | None = _f("data", "share of the training split held out for validation (with --validation)")
     label_column: str | None = _f("data", "csv: name of the label column")
     features: int | None = _f("data", "csv: features per timestep (values are row-major [T, F])")
+    window: int | None = _f("data", "--data is a long recording (one sample a row, a per-sample label column; "
+                            "docs/streams.md): cut windows of this many samples (0: the file holds windows)")
+    hop: int | None = _f("data", "with --window: samples between window starts (0: window // 4)")
+    split: Literal["time", "device"] | None = _f("data", "with --window: hold out contiguous time blocks of every "
+                                                "device, or whole devices (never random windows)")
+    test_fraction: float | None = _f("data", "with --window and no --test: share of the samples (or devices) held "
+                                     "out for the test accuracy")
+    rate_hz: float | None = _f("data", "with --window: sampling rate of a recording without a time column")
     cell: Literal["gru", "lstm", "none"] | None = _f("model", "recurrent cell (none: pooling of the convolutional trunk, an ablation)")
     bidirectional: bool | None = _f("model", "run the recurrent core in both directions")
     hidden: int | None = _f("model", "hidden units per direction")

@@ -16,7 +16,8 @@ import numpy as np
 
 from training.model.data import DataError, Dataset
 
-_MISSING = {"?", "", "nan", "NaN", "NA"}
+#: Cells read as a missing value.
+MISSING = {"?", "", "nan", "NaN", "NA"}
 
 
 def _trim_trailing_missing(x: np.ndarray) -> np.ndarray:
@@ -27,7 +28,7 @@ def _trim_trailing_missing(x: np.ndarray) -> np.ndarray:
     return x[: int(np.flatnonzero(real)[-1]) + 1]
 
 
-def _classes_for(labels: list[str], declared: list[str] | None, where: str) -> tuple[list[str], np.ndarray]:
+def classes_for(labels: list[str], declared: list[str] | None, where: str) -> tuple[list[str], np.ndarray]:
     """Class names (declared order, else numeric-aware sorted order) and integer labels."""
     if declared is None:
         uniq = set(labels)
@@ -53,7 +54,7 @@ def _floats(cells: Sequence[str], bad: Callable[[int, str], str]) -> np.ndarray:
     for j, cell in enumerate(cells):
         v = cell.strip()
         try:
-            out[j] = np.nan if v in _MISSING else float(v)
+            out[j] = np.nan if v in MISSING else float(v)
         except ValueError:
             raise DataError(bad(j, v)) from None
     return out
@@ -167,7 +168,7 @@ def load_ts(path: str) -> Dataset:
     header, declared, start = _ts_header(path, lines)
     X, labels = _ts_cases(path, header, lines[start:])
     _check_ts_header(path, header, X)
-    classes, y = _classes_for(labels, declared, path)
+    classes, y = classes_for(labels, declared, path)
     name = header.get("problemname") or Path(path).stem
     return Dataset(X, y, classes, name=name, meta={"file": str(path)})
 
@@ -203,7 +204,7 @@ def _tsv_case(where: str, line: str) -> tuple[np.ndarray, str]:
     if len(cells) < 2:
         raise DataError(f"{where}: expected 'label<TAB>value<TAB>value...', found {len(cells)} cell(s)")
     label = cells[0].strip()
-    if not label or label in _MISSING:
+    if not label or label in MISSING:
         raise DataError(f"{where}: expected a class label in the first column, found {label!r}")
     vals = _floats(cells[1:], lambda j, v: f"{where}: value {j + 1}: expected a number or NaN, found {v!r}")
     x = _trim_trailing_missing(vals[:, None])
@@ -227,7 +228,7 @@ def load_tsv(path: str) -> Dataset:
         labels.append(label)
     if not X:
         raise DataError(f"{path}: no series; expected one 'label<TAB>values...' line per series")
-    classes, y = _classes_for(labels, None, path)
+    classes, y = classes_for(labels, None, path)
     return Dataset(X, y, classes, name=Path(path).stem, meta={"file": str(path)})
 
 
@@ -278,7 +279,7 @@ def _npz_labels(path: str, y_raw: np.ndarray, classes: list[str] | None, n: int)
     if len(y_raw) != n:
         raise DataError(f"{path}: y has {len(y_raw)} labels for {n} windows")
     if y_raw.dtype.kind not in "iu":
-        return _classes_for([str(v) for v in y_raw], classes, path)
+        return classes_for([str(v) for v in y_raw], classes, path)
     y = y_raw.astype(np.int64)
     if classes is None:
         classes = [str(i) for i in range(max(2, int(y.max()) + 1))]
@@ -379,7 +380,7 @@ def load_csv(path: str, label_column: str = "label", features: int = 1) -> Datas
             raise DataError(f"{path}:{reader.line_num}: unreadable row: {e}") from e
     if not X:
         raise DataError(f"{path}: no data rows after the header")
-    classes, y = _classes_for(labels, None, path)
+    classes, y = classes_for(labels, None, path)
     return Dataset(X, y, classes, name=Path(path).stem, meta={"file": str(path)})
 
 

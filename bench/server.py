@@ -13,8 +13,8 @@ while the generator runs beside it, not half of a machine the generator also use
 2. **Poisson points**: arrivals at each fraction of that capacity (0.2 … 0.9) for ``--seconds``; the
    end-to-end latency of every window, from the moment the generator wrote it to the moment this
    process read its result. The offered rate the generator really achieved is reported beside it.
-3. **Server fraction**: the largest fraction whose p99 ≤ 2 × the forward time (MLPerf's server
-   scenario asks the same of a latency bound); and p99 ÷ p50 at 0.3.
+3. **Server fraction**: the largest fraction whose p99 ≤ 2 × the forward time, with every lower fraction
+   passing too (MLPerf's server scenario asks the same of a latency bound); and p99 ÷ p50 at 0.3.
 
 One replica, the default model (random weights, a golden batch) served at the worker's default
 precision (``auto``: int8 when the golden batch allows), single-window entries, T = 20.
@@ -144,10 +144,14 @@ def scenario(url: str, checkpoint: Path, root: Path, log_dir: Path, args: argpar
     finally:
         sk = keys.shard(0)
         r.delete(sk.windows, sk.results, sk.dead, keys.workers)
-    passing = [p["fraction"] for p in points if p["within_bound"]]
+    fraction = 0.0  # the largest fraction that passes with every lower one: a pass above a miss is luck, not capacity
+    for p in sorted(points, key=lambda p: p["fraction"]):
+        if not p["within_bound"]:
+            break
+        fraction = p["fraction"]
     at03 = next((p for p in points if abs(p["fraction"] - 0.3) < 1e-9), None)
     return {"config": cfg.label, "capacity": cap, "bound_ms": round(bound_ms, 3), "points": points,
-            "server_fraction": max(passing) if passing else 0.0,
+            "server_fraction": fraction,
             "p99_over_p50_at_0.3": at03["p99_over_p50"] if at03 else None,
             "pinned": {"worker": sorted(worker_cpus or []), "redis_generator_reader": sorted(other_cpus or [])}}
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from producer import labels_cli
 from producer.backpressure import BackpressureError
 from producer.client import ClassifyError, Entry, Producer
 from producer.config import ProducerSettings
@@ -27,7 +28,7 @@ from training.model.data import DataError
 #: Flags that steer a command rather than set a :class:`ProducerSettings` field.
 COMMAND_OPTIONS = frozenset({"command", "source", "count", "rate", "length", "seed", "id_prefix", "per_entry",
                              "follow", "json", "start", "plot", "reader_group", "consumer", "claim_idle_ms",
-                             "timeout"})
+                             "timeout"}) | labels_cli.OPTIONS
 
 
 def _setting(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--seed", type=int, default=0)
     cls.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for every result")
     cls.add_argument("--json", action="store_true", help="one JSON object per line")
+    labels_cli.add_parser(sub)
     return p
 
 
@@ -276,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "classify":
             return cmd_classify(args, s)
+        if args.command == "label":
+            return labels_cli.cmd_label(args, s)
         return cmd_publish(args, s) if args.command == "publish" else cmd_results(args, s)
     except RedisOutageError as e:
         print(f"bigru-producer: {e}", file=sys.stderr)

@@ -84,32 +84,35 @@ class Recorder:
         create_groups(r, s)
 
     def _read_windows(self, block_ms: int) -> int:
-        streams = {sk.windows: ">" for sk in self.keys.all_shards()}
-        reply = self.r.xreadgroup(self.keys.recorder_group, self.consumer, streams, count=500, block=block_ms)
+        """Read each shard's new entries (one command per shard: a cluster keeps shards in different slots);
+        returns the entries read (sleeps ``block_ms`` when there were none)."""
+        entries = 0
         now = int(time.time() * 1000)
-        n = 0
-        for stream, rows in reply or []:
-            ids = [i for i, _ in rows]
-            for item in decode_entries([f for _, f in rows], self.limits):
-                if isinstance(item, Window):
-                    n += self._keep(item.cid, item.x, now)
-                elif isinstance(item, MultiWindow):
-                    cids = item.cids or [""] * len(item.x)
-                    for i, x in enumerate(item.x):
-                        if i not in item.bad:
-                            n += self._keep(cids[i] or item.cid, x, now)
-            if ids:
-                self.r.xack(stream, self.keys.recorder_group, *ids)
-        return n
+        for sk in self.keys.all_shards():
+            reply = self.r.xreadgroup(self.keys.recorder_group, self.consumer, {sk.windows: ">"}, count=500)
+            for stream, rows in reply or []:
+                for item in decode_entries([f for _, f in rows], self.limits):
+                    if isinstance(item, Window):
+                        self._keep(item.cid, item.x, now)
+                    elif isinstance(item, MultiWindow):
+                        cids = item.cids or [""] * len(item.x)
+                        for i, x in enumerate(item.x):
+                            if i not in item.bad:
+                                self._keep(cids[i] or item.cid, x, now)
+                if rows:
+                    self.r.xack(stream, self.keys.recorder_group, *[i for i, _ in rows])
+                    entries += len(rows)
+        if not entries and block_ms:
+            time.sleep(block_ms / 1000)
+        return entries
 
-    def _keep(self, cid: str, x: np.ndarray, now_ms: int) -> int:
+    def _keep(self, cid: str, x: np.ndarray, now_ms: int) -> None:
         if not cid:
             self.counts.no_cid += 1
-            return 0
+            return
         self.store.add(cid, Served(x.copy(), now_ms, self.model))
         self.counts.windows += 1
         self.buffer.extend(self.joiner.window_arrived(cid))
-        return 1
 
     def _read_labels(self) -> int:
         reply = self.r.xreadgroup(self.keys.recorder_group, self.consumer, {self.keys.labels: ">"}, count=1000)

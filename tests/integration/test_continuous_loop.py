@@ -8,8 +8,10 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
 import redis
 
+from bench.harness.localredis import LocalRedis
 from producer.client import Producer
 from protocol import registry
 from protocol.keys import Keys
@@ -138,3 +140,34 @@ def test_a_human_veto_keeps_the_serving_model(redis_url: str, prefix: str, tmp_p
     assert d is not None and d.outcome == "reject" and "veto" in d.reason
     assert candidate(r, keys)["state"] == "vetoed"
     assert registry.read_pointer(r, keys).version == primary.version  # type: ignore[union-attr]
+
+
+def test_labeller_and_recorder_acl_users_do_their_part_and_nothing_else(
+        r: redis.Redis, redis_server: LocalRedis, prefix: str, tmp_path: Path) -> None:
+    import uuid
+
+    from protocol.security import acl_rules
+
+    keys = Keys(prefix, prefix)
+    path = _primary(tmp_path)
+    publish_checkpoint(r, keys, path.read_bytes(), set_latest=True, notify=False)
+    users: dict[str, redis.Redis] = {}
+    for role in ("labeller", "recorder"):
+        pw = uuid.uuid4().hex
+        r.execute_command("ACL", "SETUSER", f"{prefix}-{role}", *acl_rules(role, prefix), f">{pw}")
+        users[role] = redis.Redis(port=redis_server.port, username=f"{prefix}-{role}", password=pw)
+    s = LoopSettings(redis_url=redis_server.url, prefix=prefix, group=prefix, live_dir=str(tmp_path / "live"),
+                     recorder_flush_windows=1)
+    rec = Recorder(users["recorder"], s, "rec-0")
+    Producer(r, keys).publish_many(list(synthetic(4, 20, 3).X), ids=["a0", "a1", "a2", "a3"])
+    sent = Producer(users["labeller"], keys).label([("a1", "1"), ("zz", "9")])
+    assert sent[0].ok and sent[1].reason == "bad_class"
+    rec.step(block_ms=10)
+    rec.step(block_ms=10)
+    assert rec.counts.windows == 4 and int(r.hget(keys.recorder, "joined") or 0) == 1
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        users["labeller"].xadd(keys.shard(0).windows, {"v": "1"})
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        users["recorder"].xadd(keys.labels, {"v": "1"})
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        users["recorder"].xtrim(keys.shard(0).windows, maxlen=0)

@@ -39,6 +39,9 @@ class LoopSettings(StreamSettings):
     watch_min_gap_s: float = Field(60.0, ge=0, description="never start a retrain sooner than this after the last one")
     watch_live_weight: float = Field(0.8, ge=0, le=1, description="the labelled live windows' share of the retrain's "
                                      "windows (they are repeated up to it; the original data fill the rest)")
+    watch_drift_live_weight: float = Field(1.0, ge=0, le=1, description="the live windows' share when drift called the "
+                                           "retrain (1: live windows only, since the original data no longer describe "
+                                           "the inputs)")
     watch_max_live: int = Field(20_000, ge=1, description="the newest labelled live windows a retrain uses at most")
     watch_out: str = Field("checkpoints/live", min_length=1, description="where `watch` writes its candidates' runs")
     watch_poll_s: float = Field(2.0, gt=0, description="how often `watch` checks its rule and the shadow evidence")

@@ -48,15 +48,16 @@ def rule_of(s: LoopSettings) -> Rule:
     return Rule(s.promote_confidence, s.promote_min_pairs, s.promote_max_pairs, s.promote_min_wait_s, s.promote_max_wait_s)
 
 
-def max_drift_psi(r: redis.Redis, s: LoopSettings) -> float | None:
-    """The largest max feature PSI over the primary replicas' heartbeats (None when none has a reading)."""
+def max_drift_psi(r: redis.Redis, s: LoopSettings, serving: str) -> float | None:
+    """The largest max feature PSI over the primary replicas' heartbeats whose reading is of the ``serving``
+    version (a reading of the model before a promotion says nothing about its successor); None without one."""
     worst: float | None = None
     for raw in r.hvals(s.keys.as_primary().workers):
         try:
             drift = json.loads(raw).get("drift") or {}
         except (ValueError, AttributeError):
             continue
-        psi = drift.get("max_psi")
+        psi = drift.get("max_psi") if drift.get("model") == serving else None
         if isinstance(psi, (int, float)) and (worst is None or psi > worst):
             worst = float(psi)
     return worst
@@ -85,7 +86,8 @@ class Watcher:
         if now - self.last_retrain < self.s.watch_min_gap_s:
             return None
         new = self.labelled() - self.labels_at
-        psi = max_drift_psi(self.r, self.s)
+        ptr = registry.read_pointer(self.r, self.keys)
+        psi = max_drift_psi(self.r, self.s, ptr.version) if ptr else None
         if psi is not None and psi >= self.s.watch_drift_psi:
             self.drift_since = self.drift_since or now
         else:
@@ -108,6 +110,9 @@ class Watcher:
             if d is None:
                 return None
             self._stop_shadow()
+            # The rule starts over: labels and drift are counted afresh for the model now serving.
+            self.labels_at, self.drift_since = self.labelled(), None
+            self.r.hset(self.keys.loop, "labels_at_retrain", self.labels_at)
             return {"decision": d.to_dict(), "version": cand["version"]}
         self._stop_shadow()
         now = time.time()
@@ -128,7 +133,8 @@ class Watcher:
             return {"retrain_failed": "no serving model"}
         log.info("retrain_due", reason=why, serving=entry.version)
         try:
-            summary = retrain(self.r, self.keys, self.s, self.opts, self.tcfg, list(entry.classes))
+            summary = retrain(self.r, self.keys, self.s, self.opts, self.tcfg, list(entry.classes),
+                              drift=why.startswith("drift"))
         except (RetrainError, registry.RegistryError, ValueError, RuntimeError) as e:
             self.r.hincrby(self.keys.loop, "retrain_failed", 1)
             log.error("retrain_failed", reason=why, error=str(e))

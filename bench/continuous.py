@@ -317,6 +317,7 @@ def recorder_memory(rate: int, seconds: int, max_mb: float) -> dict[str, Any]:
         store.expire(s * 1000)
         if s % max(1, seconds // 20) == 0 or s == seconds - 1:
             samples.append({"t_s": s, "windows": len(store), "store_mib": round(store.bytes / 2**20, 1),
+                            "evicted_cids_remembered": store.remembered,
                             "rss_growth_mib": round((memory_kib(pid)["VmRSS"] - rss0) / 1024, 1)})
     return {"rate": rate, "seconds": seconds, "max_mb": max_mb, "feed_s": round(time.monotonic() - t0, 1),
             "samples": samples, "evicted": store.evicted}
@@ -347,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs, shared with two other agents' work", "args": vars(args)}
+    path = Path(args.out)
+    out: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}  # parts run later replace theirs
+    out["machine"] = f"{os.cpu_count()} CPUs, shared with two other agents' work"
+    out.setdefault("args", {})[args.parts] = vars(args)
     parts = args.parts.split(",")
     if "memory" in parts:
         out["memory"] = recorder_memory(args.mem_rate, args.mem_seconds, args.mem_max_mb)
@@ -357,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out["scenario"]), flush=True)
     if "trials" in parts:
         out["no_shift"] = no_shift_trials(work, args.trials, args.trial_budget_s)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    path.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

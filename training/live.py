@@ -45,7 +45,8 @@ class Served:
 class Retained:
     """Served windows by ``cid``, bounded by age (``retain_ms``), count and bytes; the oldest go first.
 
-    Evicted cids are remembered (as many as ``max_windows``) so a label for one is answered ``late``.
+    Evicted cids are remembered (as many as are retained, at least 1 000) so a label for one is answered
+    ``late``; an older one is answered ``unknown_cid``.
     """
 
     def __init__(self, retain_ms: int, max_windows: int, max_bytes: int) -> None:
@@ -83,7 +84,7 @@ class Retained:
         self.evicted += 1
         self._gone.append(cid)
         self._gone_set.add(cid)
-        if len(self._gone) > self.max_windows:
+        while len(self._gone) > max(1000, len(self._items)):
             self._gone_set.discard(self._gone.popleft())
 
     def take(self, cid: str) -> Served | None:
@@ -92,6 +93,11 @@ class Retained:
         if w is not None:
             self.bytes -= w.nbytes
         return w
+
+    @property
+    def remembered(self) -> int:
+        """Evicted cids remembered for ``late`` answers."""
+        return len(self._gone)
 
     def was_evicted(self, cid: str) -> bool:
         """True when ``cid`` was retained once and has been evicted."""

@@ -28,6 +28,7 @@ from training.watch import Watcher
 from worker.config import WorkerSettings
 from worker.loop import WorkerLoop
 from worker.shadow import shadow_predictor
+from worker.status import render, snapshot
 from worker.types import StaticModel
 
 TINY = {"hidden": 8, "layers": 1, "rocket": 0, "channels": 0}
@@ -114,6 +115,9 @@ def test_one_loop_end_to_end(redis_url: str, prefix: str, tmp_path: Path) -> Non
     assert events[-3:] == ["candidate", "promoted", "decision"]
     groups = {g["name"].decode() for g in r.xinfo_groups(keys.shard(0).windows)}
     assert groups == {prefix, keys.recorder_group}  # the shadow group is ended
+    doc = snapshot(r, keys)  # bigru-worker status shows the decision with its numbers
+    assert doc["loop"]["state"] == "promoted" and doc["loop"]["decision"]["outcome"] == "promote"
+    assert f"loop: candidate {cand['version']} promoted (promote: {d['pairs']} pairs" in render(doc)
     # Every served window answered exactly once by the primary.
     cids = [c for _, f in r.xrange(keys.shard(0).results) for c in _cids(f)]
     assert len(cids) == 540 and len(set(cids)) == 540

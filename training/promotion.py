@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,8 +129,11 @@ def override(r: redis.Redis, keys: Keys, action: str, who: str = "") -> dict[str
 class Judge:
     """Decides on the current candidate; :meth:`step` returns the decision when one was made, else None."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, rule: Rule) -> None:
+    def __init__(self, r: redis.Redis, keys: Keys, rule: Rule, stop_shadow: Callable[[], None] | None = None) -> None:
+        """``stop_shadow`` stops the candidate's shadow replicas once a decision is made, before their group
+        is ended (so none of them publishes into a group that is gone)."""
         self.r, self.keys, self.rule = r, keys, rule
+        self.stop_shadow = stop_shadow
         self.reader: EvidenceReader | None = None
 
     def step(self) -> Decision | None:
@@ -162,6 +166,8 @@ class Judge:
         state = "promoted" if d.outcome == "promote" else "vetoed" if vetoed else "rejected"
         if d.outcome == "promote":
             registry.promote(self.r, self.keys, version)
+        if self.stop_shadow is not None:
+            self.stop_shadow()
         ended = end_shadow(self.r, self.keys)
         doc = d.to_dict()
         self.r.hset(self.keys.model_candidate, mapping={"state": state, "decision": json.dumps(doc),

@@ -69,7 +69,7 @@ class Watcher:
     def __init__(self, r: redis.Redis, s: LoopSettings, opts: RunOptions, tcfg: TrainConfig,
                  shadow_env: dict[str, str] | None = None) -> None:
         self.r, self.s, self.keys, self.opts, self.tcfg = r, s, s.keys, opts, tcfg
-        self.judge = Judge(r, self.keys, rule_of(s))
+        self.judge = Judge(r, self.keys, rule_of(s), stop_shadow=self._stop_shadow)
         self.shadow_env = shadow_env
         self.shadow: subprocess.Popen[bytes] | None = None
         state = {as_str(k): as_str(v) for k, v in r.hgetall(self.keys.loop).items()}

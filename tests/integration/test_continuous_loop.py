@@ -175,3 +175,29 @@ def test_labeller_and_recorder_acl_users_do_their_part_and_nothing_else(
         users["recorder"].xadd(keys.labels, {"v": "1"})
     with pytest.raises(redis.exceptions.NoPermissionError):
         users["recorder"].xtrim(keys.shard(0).windows, maxlen=0)
+
+
+def test_label_cli_answers_each_label_and_loses_none(redis_url: str, prefix: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    from producer.cli import main as producer_main
+
+    r = redis.Redis.from_url(redis_url)
+    keys = Keys(prefix, prefix)
+    blob = b"not read by the labeller"
+    registry.register(r, keys, blob, registry.Entry("v1", hashlib.sha256(blob).hexdigest(), len(blob), "", 0.0, 1,
+                                                    ["walking", "running"], {}, 0))
+    registry.promote(r, keys, "v1", notify=False)
+    f = tmp_path / "labels.tsv"
+    f.write_text("w-1\twalking\nw-2,1\nw-3\tflying\njunk line\n\tx\n")
+    flags = ["--redis-url", redis_url, "--prefix", prefix]
+    assert producer_main([*flags, "label", "--file", str(f)]) == 1  # some were refused
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x.get("refused") for x in lines] == [None, None, "bad_class", "malformed", "malformed"]
+    assert lines[1]["label"] == "running"  # an index becomes the class name
+    stored = [(e[b"cid"], e[b"label"]) for _, e in r.xrange(keys.labels)]
+    assert stored == [(b"w-1", b"walking"), (b"w-2", b"running")]
+    assert producer_main([*flags, "label", "--cid", "w-9", "--label", "walking", "--src", "op-1"]) == 0
+    assert producer_main([*flags, "label", "--cid", "w-9"]) == 2  # --label missing
+    assert r.xlen(keys.labels) == 3

@@ -264,15 +264,20 @@ def scenario(work: Path, rate: float, warm: int, after: int, args: argparse.Name
     }
 
 
-def no_shift_trials(work: Path, trials: int, budget: float) -> dict[str, Any]:
-    """Part 2: candidates retrained without a shift, each judged by the rule's looks on fresh windows."""
-    primary = train_default(synthetic(4000, LENGTH, 0), synthetic(400, LENGTH, 1), work / "trial-primary", budget)
+def no_shift_trials(work: Path, trials: int, budget: float, first: int = 0,
+                    done: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Part 2: candidates retrained without a shift, each judged by the rule's looks on fresh windows
+    (trials ``first`` .. ``trials - 1``, after the ``done`` ones of an earlier run with the same primary)."""
     from training.model.checkpoint import load_checkpoint
+
+    root = work / "trial-primary"
+    primary = root if (root / "latest").exists() else train_default(
+        synthetic(4000, LENGTH, 0), synthetic(400, LENGTH, 1), root, budget)
 
     rule = rule_of(LoopSettings())
     p_ckpt = load_checkpoint(primary)
-    rows = []
-    for i in range(trials):
+    rows = [r for r in done or [] if r["trial"] < first]
+    for i in range(first, trials):
         live = synthetic(2000, LENGTH, 200 + i)
         train = mix(synthetic(4000, LENGTH, 0), live, LoopSettings().watch_live_weight, i)
         tcfg = TrainConfig(time_budget=budget, seed=i + 1)
@@ -339,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, help="time budget of every training (default: the trainer's)")
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--trial-budget-s", type=float, default=10.0)
+    p.add_argument("--first-trial", type=int, default=0, help="resume the trials here (earlier ones from --out)")
     p.add_argument("--mem-rate", type=int, default=5000)
     p.add_argument("--mem-seconds", type=int, default=120)
     p.add_argument("--mem-max-mb", type=float, default=32.0)
@@ -356,12 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in parts:
         out["memory"] = recorder_memory(args.mem_rate, args.mem_seconds, args.mem_max_mb)
         print(json.dumps(out["memory"]), flush=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
     if "scenario" in parts:
         out["scenario"] = scenario(work, args.rate, args.warm, args.after, args)
         print(json.dumps(out["scenario"]), flush=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
     if "trials" in parts:
-        out["no_shift"] = no_shift_trials(work, args.trials, args.trial_budget_s)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+        done = (out.get("no_shift") or {}).get("trials", [])
+        out["no_shift"] = no_shift_trials(work, args.trials, args.trial_budget_s, args.first_trial, done)
+        path.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

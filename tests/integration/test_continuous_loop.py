@@ -129,7 +129,7 @@ def _cids(fields: dict[bytes, bytes]) -> list[str]:
     return [res.cid for res in decode_any_result(fields)]
 
 
-def test_a_human_veto_keeps_the_serving_model(redis_url: str, prefix: str, tmp_path: Path) -> None:
+def test_a_human_veto_keeps_the_serving_model_and_force_promotes(redis_url: str, prefix: str, tmp_path: Path) -> None:
     from training.promotion import Judge, override, propose
     from training.watch import rule_of
 
@@ -144,6 +144,15 @@ def test_a_human_veto_keeps_the_serving_model(redis_url: str, prefix: str, tmp_p
     assert d is not None and d.outcome == "reject" and "veto" in d.reason
     assert candidate(r, keys)["state"] == "vetoed"
     assert registry.read_pointer(r, keys).version == primary.version  # type: ignore[union-attr]
+    with pytest.raises(registry.RegistryError, match="no candidate in shadow"):
+        override(r, keys, "force", "operator")  # nothing left to force
+    seq = registry.read_pointer(r, keys).seq  # type: ignore[union-attr]
+    propose(r, keys, primary.version, reason="test")
+    override(r, keys, "force", "operator")
+    d = Judge(r, keys, rule_of(s)).step()
+    assert d is not None and d.outcome == "promote" and "human force (operator)" in d.reason
+    assert candidate(r, keys)["state"] == "promoted"
+    assert registry.read_pointer(r, keys).seq == seq + 1  # type: ignore[union-attr]  # latest moved
 
 
 def test_labeller_and_recorder_acl_users_do_their_part_and_nothing_else(

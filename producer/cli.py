@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from producer import segments_cli, stream_cli
+from producer import labels_cli, segments_cli, stream_cli
 from producer.backpressure import BackpressureError
 from producer.client import ClassifyError, Entry, Producer
 from producer.config import ProducerSettings
@@ -28,7 +28,7 @@ from training.model.data import DataError
 #: Flags that steer a command rather than set a :class:`ProducerSettings` field.
 COMMAND_OPTIONS = frozenset({"command", "source", "count", "rate", "length", "seed", "id_prefix", "per_entry",
                              "follow", "json", "start", "plot", "reader_group", "consumer", "claim_idle_ms",
-                             "timeout"}) | stream_cli.OPTIONS | segments_cli.OPTIONS
+                             "timeout"}) | stream_cli.OPTIONS | segments_cli.OPTIONS | labels_cli.OPTIONS
 
 
 def _setting(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--json", action="store_true", help="one JSON object per line")
     stream_cli.add_parser(sub, _setting)
     segments_cli.add_parser(sub)
+    labels_cli.add_parser(sub)
     return p
 
 
@@ -284,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_classify(args, s)
         if args.command in ("stream", "segments"):
             return stream_cli.cmd_stream(args, s) if args.command == "stream" else segments_cli.cmd_segments(args, s)
+        if args.command == "label":
+            return labels_cli.cmd_label(args, s)
         return cmd_publish(args, s) if args.command == "publish" else cmd_results(args, s)
     except RedisOutageError as e:
         print(f"bigru-producer: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ from producer.backpressure import Backpressure, BackpressureError
 from producer.classify import AsyncProducer, Call, ClassifyError, block_ms
 from producer.config import ProducerSettings
 from producer.entries import Entry, entries_of, group_windows
+from producer.labels import Sent, send_labels
 from producer.writes import entry_id as _eid
 from producer.writes import reloads_script as _reloads_script
 from producer.writes import write as _write
@@ -76,6 +77,12 @@ class Producer:
         idem = IdempotentWriter(s.keys, s.producer_id, s.idempotency_window_s) if s.producer_id else None
         return cls(r, s.keys, s.pipeline_size, gate, idem, Durability(s.wait_replicas, s.wait_timeout_ms),
                    s.outage())
+
+    def label(self, labels: Iterable[tuple[str, str]], src: str = "") -> list[Sent]:
+        """Send the true class of served windows, ``(cid, class name or index)`` pairs, onto the labels
+        stream (:func:`producer.labels.send_labels`: a malformed label or one outside the serving model's
+        classes is refused in its :class:`Sent`, the others are written)."""
+        return send_labels(self.r, self.keys, labels, src=src)
 
     def gate(self) -> None:
         """Apply backpressure (no-op without a gate)."""

@@ -120,6 +120,37 @@ class Keys:
         """Stream announcing published/promoted/refused model versions."""
         return f"{self.prefix}:model:events"
 
+    @property
+    def model_candidate(self) -> str:
+        """Hash describing the continuous loop's candidate: ``version``, ``state`` (shadowing | promoted |
+        rejected | vetoed), ``since``, ``override`` (a human's ``veto``/``force``), the last decision JSON."""
+        return f"{self.prefix}:model:candidate"
+
+    @property
+    def labels(self) -> str:
+        """Stream of true labels for served windows (``bigru-producer label``; docs/wire-format.md#labels)."""
+        return f"{self.prefix}:labels"
+
+    @property
+    def labels_refused(self) -> str:
+        """Stream of labels the recorder could not use, each with its reason (``unknown_cid``, ``late``, ...)."""
+        return f"{self.prefix}:labels:refused"
+
+    @property
+    def recorder_group(self) -> str:
+        """The recorder's own consumer group on the input streams (and on the labels stream)."""
+        return f"{self.as_primary().group}:recorder"
+
+    @property
+    def recorder(self) -> str:
+        """Hash of the recorder's counters (retained windows, bytes, labels joined/refused, files written)."""
+        return f"{self.prefix}:recorder"
+
+    @property
+    def loop(self) -> str:
+        """Hash of ``bigru-train watch``'s state (labels since the last retrain, drift held since, last run)."""
+        return f"{self.prefix}:loop"
+
     def model_refusals(self, version: str) -> str:
         """Hash of consumer name -> JSON note of why that worker refused ``version``."""
         return f"{self.prefix}:model-refusals:{version}"

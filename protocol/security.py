@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-Role = Literal["worker", "producer", "reader", "redrive", "trainer", "keda"]
+Role = Literal["worker", "producer", "reader", "redrive", "trainer", "keda", "labeller", "recorder", "loop"]
 
 #: Connection housekeeping every role needs (redis-py ignores a refused CLIENT SETINFO).
 _CONNECTION = ["+ping", "+select"]
@@ -89,7 +89,38 @@ def acl_rules(role: Role, prefix: str = "bigru") -> list[str]:
         # XINFO GROUPS (lag), XPENDING (pending count), XLEN (a stream without the group); read-only keys.
         return [*base, "+info", "+xinfo|groups", "+xpending", "+xlen",
                 *(f"%R{k}" for k in _streams(prefix, "windows"))]
-    raise ValueError(f"unknown role {role!r}; expected worker, producer, reader, redrive, trainer or keda")
+    if role in ("labeller", "recorder", "loop"):
+        return _loop_rules(role, prefix, base)
+    raise ValueError(f"unknown role {role!r}; expected worker, producer, reader, redrive, trainer, keda, labeller, "
+                     "recorder or loop")
+
+
+def _as_selectors(rules: list[str]) -> list[str]:
+    """Another role's rules inside selectors, so that its root commands keep to its own keys."""
+    root = [x for x in rules if not x.startswith("(")]
+    return [_selector(*root), *(x for x in rules if x.startswith("("))] if root else rules
+
+
+def _loop_rules(role: Role, prefix: str, base: list[str]) -> list[str]:
+    """The continuous loop's roles (docs/lifecycle.md#the-loop)."""
+    classes = _selector("+hget", "+hgetall", f"%R~{prefix}:model:latest", f"%R~{prefix}:models")
+    if role == "labeller":
+        # Append to the labels stream; read the serving model's classes to refuse a label outside them.
+        return [*base, _selector("+xadd", f"~{prefix}:labels"), classes]
+    if role == "recorder":
+        # Its own group on the input streams and the labels stream; refusals; its counters; the classes.
+        return [*base, _selector("+xreadgroup", "+xack", "+xgroup|create", *_streams(prefix, "windows"),
+                                 f"~{prefix}:labels"),
+                _selector("+xadd", f"~{prefix}:labels:refused"), _selector("+hset", f"~{prefix}:recorder"), classes]
+    # loop (bigru-train watch): the trainer's registry rights, the evidence (results of both pools, labels,
+    # heartbeats, the recorder's counters) read only, its own state, ending the shadow group; plus the worker's
+    # rules, since it runs its candidate's shadow replicas with its own connection.
+    return [*base, *_as_selectors(acl_rules("trainer", prefix)[len(base):]),
+            *_as_selectors(acl_rules("worker", prefix)[len(base):]),
+            _selector("+xrange", "+xread", *_streams(prefix, "results", "shadow:results"), f"%R~{prefix}:labels"),
+            _selector("+hget", "+hgetall", "+hvals", f"%R~{prefix}:recorder", f"%R~{prefix}:workers"),
+            _selector("+hset", "+hgetall", "+del", f"~{prefix}:loop", f"~{prefix}:shadow:workers", f"~{prefix}:shadow:hb:*"),
+            _selector("+xgroup|destroy", "+xgroup|create", *_streams(prefix, "windows"))]
 
 
 def acl_setuser(role: Role, user: str, password_placeholder: str = "<password>", prefix: str = "bigru") -> str:

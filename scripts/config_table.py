@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings
 from producer.cli import build_parser as producer_parser
 from producer.config import ProducerSettings
 from protocol.redisconn import RedisConnSettings
+from training.loop_settings import LoopSettings
 from training.registry_cli import RegistrySettings
 from training.registry_cli import build_parser as registry_parser
 from training.settings import TrainSettings
@@ -60,6 +61,7 @@ ROLES = (
     Role("worker", WorkerSettings, (worker_parser,)),
     Role("producer", ProducerSettings, (producer_parser,)),
     Role("registry", RegistrySettings, (registry_parser,)),
+    Role("loop", LoopSettings, ()),
 )
 
 
@@ -92,6 +94,8 @@ GROUPS = (
     Group("Worker", "`bigru-worker`", lambda row: row.roles == ("worker",)),
     Group("Producer", "`bigru-producer` and `Producer.from_settings`", lambda row: row.roles == ("producer",)),
     Group("Registry", "`bigru-train publish`, `promote`, `models` and `--publish`", lambda row: row.roles == ("registry",)),
+    Group("Continuous loop", "`bigru-train record`, `watch` and `candidate`; see [docs/lifecycle.md](docs/lifecycle.md#the-loop)",
+          lambda row: row.roles == ("loop",)),
 )
 
 

@@ -4,7 +4,8 @@
 
 * ``bigru-redis-<role>`` (keys ``username``, ``password``) for each role: ``worker``, ``producer``,
   ``reader``, ``redrive`` (rules from :func:`protocol.security.acl_rules`), ``trainer`` (writes the
-  model registry) and ``keda`` (reads the lag and pending counts KEDA's scaler asks for), and ``admin``;
+  model registry), ``keda`` (reads the lag and pending counts KEDA's scaler asks for), the continuous
+  loop's ``labeller``, ``recorder`` and ``loop`` (docs/lifecycle.md#the-loop), and ``admin``;
 * ``bigru-redis-acl`` (key ``users.acl``): the ACL file the bundled Redis loads (``--aclfile``), with
   SHA-256 password hashes only and the ``default`` user off.
 
@@ -28,7 +29,7 @@ from protocol.security import acl_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 
-ROLES = ("worker", "producer", "reader", "redrive", "trainer", "keda", "admin")
+ROLES = ("worker", "producer", "reader", "redrive", "trainer", "keda", "labeller", "recorder", "loop", "admin")
 
 
 def rules(role: str, prefix: str = "bigru") -> list[str]:

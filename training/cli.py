@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from training.settings import TrainSettings, add_flags, settings_from_args
+from training.settings import add_flags, configs, settings_from_args
 
 
 def _compare(argv: list[str]) -> int:
@@ -35,6 +35,24 @@ def _accuracy(argv: list[str]) -> int:
     return accuracy(argv)
 
 
+def _watch(argv: list[str]) -> int:
+    from training.watch import main as watch
+
+    return watch(argv)
+
+
+def _record(argv: list[str]) -> int:
+    from training.recorder import main as record
+
+    return record(argv)
+
+
+def _candidate(argv: list[str]) -> int:
+    from training.watch import candidate_main
+
+    return candidate_main(argv)
+
+
 #: Registry subcommands (``publish``, ``promote``, ``models``), handled by ``training.registry_cli``.
 REGISTRY_COMMANDS = ("publish", "promote", "models")
 
@@ -49,20 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     registry_cli.add_publish_flags(p)
     return p
-
-
-def configs(s: TrainSettings) -> tuple[dict[str, object], object]:
-    """The model overrides and the TrainConfig described by ``s`` (unset fields keep the dataclass defaults)."""
-    from training.model.device import resolve_device  # DeviceError is a ValueError
-    from training.train import TrainConfig
-
-    model = s.group("model")
-    if isinstance(model.get("pooling"), str):
-        model["pooling"] = tuple(p.strip() for p in str(model["pooling"]).split(",") if p.strip())
-    train = s.group("train")
-    if "device" in train:
-        train["device"] = resolve_device(train["device"])
-    return model, TrainConfig(**train)
 
 
 def train_main(argv: list[str]) -> int:
@@ -103,6 +107,7 @@ def train_main(argv: list[str]) -> int:
 # Subcommand -> its function (argv) -> exit code.
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": train_main, "compare": _compare, "export": _export, "accuracy": _accuracy,
+    "watch": _watch, "record": _record, "candidate": _candidate,  # the continuous loop (docs/lifecycle.md#the-loop)
 }
 
 

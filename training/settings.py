@@ -129,3 +129,17 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     """Settings from the environment with the flags that were given on top."""
     flags = {k: v for k, v in vars(args).items() if v is not None and k in TrainSettings.model_fields}
     return TrainSettings(**flags)
+
+
+def configs(s: TrainSettings) -> tuple[dict[str, object], object]:
+    """The model overrides and the TrainConfig described by ``s`` (unset fields keep the dataclass defaults)."""
+    from training.model.device import resolve_device  # DeviceError is a ValueError
+    from training.train import TrainConfig
+
+    model = s.group("model")
+    if isinstance(model.get("pooling"), str):
+        model["pooling"] = tuple(p.strip() for p in str(model["pooling"]).split(",") if p.strip())
+    train = s.group("train")
+    if "device" in train:
+        train["device"] = resolve_device(train["device"])
+    return model, TrainConfig(**train)

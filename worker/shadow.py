@@ -17,10 +17,12 @@ import redis
 import structlog
 
 from protocol import registry
-from protocol.keys import Keys
+from protocol.shadow_group import create_group, end_shadow
 from training.model.checkpoint_file import CheckpointError, parse
 from worker.backends import ServingPredictor, make_predictor
 from worker.config import WorkerSettings
+
+__all__ = ["ShadowError", "create_group", "end_shadow", "shadow_predictor"]
 
 
 class ShadowError(RuntimeError):
@@ -42,29 +44,3 @@ def shadow_predictor(settings: WorkerSettings, r: redis.Redis) -> ServingPredict
                           settings.reload_max_drop)
     structlog.get_logger("worker").info("shadow_candidate", version=pred.version, group=keys.group)
     return pred
-
-
-def create_group(r: redis.Redis, keys: Keys, start: str) -> None:
-    """Create the shadow group on every shard's input stream at ``start`` (an existing group keeps its place)."""
-    for sk in keys.all_shards():
-        try:
-            r.xgroup_create(sk.windows, keys.group, id=start, mkstream=True)
-        except redis.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
-
-
-def end_shadow(r: redis.Redis, keys: Keys) -> int:
-    """Destroy the shadow group on every shard (so it no longer holds back input trimming) and drop the
-    shadow heartbeats; returns the number of groups destroyed. The shadow results stay for ``compare``."""
-    shadow = keys.as_shadow()
-    n = 0
-    for sk in shadow.all_shards():
-        try:
-            n += int(r.xgroup_destroy(sk.windows, shadow.group))
-        except redis.ResponseError as e:
-            if "no such key" not in str(e).lower():
-                raise
-    r.delete(shadow.workers)
-    return n
-

@@ -113,7 +113,24 @@ def snapshot(r: redis.Redis, keys: Keys, window_s: float = 60.0) -> dict[str, An
         "consumers": sorted(per_consumer.values(), key=lambda c: c["name"]),
         "recent": recent_results(r, keys, window_s, now=now),
         "models": models(r, keys, [{"consumer": c["name"], "model": c["model"]} for c in per_consumer.values() if c["alive"]]),
+        "loop": loop(r, keys),
     }
+
+
+def loop(r: redis.Redis, keys: Keys) -> dict[str, Any] | None:
+    """The continuous loop's state (docs/lifecycle.md#the-loop): the candidate and its last decision or check,
+    the recorder's counters; None when no loop ever ran."""
+    def text(key: str) -> dict[str, str]:
+        return {as_str(k): as_str(v) for k, v in r.hgetall(key).items()}
+
+    cand, rec = text(keys.model_candidate), text(keys.recorder)
+    if not cand and not rec:
+        return None
+    decision = cand.get("decision") or cand.get("last_check")
+    return {"candidate": cand.get("version"), "state": cand.get("state"),
+            "decision": json.loads(decision) if decision else None,
+            "recorder": {k: rec[k] for k in ("windows", "labels", "joined", "refused", "retained", "retained_bytes")
+                         if k in rec}}
 
 
 def models(r: redis.Redis, keys: Keys, replicas: list[dict[str, Any]]) -> dict[str, Any]:
@@ -157,6 +174,16 @@ def render(doc: dict[str, Any]) -> str:
     if m.get("latest"):
         behind = ", ".join(m["behind"]) or "none"
         lines.append(f"registry latest: {m['latest']} (seq {m['latest_seq']}); replicas behind: {behind}")
+    lp = doc.get("loop")
+    if lp:
+        d = lp["decision"] or {}
+        lines.append(f"loop: candidate {_fmt(lp['candidate'])} {_fmt(lp['state'])}"
+                     + (f" ({d.get('outcome')}: {d.get('pairs')} pairs, b {d.get('b')} c {d.get('c')}, "
+                        f"p {d.get('p_better')}; {d.get('reason')})" if d else ""))
+        rc = lp["recorder"]
+        if rc:
+            lines.append(f"recorder: {rc.get('windows', 0)} windows seen, {rc.get('retained', 0)} retained, "
+                         f"{rc.get('joined', 0)} labelled, refused {rc.get('refused', '{}')}")
     return "\n".join(lines)
 
 

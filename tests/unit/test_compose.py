@@ -16,6 +16,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from producer.config import ProducerSettings
+from training.loop_settings import LoopSettings
 from training.registry_cli import RegistrySettings
 from training.settings import TrainSettings
 from worker.config import WorkerSettings
@@ -26,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTINGS: dict[str, list[type[BaseSettings]]] = {
     "bigru-worker": [WorkerSettings],
     "bigru-producer": [ProducerSettings],
-    "bigru-train": [TrainSettings, RegistrySettings],  # RegistrySettings: --publish and the registry commands
+    "bigru-train": [TrainSettings, RegistrySettings, LoopSettings],  # RegistrySettings: --publish and the registry
+    # commands; LoopSettings: `record` and `watch` (docs/lifecycle.md#the-loop)
 }
 
 
@@ -85,7 +87,10 @@ def test_each_service_command_is_a_real_entry_point() -> None:
         module, func = scripts[cmd[0]].split(":")
         mod = __import__(module, fromlist=[func])
         parser = mod.build_parser()
-        parser.parse_args(cmd[1:])  # raises SystemExit on unknown flags
+        if cmd[0] == "bigru-train" and len(cmd) > 1 and cmd[1] in mod.COMMANDS and cmd[1] != "train":
+            assert cmd[2:] == [], f"service {name}: {cmd[1]} takes its settings from the environment"
+        else:
+            parser.parse_args(cmd[1:])  # raises SystemExit on unknown flags
         hc = svc.get("healthcheck", {}).get("test")
         if hc and hc[0] == "CMD" and hc[1] in scripts:
             parser.parse_args(hc[2:])

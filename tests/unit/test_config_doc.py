@@ -107,8 +107,8 @@ def test_roles_sharing_a_setting_must_agree_on_it() -> None:
     with pytest.raises(ConfigDocError, match="prefix: producer and worker differ in default"):
         rows([ROLES[0], Role("producer", Drifted, ())])
     shared = {r.name: r.roles for r in rows() if len(r.roles) > 1 and r.name not in RedisConnSettings.model_fields}
-    assert shared == {"prefix": ("worker", "producer", "registry"), "group": ("worker", "producer"),
-                      "shards": ("worker", "producer")}
+    assert shared == {"prefix": ("worker", "producer", "registry", "loop"), "group": ("worker", "producer", "loop"),
+                      "shards": ("worker", "producer", "loop")}
 
 
 def test_every_row_is_in_exactly_one_table() -> None:

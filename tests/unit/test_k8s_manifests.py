@@ -18,9 +18,10 @@ import pytest
 import yaml
 
 from protocol.keys import Keys
-from scripts.k8s_secrets import secrets_docs
+from scripts.k8s_secrets import ROLES, secrets_docs
 from tests.k8s_support import DEPLOY, ROOT, Doc, pod_specs, render, validate
 from training.cli import build_parser as train_parser
+from training.loop_settings import LoopSettings
 from training.registry_cli import RegistrySettings
 from training.settings import TrainSettings
 from worker.cli import build_parser as worker_parser
@@ -101,7 +102,7 @@ def test_the_validators_reject_a_broken_object(kind: str, path: list[str], value
 
 def test_every_pod_runs_non_root_read_only_without_privilege_escalation(docs: list[Doc]) -> None:
     specs = pod_specs(docs)
-    assert {"Deployment/bigru-worker", "Job/bigru-init", "Job/bigru-train"} <= set(specs)
+    assert {"Deployment/bigru-worker", "Job/bigru-init", "Job/bigru-train", "Deployment/bigru-loop"} <= set(specs)
     for name, spec in specs.items():
         assert spec.get("automountServiceAccountToken") is False, name
         assert not spec.get("hostNetwork") and not spec.get("hostPID"), name
@@ -137,7 +138,8 @@ def _settings_env(*classes: type) -> set[str]:
 def test_every_bigru_variable_is_a_real_setting_and_every_command_parses(docs: list[Doc]) -> None:
     # A misspelt BIGRU_* variable would be silently ignored (the settings classes ignore extras).
     for kind, name, classes in [("Deployment", "bigru-worker", (WorkerSettings,)), ("Job", "bigru-init", (WorkerSettings,)),
-                                ("Job", "bigru-train", (TrainSettings, RegistrySettings))]:
+                                ("Job", "bigru-train", (TrainSettings, RegistrySettings)),
+                                ("Deployment", "bigru-loop", (LoopSettings, WorkerSettings, TrainSettings))]:
         c = _container(docs, kind, name)
         unknown = {n for n in _env_names(c, docs) if n.startswith("BIGRU_")} - _settings_env(*classes)
         assert not unknown, f"{kind}/{name}: not settings: {unknown}"
@@ -245,7 +247,7 @@ def test_keda_and_the_pods_reach_the_redis_the_config_names(docs: list[Doc]) -> 
 def test_every_secret_reference_is_one_the_secrets_script_creates(docs: list[Doc]) -> None:
     external = not any(d["kind"] == "StatefulSet" for d in docs)
     made = {s["metadata"]["name"]: set(s["stringData"]) for s in  # type: ignore[index]
-            secrets_docs({r: "x" for r in ("worker", "producer", "reader", "redrive", "trainer", "keda", "admin")},
+            secrets_docs({r: "x" for r in ROLES},
                          external=external, ca_pem="PEM" if external else None)}
     refs: list[tuple[str, str]] = []
     for spec in pod_specs(docs).values():
@@ -260,6 +262,20 @@ def test_every_secret_reference_is_one_the_secrets_script_creates(docs: list[Doc
     assert refs
     for name, key in refs:
         assert key in made.get(name, set()), f"secret {name} key {key} is not made by scripts/k8s_secrets.py"
+
+
+def test_the_loop_runs_recorder_and_watch_with_cpu_limits_of_their_own(docs: list[Doc]) -> None:
+    from training.cli import COMMANDS
+
+    spec = pod_specs(docs)["Deployment/bigru-loop"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    assert set(containers) == {"record", "watch"}
+    for name, c in containers.items():
+        assert c["command"][0] == "bigru-train" and c["command"][1] == name and name in COMMANDS
+        assert c["resources"]["limits"].get("cpu"), name  # retraining never starves serving: its own limit
+    assert _one(docs, "Deployment", "bigru-loop")["spec"]["replicas"] == 1  # one recorder group consumer, one judge
+    mounts = [{m["mountPath"] for m in c["volumeMounts"]} for c in containers.values()]
+    assert "/work/live" in mounts[0] & mounts[1]  # the watcher reads what the recorder writes
 
 
 def test_pdb_selects_the_worker_pods(docs: list[Doc]) -> None:

@@ -13,6 +13,7 @@ import ast
 from pathlib import Path
 
 from producer.config import ProducerSettings
+from training.loop_settings import LoopSettings
 from training.registry_cli import RegistrySettings
 from worker.config import WorkerSettings
 
@@ -27,7 +28,7 @@ OTHERS = {("worker/compare.py", "max_drop")}
 
 def env_names() -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for cls in (WorkerSettings, ProducerSettings, RegistrySettings):
+    for cls in (WorkerSettings, ProducerSettings, RegistrySettings, LoopSettings):
         prefix = str(cls.model_config.get("env_prefix", ""))
         out[cls.__name__] = sorted((prefix + name).upper() for name in cls.model_fields)
     return out

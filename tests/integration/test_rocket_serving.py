@@ -68,7 +68,7 @@ def test_a_batch_is_run_in_chunks_that_bound_the_branchs_memory_and_change_nothi
     from worker import onnx_backend
 
     assert onnx_backend.windows_per_run(0, 1, 20) is None  # no branch: one run
-    assert onnx_backend.windows_per_run(10_000, 1, 20) == (16 << 20) // (4 * 10_000 * 20)
+    assert onnx_backend.windows_per_run(10_000, 1, 20) == onnx_backend.ACTIVATION_BUDGET // (4 * 10_000 * 20)
     assert onnx_backend.windows_per_run(10_000, 4, 2000) == onnx_backend.MIN_RUN  # long windows: the floor
     served = load_served(rocket_root)
     pred = onnx_backend.OnnxPredictor(served)

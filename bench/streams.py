@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import subprocess
 import sys
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(SEED)
     train_rec = recording(train_ds, [rng.permutation(len(train_ds))], "BasicMotions-train")
     test_rec = recording(test_ds, [rng.permutation(len(test_ds)) for _ in range(DEVICES)], "BasicMotions-test")
-    out: dict[str, Any] = {"machine": "2 CPU cores shared with two other agents' work while this ran",
+    out: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs, load average before {os.getloadavg()[0]:.2f}",
                            "window": WINDOW, "hop": HOP, "train_hop": TRAIN_HOP, "rate_hz": RATE_HZ,
                            "devices": DEVICES}
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,8 +21,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import subprocess
 import sys
 import tempfile

@@ -9,13 +9,12 @@ encoded once, the probabilities of the whole batch by one numpy pass, the latenc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import msgpack
 import numpy as np
 
-from protocol.results import RESULT_FIELDS, SHARED_FIELDS, Timing, shared_fields, timing
+from protocol.results import SHARED_FIELDS, Timing, shared_fields
 from protocol.wire import VERSION
 
 #: One msgpack float 64 (marker ``0xcb`` then the big-endian double): what ``msgpack.packb`` writes for a Python float.
@@ -49,22 +48,6 @@ class OkResults:
         self._shared = [shared[k] for k in SHARED_FIELDS]
         self._packer = msgpack.Packer(use_bin_type=True)
         self.pack = self._packer.pack  #: msgpack as :func:`protocol.wire.pack` writes it (``meta``)
-
-    def encode(self, input_id: str, cid: str, label: int, probs: list[float], ts_us: int, read_us: int,
-               batch_us: int, meta: Mapping[str, Any] | None = None, span: bytes = b"") -> dict[bytes, bytes]:
-        """One result's fields as a dict (``probs`` as Python floats, ``label`` the argmax; ``span`` the input's
-        checked ``span`` field, echoed)."""
-        t = timing(ts_us, read_us, batch_us, self.pub_us, 0, 0)
-        lab = self._classes[label]
-        fields = dict(zip(RESULT_FIELDS, (
-            VERSION, input_id.encode(), cid.encode(), b"ok", lab[0], lab[1], self._packer.pack(probs),
-            self._shared[0], self._shared[1], str(t.queue_us).encode(), str(t.wait_us).encode(), self._shared[4],
-            str(t.e2e_us).encode(), *self._shared[6:])))
-        if meta:
-            fields[b"meta"] = self._packer.pack(meta)
-        if span:
-            fields[b"span"] = span
-        return fields
 
     def encode_many(self, ids: Sequence[str], cids: Sequence[str], labels: Sequence[int], probs: np.ndarray,
                     ts_us: np.ndarray, read_us: np.ndarray, batch_us: int) -> list[list[bytes]]:

@@ -281,7 +281,7 @@ class Collector:
     def _after_compute(self, model: ModelBusy) -> list[Entry]:
         """Nothing in hand and the model busy: wait for it, then read once what arrived meanwhile."""
         self._wait_for_model(model)
-        return self._read(self._next_shard(), self.want([]))
+        return self._read_round(self.want([]))
 
     def _block_for_first(self) -> list[Entry]:
         p = self.plan

@@ -41,5 +41,3 @@ def test_encode_many_is_byte_identical_to_encode_result() -> None:
                    infer_us=1234, e2e_us=max(0, 1_764_230_400_500_000 - int(ts[i])), ts_us=1_764_230_400_500_000,
                    batch=64)
         assert got[i] == flat(encode_result(r))
-        one = enc.encode(ids[i], cids[i], labels[i], probs[i].tolist(), int(ts[i]), int(read[i]), 1_764_230_400_100_000)
-        assert one == encode_result(r)

@@ -7,12 +7,16 @@ import numpy as np
 import pytest
 
 from protocol.entries import decode_entries, decode_multi, decode_window, encode_window, encode_windows_entry
-from protocol.result_batch import OkResults
-from protocol.results import WindowOutcome, decode_any_result, decode_result, encode_multi_result
+from protocol.results import Result, WindowOutcome, decode_any_result, decode_result, encode_multi_result, encode_result
 from protocol.span import Span
 from protocol.wire import Limits, WireError
 
 X = np.zeros((4, 2), dtype=np.float32)
+
+
+def _result(span: Span | None = None) -> Result:
+    return Result(input_id="1-0", cid="a", status="ok", label=1, class_name="b", probs=[0.2, 0.8], model="m1",
+                  worker="w1", queue_us=1, wait_us=1, infer_us=10, e2e_us=2, ts_us=20, batch=1, span=span)
 
 
 def test_single_window_span_round_trips_and_is_kept_verbatim() -> None:
@@ -20,13 +24,13 @@ def test_single_window_span_round_trips_and_is_kept_verbatim() -> None:
     f = encode_window(X, cid="a", ts_us=5, span=s)
     w = decode_window(f, Limits(), 2)
     assert w.span == f[b"span"] and Span.unpack(w.span, 256) == s
-    res = OkResults(["a", "b"], "m1", "w1", 10, 20, 1).encode("1-0", "a", 1, [0.2, 0.8], 5, 6, 7, None, w.span)
-    assert list(res)[-1] == b"span" and decode_result(res).span == s
+    res = encode_result(_result(span=Span.unpack(w.span, 256)))
+    assert list(res)[-1] == b"span" and res[b"span"] == w.span and decode_result(res).span == s
 
 
 def test_entries_without_span_are_byte_identical_to_before() -> None:
     assert b"span" not in encode_window(X, cid="a", ts_us=5)
-    res = OkResults(["a"], "m", "w", 1, 2, 1).encode("1-0", "a", 0, [1.0], 1, 1, 1, None)
+    res = encode_result(_result())
     assert b"span" not in res and decode_result(res).span is None
 
 
